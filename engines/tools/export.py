@@ -1,0 +1,267 @@
+"""Export a torchvision Mask R-CNN to a maskstream engine package (see shared/DESIGN.md).
+
+    # the bundled shapes model, from its training checkpoint
+    export.py --model shapes --checkpoint engines/tools/work/shapes.pt --out engines/shapes
+    # a full-size R50-FPN (v1 or v2) with random weights, for speed work (not committed)
+    export.py --model maskrcnn_resnet50_fpn --seed 0 --out engines/r50fpn
+    export.py --model maskrcnn_resnet50_fpn_v2 --checkpoint my.pth --out engines/r50fpn-v2
+
+Three graphs hold only the dense work: backbone.onnx (backbone + FPN + RPN head), box_head.onnx and
+mask_head.onnx. Everything data dependent (anchors, proposals, ROIAlign, NMS, paste) is the runtime's, so
+the manifest carries every parameter of it. Each graph is checked against torch with onnxruntime and the
+export fails when max |delta| exceeds --tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FORMAT_VERSION = 1
+LEVEL_NAMES = ["p2", "p3", "p4", "p5", "p6"]
+
+
+class BackboneGraph(nn.Module):
+    """images [N,3,H,W] (normalized, padded /32) -> P2..P6, objectness per level [N,A,h,w], deltas [N,4A,h,w]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.backbone = model.backbone
+        self.rpn_head = model.rpn.head
+
+    def forward(self, images):
+        feats = list(self.backbone(images).values())
+        objectness, deltas = self.rpn_head(feats)
+        return (*feats, *objectness, *deltas)
+
+
+class BoxHeadGraph(nn.Module):
+    """pooled [N,C,7,7] -> class_logits [N,K], box_deltas [N,4K]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.roi_heads.box_head
+        self.predictor = model.roi_heads.box_predictor
+
+    def forward(self, x):
+        return self.predictor(self.head(x))
+
+
+class MaskHeadGraph(nn.Module):
+    """pooled [N,C,14,14] -> mask_logits [N,K,28,28]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.roi_heads.mask_head
+        self.predictor = model.roi_heads.mask_predictor
+
+    def forward(self, x):
+        return self.predictor(self.head(x))
+
+
+def load_model(args):
+    import torchvision.models.detection as det
+
+    if args.model == "shapes":
+        from model import load_shapes_checkpoint
+
+        if not args.checkpoint:
+            sys.exit("--model shapes needs --checkpoint")
+        return load_shapes_checkpoint(args.checkpoint), ["__background__", "circle", "rectangle", "triangle"]
+    torch.manual_seed(args.seed)
+    ctor = getattr(det, args.model)
+    model = ctor(weights=None, weights_backbone=None, num_classes=args.num_classes)
+    if args.checkpoint:
+        sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(sd.get("model", sd))
+    model.eval()
+    classes = ["__background__"] + [f"class{i}" for i in range(1, args.num_classes)]
+    return model, classes
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_graph(module, args_, path, input_names, output_names, dynamic_axes):
+    torch.onnx.export(module, args_, path, input_names=input_names, output_names=output_names,
+                      dynamic_axes=dynamic_axes, opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+def check_graph(module, path, inputs: list[torch.Tensor], tolerance: float) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for x in inputs:
+        with torch.no_grad():
+            ref = module(x)
+        ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        for r, g in zip(ref, got):
+            if tuple(r.shape) != g.shape:
+                raise SystemExit(f"{path}: output shape {g.shape} != torch {tuple(r.shape)}")
+            worst = max(worst, float(np.abs(r.numpy() - g).max()) if g.size else 0.0)
+    if worst > tolerance:
+        raise SystemExit(f"{path}: max |delta| vs torch {worst:.3e} exceeds {tolerance:.1e}")
+    return worst
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, float):
+        return repr(float(v))
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def write_manifest(path, doc: dict):
+    lines = ["# maskstream engine manifest: written by engines/tools/export.py, read by src/engine.rs"]
+    tables = []
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {toml_value(v)}")
+    for name, table in tables:
+        sub = [(k, v) for k, v in table.items() if isinstance(v, dict)]
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for sname, stable in sub:
+            lines.append(f"\n[{name}.{sname}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in stable.items()]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="shapes",
+                    choices=["shapes", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"])
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-classes", type=int, default=91)
+    ap.add_argument("--name")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tolerance", type=float, default=1e-4)
+    args = ap.parse_args()
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+
+    model, classes = load_model(args)
+    os.makedirs(args.out, exist_ok=True)
+    t = model.transform
+    rpn, heads = model.rpn, model.roi_heads
+    fpn_channels = model.backbone.out_channels
+    num_anchors = rpn.head.cls_logits.out_channels
+    n_levels = len(rpn.anchor_generator.sizes)
+    levels = LEVEL_NAMES[:n_levels]
+    feature_keys = list(heads.box_roi_pool.featmap_names)
+    all_keys = ["0", "1", "2", "3", "pool"][:n_levels]
+    pooled_levels = [levels[all_keys.index(k)] for k in feature_keys]
+    mask_levels = [levels[all_keys.index(k)] for k in heads.mask_roi_pool.featmap_names]
+
+    # -- graphs --------------------------------------------------------------------------------------
+    min_size = t.min_size[-1]
+    h0, w0 = 320, 576
+    probe_small = torch.rand(1, 3, h0, w0) * 2 - 1
+    probe_other = torch.rand(1, 3, 352, 256) * 2 - 1
+    graphs = {}
+    bb = BackboneGraph(model).eval()
+    outs = ([f"{p}" for p in levels] + [f"objectness_{p}" for p in levels] + [f"deltas_{p}" for p in levels])
+    bb_path = os.path.join(args.out, "backbone.onnx")
+    export_graph(bb, (probe_small,), bb_path, ["images"], outs,
+                 {"images": {0: "batch", 2: "height", 3: "width"},
+                  **{o: {0: "batch", 2: f"h_{o}", 3: f"w_{o}"} for o in outs}})
+    graphs["backbone"] = check_graph(bb, bb_path, [probe_small, probe_other], args.tolerance)
+
+    res = heads.box_roi_pool.output_size
+    res = res[0] if isinstance(res, (list, tuple)) else res
+    mres = heads.mask_roi_pool.output_size
+    mres = mres[0] if isinstance(mres, (list, tuple)) else mres
+    box = BoxHeadGraph(model).eval()
+    box_path = os.path.join(args.out, "box_head.onnx")
+    export_graph(box, (torch.randn(5, fpn_channels, res, res),), box_path, ["box_features"],
+                 ["class_logits", "box_deltas"], {"box_features": {0: "rois"}, "class_logits": {0: "rois"},
+                                                  "box_deltas": {0: "rois"}})
+    graphs["box_head"] = check_graph(box, box_path, [torch.randn(n, fpn_channels, res, res) for n in (1, 37)],
+                                     args.tolerance)
+    mask = MaskHeadGraph(model).eval()
+    mask_path = os.path.join(args.out, "mask_head.onnx")
+    export_graph(mask, (torch.randn(3, fpn_channels, mres, mres),), mask_path, ["mask_features"],
+                 ["mask_logits"], {"mask_features": {0: "rois"}, "mask_logits": {0: "rois"}})
+    graphs["mask_head"] = check_graph(mask, mask_path, [torch.randn(n, fpn_channels, mres, mres) for n in (1, 9)],
+                                      args.tolerance)
+    num_classes = heads.box_predictor.cls_score.out_features
+    if len(classes) != num_classes:
+        classes = ["__background__"] + [f"class{i}" for i in range(1, num_classes)]
+
+    # -- manifest ------------------------------------------------------------------------------------
+    ag = rpn.anchor_generator
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "name": args.name or os.path.basename(os.path.normpath(args.out)),
+        "source": args.model,
+        "model": {"classes": classes, "fpn_channels": fpn_channels, "num_anchors_per_location": num_anchors,
+                  "levels": levels},
+        "transform": {"min_size": int(min_size), "max_size": int(t.max_size),
+                      "size_divisible": int(t.size_divisible), "image_mean": [float(x) for x in t.image_mean],
+                      "image_std": [float(x) for x in t.image_std], "input_divisor": 255.0},
+        "anchors": {"sizes": [[float(s) for s in sz] for sz in ag.sizes],
+                    "aspect_ratios": [[float(r) for r in ar] for ar in ag.aspect_ratios]},
+        "rpn": {"pre_nms_top_n": int(rpn._pre_nms_top_n["testing"]),
+                "post_nms_top_n": int(rpn._post_nms_top_n["testing"]), "nms_thresh": float(rpn.nms_thresh),
+                "min_size": float(rpn.min_size), "score_thresh": float(rpn.score_thresh),
+                "box_coder_weights": [float(w) for w in rpn.box_coder.weights],
+                "bbox_xform_clip": float(rpn.box_coder.bbox_xform_clip)},
+        "roi_heads": {"score_thresh": float(heads.score_thresh), "nms_thresh": float(heads.nms_thresh),
+                      "detections_per_img": int(heads.detections_per_img), "min_box_size": 1e-2,
+                      "box_coder_weights": [float(w) for w in heads.box_coder.weights],
+                      "bbox_xform_clip": float(heads.box_coder.bbox_xform_clip)},
+        "box_roi_pool": {"levels": pooled_levels, "output_size": int(res),
+                         "sampling_ratio": int(heads.box_roi_pool.sampling_ratio), "aligned": False,
+                         "canonical_scale": int(heads.box_roi_pool.canonical_scale),
+                         "canonical_level": int(heads.box_roi_pool.canonical_level)},
+        "mask_roi_pool": {"levels": mask_levels, "output_size": int(mres),
+                          "sampling_ratio": int(heads.mask_roi_pool.sampling_ratio), "aligned": False,
+                          "canonical_scale": int(heads.mask_roi_pool.canonical_scale),
+                          "canonical_level": int(heads.mask_roi_pool.canonical_level)},
+        "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1},
+        "graphs": {
+            "backbone": {"file": "backbone.onnx", "sha256": sha256(bb_path), "input": "images",
+                         "features": levels, "objectness": [f"objectness_{p}" for p in levels],
+                         "deltas": [f"deltas_{p}" for p in levels], "max_abs_diff_vs_torch": graphs["backbone"]},
+            "box_head": {"file": "box_head.onnx", "sha256": sha256(box_path), "input": "box_features",
+                         "class_logits": "class_logits", "box_deltas": "box_deltas",
+                         "max_abs_diff_vs_torch": graphs["box_head"]},
+            "mask_head": {"file": "mask_head.onnx", "sha256": sha256(mask_path), "input": "mask_features",
+                          "mask_logits": "mask_logits", "max_abs_diff_vs_torch": graphs["mask_head"]},
+        },
+    }
+    assert math.isclose(doc["rpn"]["bbox_xform_clip"], math.log(1000.0 / 16))
+    write_manifest(os.path.join(args.out, "manifest.toml"), doc)
+    total = sum(os.path.getsize(os.path.join(args.out, f)) for f in ("backbone.onnx", "box_head.onnx",
+                                                                       "mask_head.onnx"))
+    print(f"exported {args.out}: {total / 1e6:.1f} MB; max |delta| vs torch: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in graphs.items()))
+
+
+if __name__ == "__main__":
+    main()

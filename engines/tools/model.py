@@ -1,0 +1,109 @@
+"""The narrow `shapes` Mask R-CNN: the paper's structure (ResNet-FPN P2-P6, RPN, TwoMLPHead, 4-conv mask
+head, deconv + 1x1 predictor) at widths that run in real time on two CPU cores."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+SHAPES_CONFIG = {
+    "widths": [32, 64, 128, 256],
+    "blocks": [2, 2, 2, 2],
+    "fpn": 96,
+    "representation": 256,
+    "num_classes": 4,  # background + circle, rectangle, triangle
+    "min_size": 320,
+    "max_size": 640,
+    "anchor_sizes": [16, 32, 64, 128, 256],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+}
+
+
+class NarrowResNet(nn.Module):
+    """torchvision's ResNet layout (conv1/bn1/relu/maxpool/layer1-4) with chosen widths."""
+
+    def __init__(self, widths, blocks):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for b in range(n):
+                down = None
+                if b == 0 and (stride != 1 or inplanes != w):
+                    down = nn.Sequential(nn.Conv2d(inplanes, w, 1, stride, bias=False), nn.BatchNorm2d(w))
+                layers.append(BasicBlock(inplanes, w, stride if b == 0 else 1, down))
+                inplanes = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each block: stable training from scratch
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+
+def build_shapes_model(cfg: dict = SHAPES_CONFIG) -> MaskRCNN:
+    body = NarrowResNet(cfg["widths"], cfg["blocks"])
+    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, cfg["widths"],
+                               cfg["fpn"], extra_blocks=LastLevelMaxPool())
+    anchors = AnchorGenerator(tuple((s,) for s in cfg["anchor_sizes"]),
+                              (tuple(cfg["aspect_ratios"]),) * len(cfg["anchor_sizes"]))
+    f, rep, nc = cfg["fpn"], cfg["representation"], cfg["num_classes"]
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg["min_size"],
+        max_size=cfg["max_size"],
+        rpn_anchor_generator=anchors,
+        box_head=TwoMLPHead(f * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, nc),
+        mask_head=MaskRCNNHeads(f, [f] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(f, f, nc),
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=500,
+        box_batch_size_per_image=256,
+    )
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the convolution before it (BasicBlocks, stem, downsample)."""
+
+    def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+    body = model.backbone.body
+    fold(body.conv1, body.bn1)
+    body.bn1 = nn.Identity()
+    for m in list(body.modules()):
+        if isinstance(m, BasicBlock):
+            fold(m.conv1, m.bn1)
+            fold(m.conv2, m.bn2)
+            m.bn1, m.bn2 = nn.Identity(), nn.Identity()
+            if m.downsample is not None:
+                fold(m.downsample[0], m.downsample[1])
+                m.downsample[1] = nn.Identity()
+    return model
+
+
+def load_shapes_checkpoint(path: str) -> MaskRCNN:
+    """A trained checkpoint (real BN) as an eval-mode model with BN folded in."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_shapes_model(ckpt.get("config", SHAPES_CONFIG))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return fold_batchnorm(model)

@@ -1,0 +1,248 @@
+//! Box arithmetic shared by the RPN and the box head, in torchvision's exact order of operations:
+//! BoxCoder.decode_single, clip_boxes_to_image, remove_small_boxes, nms and batched_nms.
+
+pub type BoxF = [f32; 4];
+
+/// Decodes `deltas` (dx, dy, dw, dh) against `anchor` with coder `weights` (torchvision BoxCoder).
+#[inline]
+pub fn decode(anchor: &BoxF, deltas: &[f32], weights: &[f32; 4], clip: f32) -> BoxF {
+    let widths = anchor[2] - anchor[0];
+    let heights = anchor[3] - anchor[1];
+    let ctr_x = anchor[0] + 0.5 * widths;
+    let ctr_y = anchor[1] + 0.5 * heights;
+    let dx = deltas[0] / weights[0];
+    let dy = deltas[1] / weights[1];
+    let dw = (deltas[2] / weights[2]).min(clip);
+    let dh = (deltas[3] / weights[3]).min(clip);
+    let pred_ctr_x = dx * widths + ctr_x;
+    let pred_ctr_y = dy * heights + ctr_y;
+    let pred_w = dw.exp() * widths;
+    let pred_h = dh.exp() * heights;
+    let c_w = 0.5 * pred_w;
+    let c_h = 0.5 * pred_h;
+    [
+        pred_ctr_x - c_w,
+        pred_ctr_y - c_h,
+        pred_ctr_x + c_w,
+        pred_ctr_y + c_h,
+    ]
+}
+
+/// Clamps x to [0, width] and y to [0, height] (size of the resized, unpadded image).
+#[inline]
+pub fn clip(b: &mut BoxF, height: f32, width: f32) {
+    b[0] = b[0].clamp(0.0, width);
+    b[1] = b[1].clamp(0.0, height);
+    b[2] = b[2].clamp(0.0, width);
+    b[3] = b[3].clamp(0.0, height);
+}
+
+/// torchvision's remove_small_boxes keeps boxes whose both sides are >= min_size.
+#[inline]
+pub fn is_large_enough(b: &BoxF, min_size: f32) -> bool {
+    (b[2] - b[0]) >= min_size && (b[3] - b[1]) >= min_size
+}
+
+#[inline]
+pub fn area(b: &BoxF) -> f32 {
+    (b[2] - b[0]) * (b[3] - b[1])
+}
+
+pub fn iou(a: &BoxF, b: &BoxF) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Indices of `order` sorted by descending score (stable, as torchvision's nms kernel sorts).
+pub fn sort_by_score_desc(scores: &[f32], order: &mut Vec<usize>) {
+    order.clear();
+    order.extend(0..scores.len());
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+}
+
+/// Greedy NMS of torchvision's CPU kernel: suppress j when IoU(i, j) > threshold. `keep` receives
+/// indices in descending score order. `scratch` buffers are reused across calls.
+pub fn nms(
+    boxes: &[BoxF],
+    scores: &[f32],
+    threshold: f32,
+    keep: &mut Vec<usize>,
+    scratch: &mut NmsScratch,
+) {
+    keep.clear();
+    sort_by_score_desc(scores, &mut scratch.order);
+    scratch.suppressed.clear();
+    scratch.suppressed.resize(boxes.len(), false);
+    scratch.areas.clear();
+    scratch.areas.extend(boxes.iter().map(area));
+    let order = &scratch.order;
+    for (oi, &i) in order.iter().enumerate() {
+        if scratch.suppressed[i] {
+            continue;
+        }
+        keep.push(i);
+        let bi = &boxes[i];
+        let iarea = scratch.areas[i];
+        for &j in &order[oi + 1..] {
+            if scratch.suppressed[j] {
+                continue;
+            }
+            let bj = &boxes[j];
+            let w = (bi[2].min(bj[2]) - bi[0].max(bj[0])).max(0.0);
+            let h = (bi[3].min(bj[3]) - bi[1].max(bj[1])).max(0.0);
+            let inter = w * h;
+            let ovr = inter / (iarea + scratch.areas[j] - inter);
+            if ovr > threshold {
+                scratch.suppressed[j] = true;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct NmsScratch {
+    order: Vec<usize>,
+    suppressed: Vec<bool>,
+    areas: Vec<f32>,
+    shifted: Vec<BoxF>,
+    group_idx: Vec<usize>,
+    group_boxes: Vec<BoxF>,
+    group_scores: Vec<f32>,
+    group_keep: Vec<usize>,
+}
+
+/// NMS within groups (levels or classes), as torchvision's batched_nms: the coordinate-offset trick for
+/// small inputs (<= 1000 boxes on CPU), per-group NMS otherwise. `keep` is in descending score order.
+pub fn batched_nms(
+    boxes: &[BoxF],
+    scores: &[f32],
+    groups: &[usize],
+    threshold: f32,
+    keep: &mut Vec<usize>,
+    scratch: &mut NmsScratch,
+) {
+    keep.clear();
+    if boxes.is_empty() {
+        return;
+    }
+    if boxes.len() * 4 <= 4000 {
+        let max_coord = boxes
+            .iter()
+            .flatten()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut shifted = std::mem::take(&mut scratch.shifted);
+        shifted.clear();
+        shifted.extend(boxes.iter().zip(groups).map(|(b, &g)| {
+            let off = g as f32 * (max_coord + 1.0);
+            [b[0] + off, b[1] + off, b[2] + off, b[3] + off]
+        }));
+        nms(&shifted, scores, threshold, keep, scratch);
+        scratch.shifted = shifted;
+        return;
+    }
+    let n_groups = groups.iter().copied().max().map_or(0, |m| m + 1);
+    let mut kept = vec![false; boxes.len()];
+    let mut idx = std::mem::take(&mut scratch.group_idx);
+    let mut gb = std::mem::take(&mut scratch.group_boxes);
+    let mut gs = std::mem::take(&mut scratch.group_scores);
+    let mut gk = std::mem::take(&mut scratch.group_keep);
+    for g in 0..n_groups {
+        idx.clear();
+        idx.extend((0..boxes.len()).filter(|&i| groups[i] == g));
+        if idx.is_empty() {
+            continue;
+        }
+        gb.clear();
+        gb.extend(idx.iter().map(|&i| boxes[i]));
+        gs.clear();
+        gs.extend(idx.iter().map(|&i| scores[i]));
+        nms(&gb, &gs, threshold, &mut gk, scratch);
+        for &k in &gk {
+            kept[idx[k]] = true;
+        }
+    }
+    keep.extend((0..boxes.len()).filter(|&i| kept[i]));
+    keep.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    scratch.group_idx = idx;
+    scratch.group_boxes = gb;
+    scratch.group_scores = gs;
+    scratch.group_keep = gk;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_identity_and_clamp() {
+        let a = [10.0, 20.0, 30.0, 60.0];
+        assert_eq!(decode(&a, &[0.0; 4], &[1.0; 4], 4.135), a);
+        // dw is clamped at log(1000/16): the width can grow at most 62.5x
+        let b = decode(
+            &a,
+            &[0.0, 0.0, 100.0, 0.0],
+            &[1.0; 4],
+            (1000.0f32 / 16.0).ln(),
+        );
+        assert!(((b[2] - b[0]) - 20.0 * 62.5).abs() < 1e-2);
+    }
+
+    #[test]
+    fn nms_suppresses_overlaps_only_above_threshold() {
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 0.0, 11.0, 10.0],
+            [20.0, 20.0, 30.0, 30.0],
+        ];
+        let scores = [0.9, 0.95, 0.5];
+        let (mut keep, mut s) = (Vec::new(), NmsScratch::default());
+        nms(&boxes, &scores, 0.5, &mut keep, &mut s);
+        assert_eq!(keep, vec![1, 2]);
+        // IoU of the first two is 9/11 = 0.818: a higher threshold keeps both
+        nms(&boxes, &scores, 0.85, &mut keep, &mut s);
+        assert_eq!(keep, vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn batched_nms_keeps_other_groups() {
+        let boxes = vec![[0.0, 0.0, 10.0, 10.0]; 2];
+        let scores = [0.9, 0.8];
+        let (mut keep, mut s) = (Vec::new(), NmsScratch::default());
+        batched_nms(&boxes, &scores, &[0, 1], 0.5, &mut keep, &mut s);
+        assert_eq!(keep, vec![0, 1]);
+        batched_nms(&boxes, &scores, &[1, 1], 0.5, &mut keep, &mut s);
+        assert_eq!(keep, vec![0]);
+        // the per-group path (more than 1000 boxes) agrees with the offset path
+        let many: Vec<BoxF> = (0..1200)
+            .map(|i| {
+                let x = (i % 40) as f32 * 7.0;
+                let y = (i / 40) as f32 * 7.0;
+                [x, y, x + 10.0, y + 10.0]
+            })
+            .collect();
+        let sc: Vec<f32> = (0..1200)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let g: Vec<usize> = (0..1200).map(|i| i % 3).collect();
+        batched_nms(&many, &sc, &g, 0.3, &mut keep, &mut s);
+        let big = keep.clone();
+        let mut small = Vec::new();
+        for grp in 0..3 {
+            let idx: Vec<usize> = (0..1200).filter(|i| i % 3 == grp).collect();
+            let b: Vec<BoxF> = idx.iter().map(|&i| many[i]).collect();
+            let s2: Vec<f32> = idx.iter().map(|&i| sc[i]).collect();
+            let mut k = Vec::new();
+            nms(&b, &s2, 0.3, &mut k, &mut s);
+            small.extend(k.into_iter().map(|k| idx[k]));
+        }
+        small.sort_by(|&a, &b| sc[b].total_cmp(&sc[a]));
+        assert_eq!(big.len(), small.len());
+    }
+}

@@ -1,0 +1,65 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use maskstream::Engine;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Engine folder (holding manifest.toml).
+    pub dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let e = Engine::load_unverified(&args.dir).context("reading the engine manifest")?;
+    let m = &e.manifest;
+    println!(
+        "engine      {} (format {}, from {})",
+        m.name, m.format_version, m.source
+    );
+    println!("classes     {}", m.model.classes[1..].join(", "));
+    println!(
+        "input       min_size {} max_size {} divisible by {}",
+        m.transform.min_size, m.transform.max_size, m.transform.size_divisible
+    );
+    println!(
+        "levels      {} ({} FPN channels)",
+        m.model.levels.join(" "),
+        m.model.fpn_channels
+    );
+    println!(
+        "anchors     sizes {:?} ratios {:?}",
+        m.anchors.sizes.iter().flatten().collect::<Vec<_>>(),
+        m.anchors.aspect_ratios[0]
+    );
+    println!(
+        "rpn         pre {} post {} nms {}",
+        m.rpn.pre_nms_top_n, m.rpn.post_nms_top_n, m.rpn.nms_thresh
+    );
+    println!(
+        "detections  score > {} nms {} top {}",
+        m.roi_heads.score_thresh, m.roi_heads.nms_thresh, m.roi_heads.detections_per_img
+    );
+    println!(
+        "pooling     box {}x{} mask {}x{} sampling {} aligned {}",
+        m.box_roi_pool.output_size,
+        m.box_roi_pool.output_size,
+        m.mask_roi_pool.output_size,
+        m.mask_roi_pool.output_size,
+        m.box_roi_pool.sampling_ratio,
+        m.box_roi_pool.aligned
+    );
+    for (name, file) in [
+        ("backbone", &m.graphs.backbone.file),
+        ("box_head", &m.graphs.box_head.file),
+        ("mask_head", &m.graphs.mask_head.file),
+    ] {
+        let path = e.graph_path(file);
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .len();
+        println!("graph       {name:<9} {file} {:.1} MB", size as f64 / 1e6);
+    }
+    e.verify_files().context("checking graph checksums")?;
+    println!("checksums   ok");
+    Ok(())
+}

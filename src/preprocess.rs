@@ -1,0 +1,176 @@
+//! Preprocess: 8-bit RGB -> normalized float CHW, resized and zero-padded exactly as torchvision's
+//! GeneralizedRCNNTransform does (normalize, then bilinear resize with recomputed scale, then pad /32).
+
+use crate::engine::Transform;
+use crate::frame::RgbFrame;
+
+/// Size after torchvision's resize: scale = min(min_size/short, max_size/long) in f64, and
+/// `interpolate(scale_factor=..., recompute_scale_factor=True)` floors `dim * scale`.
+pub fn resized_size(height: usize, width: usize, t: &Transform) -> (usize, usize) {
+    let short = height.min(width) as f64;
+    let long = height.max(width) as f64;
+    let scale = (t.min_size as f64 / short).min(t.max_size as f64 / long);
+    let h = ((height as f64 * scale).floor() as usize).max(1);
+    let w = ((width as f64 * scale).floor() as usize).max(1);
+    (h, w)
+}
+
+/// Rounds up to a multiple of `divisible` (torchvision's batch_images).
+pub fn padded(n: usize, divisible: usize) -> usize {
+    n.div_ceil(divisible) * divisible
+}
+
+/// Source index and weights of one output coordinate of PyTorch's bilinear (align_corners=False)
+/// kernel: src = max(scale * (dst + 0.5) - 0.5, 0), scale = in / out computed in f32.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearTap {
+    pub i0: usize,
+    pub i1: usize,
+    pub w0: f32,
+    pub w1: f32,
+}
+
+pub fn linear_taps(input: usize, output: usize) -> Vec<LinearTap> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|o| {
+            let real = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (real as usize).min(input - 1);
+            let lambda = (real - i0 as f32).min(1.0);
+            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+            LinearTap {
+                i0,
+                i1,
+                w0: 1.0 - lambda,
+                w1: lambda,
+            }
+        })
+        .collect()
+}
+
+/// Bilinear resize of one f32 plane (PyTorch's evaluation order: rows weight the column blends).
+pub fn resize_plane(
+    src: &[f32],
+    src_w: usize,
+    rows: &[LinearTap],
+    cols: &[LinearTap],
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    for (y, r) in rows.iter().enumerate() {
+        let a = &src[r.i0 * src_w..(r.i0 + 1) * src_w];
+        let b = &src[r.i1 * src_w..(r.i1 + 1) * src_w];
+        let out = &mut dst[y * dst_stride..y * dst_stride + cols.len()];
+        for (o, c) in out.iter_mut().zip(cols) {
+            let t0 = a[c.i0] * c.w0 + a[c.i1] * c.w1;
+            let t1 = b[c.i0] * c.w0 + b[c.i1] * c.w1;
+            *o = t0 * r.w0 + t1 * r.w1;
+        }
+    }
+}
+
+/// The model input of one frame, and the sizes needed to map results back.
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    /// (height, width) of the frame as given.
+    pub original: (usize, usize),
+    /// (height, width) after resize, before padding; boxes are clipped to it.
+    pub resized: (usize, usize),
+}
+
+/// Reusable buffers for preprocessing: normalized planes before resize.
+#[derive(Debug, Default)]
+pub struct Preprocessor {
+    planes: Vec<f32>,
+}
+
+impl Preprocessor {
+    /// Writes the normalized, resized image into `out` (3 planes of `pad_h x pad_w`, zero padding).
+    pub fn run(
+        &mut self,
+        frame: &RgbFrame<'_>,
+        t: &Transform,
+        pad: (usize, usize),
+        out: &mut [f32],
+    ) -> Preprocessed {
+        let (h, w) = (frame.height, frame.width);
+        let (rh, rw) = resized_size(h, w, t);
+        let plane = h * w;
+        self.planes.resize(3 * plane, 0.0);
+        // torchvision: image / 255, then (x - mean) / std, per channel, in f32.
+        for y in 0..h {
+            let row = frame.row(y);
+            for x in 0..w {
+                for c in 0..3 {
+                    let v = row[x * 3 + c] as f32 / t.input_divisor;
+                    self.planes[c * plane + y * w + x] = (v - t.image_mean[c]) / t.image_std[c];
+                }
+            }
+        }
+        let (ph, pw) = pad;
+        out[..3 * ph * pw].fill(0.0);
+        let rows = linear_taps(h, rh);
+        let cols = linear_taps(w, rw);
+        for c in 0..3 {
+            resize_plane(
+                &self.planes[c * plane..(c + 1) * plane],
+                w,
+                &rows,
+                &cols,
+                &mut out[c * ph * pw..(c + 1) * ph * pw],
+                pw,
+            );
+        }
+        Preprocessed {
+            original: (h, w),
+            resized: (rh, rw),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transform(min: u32, max: u32) -> Transform {
+        Transform {
+            min_size: min,
+            max_size: max,
+            size_divisible: 32,
+            image_mean: [0.0; 3],
+            image_std: [1.0; 3],
+            input_divisor: 255.0,
+        }
+    }
+
+    #[test]
+    fn resized_size_follows_torchvision() {
+        // 640x360 -> scale 320/360: 568.88 floors to 568
+        assert_eq!(resized_size(360, 640, &transform(320, 640)), (320, 568));
+        // max_size binds for very wide frames
+        assert_eq!(resized_size(100, 1000, &transform(320, 640)), (64, 640));
+        assert_eq!(padded(568, 32), 576);
+        assert_eq!(padded(320, 32), 320);
+    }
+
+    #[test]
+    fn identity_resize_copies() {
+        let taps = linear_taps(4, 4);
+        assert!(taps
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.i0 == i && t.w0 == 1.0));
+        let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let mut dst = vec![0.0; 16];
+        resize_plane(&src, 4, &taps, &taps, &mut dst, 4);
+        assert_eq!(src, dst);
+    }
+
+    #[test]
+    fn downscale_by_two_averages_pairs() {
+        let taps = linear_taps(4, 2);
+        // scale 2: src = 2*(o+0.5)-0.5 = 0.5, 2.5 -> average of neighbours
+        assert_eq!((taps[0].i0, taps[0].i1, taps[0].w1), (0, 1, 0.5));
+        assert_eq!((taps[1].i0, taps[1].i1, taps[1].w1), (2, 3, 0.5));
+    }
+}

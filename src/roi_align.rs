@@ -1,0 +1,336 @@
+//! The multi-level ROIAlign plugin (CPU): torchvision's `roi_align` arithmetic exactly (aligned false/true,
+//! fixed or adaptive sampling ratio) with MultiScaleRoIAlign's log2 level assignment, parallel over ROIs.
+//!
+//! Per ROI, the bilinear taps (4 offsets + 4 weights per sample) are computed once and reused for every
+//! channel, as torchvision's pre_calc does; the per-thread scratch is reused, so the hot loop allocates
+//! nothing.
+
+use rayon::prelude::*;
+
+use crate::boxes::BoxF;
+use crate::error::{Error, Result};
+
+/// One feature level: a contiguous [batch, channels, height, width] tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureMap<'a> {
+    pub data: &'a [f32],
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// feature size / image size, e.g. 1/4 for P2.
+    pub spatial_scale: f32,
+}
+
+/// Pooling parameters (from the engine manifest's *_roi_pool sections).
+#[derive(Debug, Clone, Copy)]
+pub struct RoiAlignParams {
+    pub output_size: usize,
+    /// > 0: fixed samples per bin and axis; 0: adaptive, ceil(roi / output_size).
+    pub sampling_ratio: i32,
+    pub aligned: bool,
+}
+
+/// A region of interest: which image of the batch, which level, and its box in image pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct Roi {
+    pub batch: usize,
+    pub level: usize,
+    pub bbox: BoxF,
+}
+
+/// torchvision's MultiScaleRoIAlign scale inference: 2^round(log2(feature / image)).
+pub fn infer_scale(feature: usize, image: usize) -> f32 {
+    let approx = feature as f32 / image as f32;
+    2f32.powf(approx.log2().round_ties_even())
+}
+
+/// LevelMapper (FPN paper eq. 1): k = floor(k0 + log2(sqrt(area) / s0) + 1e-6), clamped to
+/// [k_min, k_max]; returns k - k_min, an index into the pooled levels.
+pub fn map_level(
+    b: &BoxF,
+    k_min: i32,
+    k_max: i32,
+    canonical_scale: f32,
+    canonical_level: f32,
+) -> usize {
+    let s = ((b[2] - b[0]) * (b[3] - b[1])).sqrt();
+    let k = (canonical_level + (s / canonical_scale).log2() + 1e-6f32).floor();
+    let k = k.clamp(k_min as f32, k_max as f32);
+    (k as i32 - k_min) as usize
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Tap {
+    pos: [u32; 4],
+    w: [f32; 4],
+}
+
+/// torchvision's bilinear_interpolate pre-computation for one sample point.
+#[inline]
+fn tap(mut y: f32, mut x: f32, height: usize, width: usize) -> Tap {
+    if y < -1.0 || y > height as f32 || x < -1.0 || x > width as f32 {
+        return Tap::default();
+    }
+    if y <= 0.0 {
+        y = 0.0;
+    }
+    if x <= 0.0 {
+        x = 0.0;
+    }
+    let mut y_low = y as usize;
+    let mut x_low = x as usize;
+    let y_high;
+    let x_high;
+    if y_low >= height - 1 {
+        y_low = height - 1;
+        y_high = y_low;
+        y = y_low as f32;
+    } else {
+        y_high = y_low + 1;
+    }
+    if x_low >= width - 1 {
+        x_low = width - 1;
+        x_high = x_low;
+        x = x_low as f32;
+    } else {
+        x_high = x_low + 1;
+    }
+    let ly = y - y_low as f32;
+    let lx = x - x_low as f32;
+    let hy = 1.0 - ly;
+    let hx = 1.0 - lx;
+    Tap {
+        pos: [
+            (y_low * width + x_low) as u32,
+            (y_low * width + x_high) as u32,
+            (y_high * width + x_low) as u32,
+            (y_high * width + x_high) as u32,
+        ],
+        w: [hy * hx, hy * lx, ly * hx, ly * lx],
+    }
+}
+
+/// Fills `taps` for one ROI (bins in row-major order, samples iy-major inside a bin) and returns
+/// (samples per bin, count to divide by).
+fn roi_taps(
+    bbox: &BoxF,
+    fm: &FeatureMap<'_>,
+    p: &RoiAlignParams,
+    taps: &mut Vec<Tap>,
+) -> (usize, f32) {
+    let offset = if p.aligned { 0.5 } else { 0.0 };
+    let scale = fm.spatial_scale;
+    let start_w = bbox[0] * scale - offset;
+    let start_h = bbox[1] * scale - offset;
+    let end_w = bbox[2] * scale - offset;
+    let end_h = bbox[3] * scale - offset;
+    let mut roi_w = end_w - start_w;
+    let mut roi_h = end_h - start_h;
+    if !p.aligned {
+        roi_w = roi_w.max(1.0);
+        roi_h = roi_h.max(1.0);
+    }
+    let out = p.output_size;
+    let bin_h = roi_h / out as f32;
+    let bin_w = roi_w / out as f32;
+    let (grid_h, grid_w) = if p.sampling_ratio > 0 {
+        (p.sampling_ratio as usize, p.sampling_ratio as usize)
+    } else {
+        (
+            (roi_h / out as f32).ceil().max(0.0) as usize,
+            (roi_w / out as f32).ceil().max(0.0) as usize,
+        )
+    };
+    let count = (grid_h * grid_w).max(1) as f32;
+    taps.clear();
+    for ph in 0..out {
+        for pw in 0..out {
+            for iy in 0..grid_h {
+                let y = start_h + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / grid_h as f32;
+                for ix in 0..grid_w {
+                    let x = start_w + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / grid_w as f32;
+                    taps.push(tap(y, x, fm.height, fm.width));
+                }
+            }
+        }
+    }
+    (grid_h * grid_w, count)
+}
+
+/// Pools every ROI from its level into `out` ([rois, channels, output_size, output_size]).
+pub fn roi_align(
+    levels: &[FeatureMap<'_>],
+    rois: &[Roi],
+    p: &RoiAlignParams,
+    out: &mut [f32],
+) -> Result<()> {
+    let Some(first) = levels.first() else {
+        return Err(Error::Input("roi_align: no feature levels".into()));
+    };
+    let channels = first.channels;
+    for (i, l) in levels.iter().enumerate() {
+        if l.channels != channels || l.height == 0 || l.width == 0 {
+            return Err(Error::Input(format!(
+                "roi_align: level {i} is {}x{}x{}, level 0 has {channels} channels",
+                l.channels, l.height, l.width
+            )));
+        }
+        if l.data.len() != l.batch * l.channels * l.height * l.width {
+            return Err(Error::Input(format!(
+                "roi_align: level {i} data length does not match its shape"
+            )));
+        }
+    }
+    let bin_count = p.output_size * p.output_size;
+    let per_roi = channels * bin_count;
+    if out.len() != rois.len() * per_roi {
+        return Err(Error::Input(format!(
+            "roi_align: output holds {} values, {} rois need {}",
+            out.len(),
+            rois.len(),
+            rois.len() * per_roi
+        )));
+    }
+    if let Some(r) = rois
+        .iter()
+        .find(|r| r.level >= levels.len() || r.batch >= levels[r.level].batch)
+    {
+        return Err(Error::Input(format!(
+            "roi_align: roi on level {} of image {} is out of range",
+            r.level, r.batch
+        )));
+    }
+    out.par_chunks_mut(per_roi)
+        .zip(rois.par_iter())
+        .for_each_init(Vec::new, |taps, (dst, roi)| {
+            let fm = &levels[roi.level];
+            let (samples, count) = roi_taps(&roi.bbox, fm, p, taps);
+            let plane = fm.height * fm.width;
+            let base = roi.batch * fm.channels * plane;
+            for c in 0..channels {
+                let f = &fm.data[base + c * plane..base + (c + 1) * plane];
+                let o = &mut dst[c * bin_count..(c + 1) * bin_count];
+                for (bin, t) in o.iter_mut().zip(taps.chunks_exact(samples.max(1))) {
+                    let mut acc = 0.0f32;
+                    if samples > 0 {
+                        for s in t {
+                            acc += s.w[0] * f[s.pos[0] as usize]
+                                + s.w[1] * f[s.pos[1] as usize]
+                                + s.w[2] * f[s.pos[2] as usize]
+                                + s.w[3] * f[s.pos[3] as usize];
+                        }
+                    }
+                    *bin = acc / count;
+                }
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(h: usize, w: usize) -> Vec<f32> {
+        (0..h * w)
+            .map(|i| (i % w) as f32 + 10.0 * (i / w) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn linear_field_is_sampled_exactly() {
+        // on f(y, x) = x + 10 y, bilinear sampling is exact: the bin mean is the value at its centre
+        let data = ramp(16, 16);
+        let fm = FeatureMap {
+            data: &data,
+            batch: 1,
+            channels: 1,
+            height: 16,
+            width: 16,
+            spatial_scale: 1.0,
+        };
+        let p = RoiAlignParams {
+            output_size: 2,
+            sampling_ratio: 2,
+            aligned: true,
+        };
+        let roi = Roi {
+            batch: 0,
+            level: 0,
+            bbox: [2.5, 4.5, 6.5, 8.5],
+        };
+        let mut out = vec![0.0; 4];
+        roi_align(&[fm], &[roi], &p, &mut out).unwrap();
+        // aligned: roi starts at (2, 4), bins of 2x2 centred at x=3,5 and y=5,7
+        assert_eq!(out, vec![3.0 + 50.0, 5.0 + 50.0, 3.0 + 70.0, 5.0 + 70.0]);
+    }
+
+    #[test]
+    fn outside_samples_count_but_contribute_zero() {
+        let data = vec![1.0; 4 * 4];
+        let fm = FeatureMap {
+            data: &data,
+            batch: 1,
+            channels: 1,
+            height: 4,
+            width: 4,
+            spatial_scale: 1.0,
+        };
+        let p = RoiAlignParams {
+            output_size: 1,
+            sampling_ratio: 2,
+            aligned: false,
+        };
+        // samples at x = 5.5 and 9.5 (beyond width + 1 is excluded only above width): x=5.5 > 4 -> 0
+        let roi = Roi {
+            batch: 0,
+            level: 0,
+            bbox: [4.0, 0.0, 12.0, 4.0],
+        };
+        let mut out = vec![0.0; 1];
+        roi_align(&[fm], &[roi], &p, &mut out).unwrap();
+        assert_eq!(out[0], 0.0);
+    }
+
+    #[test]
+    fn level_mapper_matches_fpn_rule() {
+        assert_eq!(map_level(&[0.0, 0.0, 224.0, 224.0], 2, 5, 224.0, 4.0), 2); // k=4
+        assert_eq!(map_level(&[0.0, 0.0, 112.0, 112.0], 2, 5, 224.0, 4.0), 1); // k=3
+        assert_eq!(map_level(&[0.0, 0.0, 10.0, 10.0], 2, 5, 224.0, 4.0), 0); // clamped to 2
+        assert_eq!(map_level(&[0.0, 0.0, 0.0, 0.0], 2, 5, 224.0, 4.0), 0); // log2(0) = -inf
+        assert_eq!(map_level(&[0.0, 0.0, 2000.0, 2000.0], 2, 5, 224.0, 4.0), 3);
+        assert_eq!(infer_scale(80, 320), 0.25);
+        assert_eq!(infer_scale(10, 300), 0.03125);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let data = vec![0.0; 4];
+        let fm = FeatureMap {
+            data: &data,
+            batch: 1,
+            channels: 1,
+            height: 2,
+            width: 2,
+            spatial_scale: 1.0,
+        };
+        let p = RoiAlignParams {
+            output_size: 2,
+            sampling_ratio: 2,
+            aligned: false,
+        };
+        let roi = Roi {
+            batch: 1,
+            level: 0,
+            bbox: [0.0; 4],
+        };
+        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 4]).is_err());
+        let roi = Roi {
+            batch: 0,
+            level: 0,
+            bbox: [0.0; 4],
+        };
+        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 3]).is_err());
+    }
+}

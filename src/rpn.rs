@@ -1,0 +1,175 @@
+//! Region proposal network, post-head (torchvision RegionProposalNetwork.filter_proposals, eval mode):
+//! per level top-n by objectness logit, decode against anchors, clip, drop tiny and low-score boxes,
+//! NMS per level, keep the best post_nms_top_n overall.
+
+use crate::boxes::{self, BoxF, NmsScratch};
+use crate::engine::Rpn as RpnConfig;
+
+/// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW slices).
+#[derive(Debug, Clone, Copy)]
+pub struct LevelHead<'a> {
+    pub objectness: &'a [f32],
+    pub deltas: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub anchors_per_location: usize,
+}
+
+/// Proposals of one image, best first, in resized-image pixels.
+#[derive(Debug, Clone, Default)]
+pub struct Proposals {
+    pub boxes: Vec<BoxF>,
+    pub scores: Vec<f32>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProposalScratch {
+    order: Vec<u32>,
+    boxes: Vec<BoxF>,
+    scores: Vec<f32>,
+    levels: Vec<usize>,
+    keep: Vec<usize>,
+    nms: NmsScratch,
+}
+
+/// Selects proposals from the RPN head of one image. `anchors[l]` are the level's anchors in
+/// (y, x, anchor) order; `image` is the resized (unpadded) (height, width) used for clipping.
+pub fn propose(
+    heads: &[LevelHead<'_>],
+    anchors: &[Vec<BoxF>],
+    image: (usize, usize),
+    cfg: &RpnConfig,
+    s: &mut ProposalScratch,
+) -> Proposals {
+    s.boxes.clear();
+    s.scores.clear();
+    s.levels.clear();
+    let (img_h, img_w) = (image.0 as f32, image.1 as f32);
+    for (level, (head, anchors)) in heads.iter().zip(anchors).enumerate() {
+        let a = head.anchors_per_location;
+        let hw = head.height * head.width;
+        let n = hw * a;
+        // flattened index i = (y * w + x) * A + anchor, as torchvision's permute to (N, H, W, A)
+        let logit = |i: usize| head.objectness[(i % a) * hw + i / a];
+        let k = cfg.pre_nms_top_n.min(n);
+        s.order.clear();
+        s.order.extend(0..n as u32);
+        if k < n {
+            s.order.select_nth_unstable_by(k, |&x, &y| {
+                logit(y as usize).total_cmp(&logit(x as usize))
+            });
+            s.order.truncate(k);
+        }
+        s.order
+            .sort_unstable_by(|&x, &y| logit(y as usize).total_cmp(&logit(x as usize)));
+        for &i in &s.order {
+            let i = i as usize;
+            let (anchor, loc) = (i % a, i / a);
+            let d = [
+                head.deltas[(anchor * 4) * hw + loc],
+                head.deltas[(anchor * 4 + 1) * hw + loc],
+                head.deltas[(anchor * 4 + 2) * hw + loc],
+                head.deltas[(anchor * 4 + 3) * hw + loc],
+            ];
+            let mut b = boxes::decode(&anchors[i], &d, &cfg.box_coder_weights, cfg.bbox_xform_clip);
+            boxes::clip(&mut b, img_h, img_w);
+            let score = sigmoid(logit(i));
+            if !boxes::is_large_enough(&b, cfg.min_size) || score < cfg.score_thresh {
+                continue;
+            }
+            s.boxes.push(b);
+            s.scores.push(score);
+            s.levels.push(level);
+        }
+    }
+    boxes::batched_nms(
+        &s.boxes,
+        &s.scores,
+        &s.levels,
+        cfg.nms_thresh,
+        &mut s.keep,
+        &mut s.nms,
+    );
+    s.keep.truncate(cfg.post_nms_top_n);
+    Proposals {
+        boxes: s.keep.iter().map(|&i| s.boxes[i]).collect(),
+        scores: s.keep.iter().map(|&i| s.scores[i]).collect(),
+    }
+}
+
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RpnConfig {
+        RpnConfig {
+            pre_nms_top_n: 2,
+            post_nms_top_n: 10,
+            nms_thresh: 0.7,
+            min_size: 1e-3,
+            score_thresh: 0.0,
+            box_coder_weights: [1.0; 4],
+            bbox_xform_clip: (1000.0f32 / 16.0).ln(),
+        }
+    }
+
+    #[test]
+    fn top_n_per_level_then_nms() {
+        // one level, 1x3 grid, one anchor per location; zero deltas return the anchors
+        let anchors = vec![vec![
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 0.0, 11.0, 10.0],
+            [50.0, 0.0, 60.0, 10.0],
+        ]];
+        let obj = [0.5, 2.0, 1.0];
+        let deltas = [0.0; 12];
+        let head = LevelHead {
+            objectness: &obj,
+            deltas: &deltas,
+            height: 1,
+            width: 3,
+            anchors_per_location: 1,
+        };
+        let p = propose(
+            &[head],
+            &anchors,
+            (100, 100),
+            &cfg(),
+            &mut ProposalScratch::default(),
+        );
+        // pre_nms_top_n = 2 keeps logits 2.0 and 1.0 only
+        assert_eq!(
+            p.boxes,
+            vec![[1.0, 0.0, 11.0, 10.0], [50.0, 0.0, 60.0, 10.0]]
+        );
+        assert!((p.scores[0] - sigmoid(2.0)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn boxes_are_clipped_and_tiny_ones_dropped() {
+        let anchors = vec![vec![[-5.0, -5.0, 20.0, 20.0], [200.0, 200.0, 210.0, 210.0]]];
+        let obj = [1.0, 1.0];
+        let deltas = [0.0; 8];
+        let head = LevelHead {
+            objectness: &obj,
+            deltas: &deltas,
+            height: 1,
+            width: 2,
+            anchors_per_location: 1,
+        };
+        let p = propose(
+            &[head],
+            &anchors,
+            (100, 100),
+            &cfg(),
+            &mut ProposalScratch::default(),
+        );
+        // the second anchor clips to a zero-size box at the corner and is removed
+        assert_eq!(p.boxes, vec![[0.0, 0.0, 20.0, 20.0]]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The whole model (ONNX graphs + our Rust stages) against torchvision eager on the fixtures:
+//! transformed sizes, proposals, detections, pasted masks.
+
+mod common;
+
+use std::path::PathBuf;
+
+use maskstream::output::RleRecord;
+use maskstream::paste::{self, PasteScratch};
+use maskstream::RgbFrame;
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(common::fixtures().join("detect"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 4, "expected at least 4 detection fixtures");
+    v
+}
+
+fn ref_masks(meta: &serde_json::Value) -> Vec<Vec<u8>> {
+    meta["masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let r: RleRecord = serde_json::from_value(m.clone()).unwrap();
+            r.decode().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn paste_matches_torchvision_given_the_same_masks() {
+    let mut worst = 1.0f64;
+    for dir in cases() {
+        let meta = common::json(&dir.join("expected.json"));
+        let (h, w) = (
+            meta["original_size"][0].as_u64().unwrap() as usize,
+            meta["original_size"][1].as_u64().unwrap() as usize,
+        );
+        let boxes = common::npy_f32(&dir.join("boxes.npy"));
+        let probs = common::npy_f32(&dir.join("mask_probs_28.npy"));
+        let expected = ref_masks(&meta);
+        let n = boxes.shape()[0];
+        let mut s = PasteScratch::default();
+        for i in 0..n {
+            let b = boxes.as_slice().unwrap();
+            let bbox = [b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]];
+            let p = &probs.as_slice().unwrap()[i * 784..(i + 1) * 784];
+            let m = paste::paste(p, 28, &bbox, (h, w), 1, 0.5, &mut s);
+            let iou = common::mask_iou(&m.to_full(), &expected[i]);
+            worst = worst.min(iou);
+            assert!(
+                iou >= 0.999,
+                "{}: detection {i}: pasted mask IoU {iou}",
+                dir.display()
+            );
+        }
+    }
+    println!("paste: worst mask IoU given torchvision's 28x28 masks {worst:.5}");
+}
+
+#[test]
+fn model_matches_torchvision() {
+    let mut model = common::cpu_model();
+    let (mut worst_box, mut worst_mask, mut worst_score, mut worst_prop) =
+        (1.0f32, 1.0f64, 0.0f32, 1.0f64);
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let meta = common::json(&dir.join("expected.json"));
+        let img = image::open(dir.join("image.png")).unwrap().to_rgb8();
+        let frame = RgbFrame::from_image(&img).unwrap();
+        let result = model.detect(&frame).unwrap();
+
+        // transformed size
+        let size = |k: &str| {
+            (
+                meta[k][0].as_u64().unwrap() as usize,
+                meta[k][1].as_u64().unwrap() as usize,
+            )
+        };
+        assert_eq!(result.resized, size("resized_size"), "{name}: resized size");
+        assert_eq!(result.padded, size("padded_size"), "{name}: padded size");
+
+        // proposals: >= 99% of torchvision's matched at IoU >= 0.99
+        let props = common::npy_f32(&dir.join("proposals.npy"));
+        let props = props.as_slice().unwrap();
+        let n_ref = props.len() / 4;
+        let matched = (0..n_ref)
+            .filter(|&i| {
+                let r = &props[i * 4..i * 4 + 4];
+                result
+                    .proposals
+                    .boxes
+                    .iter()
+                    .any(|b| common::iou(r, b) >= 0.99)
+            })
+            .count();
+        let frac = matched as f64 / n_ref.max(1) as f64;
+        worst_prop = worst_prop.min(frac);
+        assert!(
+            frac >= 0.99,
+            "{name}: only {matched}/{n_ref} proposals matched"
+        );
+
+        // detections with score >= 0.3: same label, box IoU >= 0.99, |dscore| <= 1e-3, mask IoU >= 0.99
+        let boxes = common::npy_f32(&dir.join("boxes.npy"));
+        let boxes = boxes.as_slice().unwrap();
+        let scores = common::npy_f32(&dir.join("scores.npy"));
+        let scores = scores.as_slice().unwrap();
+        let labels = common::npy_i64(&dir.join("labels.npy"));
+        let labels = labels.as_slice().unwrap();
+        let masks = ref_masks(&meta);
+        for i in 0..scores.len() {
+            if scores[i] < 0.3 {
+                continue;
+            }
+            let r = &boxes[i * 4..i * 4 + 4];
+            let best = result
+                .detections
+                .iter()
+                .filter(|d| d.class_id as i64 == labels[i])
+                .max_by(|a, b| common::iou(r, &a.bbox).total_cmp(&common::iou(r, &b.bbox)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{name}: reference detection {i} (label {}) has no match",
+                        labels[i]
+                    )
+                });
+            let iou = common::iou(r, &best.bbox);
+            let ds = (best.score - scores[i]).abs();
+            let miou = common::mask_iou(&best.mask.to_full(), &masks[i]);
+            assert!(iou >= 0.99, "{name}: detection {i}: box IoU {iou}");
+            assert!(
+                ds <= 1e-3,
+                "{name}: detection {i}: score {} vs {}",
+                best.score,
+                scores[i]
+            );
+            assert!(miou >= 0.99, "{name}: detection {i}: mask IoU {miou}");
+            worst_box = worst_box.min(iou);
+            worst_mask = worst_mask.min(miou);
+            worst_score = worst_score.max(ds);
+        }
+        // counts agree above the low-score tail
+        let ours = result.detections.iter().filter(|d| d.score >= 0.1).count();
+        let theirs = scores.iter().filter(|&&s| s >= 0.1).count();
+        let near = scores
+            .iter()
+            .chain(result.detections.iter().map(|d| &d.score))
+            .any(|s| (s - 0.1).abs() < 1e-3);
+        assert!(
+            ours == theirs || near,
+            "{name}: {ours} detections >= 0.1, torchvision {theirs}"
+        );
+        println!(
+            "{name}: {} detections (torchvision {}), {:.1} ms",
+            result.detections.len(),
+            scores.len(),
+            result.times.total().as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "parity: worst proposal match {worst_prop:.4}, worst box IoU {worst_box:.5}, worst mask IoU {worst_mask:.5}, worst |dscore| {worst_score:.2e}"
+    );
+}
