@@ -23,6 +23,10 @@ enum Command {
     Detect(cli::detect::Args),
     /// Print an engine's manifest summary and check its files.
     Inspect(cli::inspect::Args),
+    /// Run a streaming pipeline: a pipelines/*.toml file and/or flags.
+    Run(cli::run::Args),
+    /// Process every video of a folder (or glob) into annotated videos and JSON Lines.
+    Batch(cli::batch::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Detect(a) => cli::detect::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::Batch(a) => cli::batch::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

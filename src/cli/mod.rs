@@ -1,7 +1,10 @@
 //! Subcommands of the binary; each reports errors with context (anyhow).
 
+pub mod batch;
 pub mod detect;
 pub mod inspect;
+pub mod progress;
+pub mod run;
 
 use std::path::PathBuf;
 

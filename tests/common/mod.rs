@@ -57,3 +57,150 @@ pub fn cpu_model() -> maskstream::MaskRcnn {
     };
     maskstream::MaskRcnn::load(engine_dir(), &opts).expect("load bundled engine")
 }
+
+pub mod gst_util {
+    //! GStreamer helpers of the tests: decode a file, receive an RTSP stream.
+
+    use std::time::{Duration, Instant};
+
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    use gstreamer_app as gst_app;
+
+    pub struct Decoded {
+        pub frames: Vec<Vec<u8>>,
+        pub width: usize,
+        pub height: usize,
+        pub last_pts: Option<u64>,
+    }
+
+    fn rgb_sink() -> gst_app::AppSink {
+        gst_app::AppSink::builder()
+            .caps(
+                &gst::Caps::builder("video/x-raw")
+                    .field("format", "RGB")
+                    .build(),
+            )
+            .sync(false)
+            .build()
+    }
+
+    fn pull_all(
+        pipeline: &gst::Pipeline,
+        sink: &gst_app::AppSink,
+        want: usize,
+        timeout: Duration,
+        keep: bool,
+    ) -> Result<Decoded, String> {
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| format!("{e:?}"))?;
+        let bus = pipeline.bus().unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Decoded {
+            frames: Vec::new(),
+            width: 0,
+            height: 0,
+            last_pts: None,
+        };
+        let mut count = 0usize;
+        let result = loop {
+            if Instant::now() > deadline {
+                break Err(format!("timed out after {count} frames"));
+            }
+            if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+                if let gst::MessageView::Error(e) = msg.view() {
+                    break Err(format!("{} ({:?})", e.error(), e.debug()));
+                }
+            }
+            match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+                Some(s) => {
+                    let caps = s.caps().unwrap();
+                    let st = caps.structure(0).unwrap();
+                    out.width = st.get::<i32>("width").unwrap() as usize;
+                    out.height = st.get::<i32>("height").unwrap() as usize;
+                    let b = s.buffer().unwrap();
+                    out.last_pts = b.pts().map(|p| p.nseconds()).or(out.last_pts);
+                    if keep {
+                        let m = b.map_readable().unwrap();
+                        out.frames
+                            .push(m.as_slice()[..out.width * out.height * 3].to_vec());
+                    }
+                    count += 1;
+                    if count >= want {
+                        break Ok(());
+                    }
+                }
+                None if sink.is_eos() => break Ok(()),
+                None => {}
+            }
+        };
+        let _ = pipeline.set_state(gst::State::Null);
+        if !keep {
+            out.frames = vec![Vec::new(); count];
+        }
+        result.map(|_| out)
+    }
+
+    fn linked_pipeline(
+        src: gst::Element,
+        decode: gst::Element,
+    ) -> (gst::Pipeline, gst_app::AppSink) {
+        let pipeline = gst::Pipeline::new();
+        let convert = gst::ElementFactory::make("videoconvert").build().unwrap();
+        let sink = rgb_sink();
+        pipeline
+            .add_many([&src, &decode, &convert, sink.upcast_ref()])
+            .unwrap();
+        convert.link(&sink).unwrap();
+        let dec = decode.clone();
+        src.connect_pad_added(move |_, pad| {
+            let _ = pad.link(&dec.static_pad("sink").unwrap());
+        });
+        if src.static_pad("src").is_some() {
+            src.link(&decode).unwrap();
+        }
+        let conv = convert.clone();
+        decode.connect_pad_added(move |_, pad| {
+            let sinkpad = conv.static_pad("sink").unwrap();
+            if !sinkpad.is_linked() {
+                let _ = pad.link(&sinkpad);
+            }
+        });
+        (pipeline, sink)
+    }
+
+    /// Decodes a whole video file (frame count, size, last pts; pixels when `keep`).
+    pub fn decode_file(path: &std::path::Path, keep: bool) -> Result<Decoded, String> {
+        gst::init().unwrap();
+        let src = gst::ElementFactory::make("filesrc")
+            .property("location", path.to_str().unwrap())
+            .build()
+            .unwrap();
+        let decode = gst::ElementFactory::make("decodebin").build().unwrap();
+        let (p, s) = linked_pipeline(src, decode);
+        pull_all(&p, &s, usize::MAX, Duration::from_secs(120), keep)
+    }
+
+    /// Receives up to `want` decoded frames from an RTSP URL.
+    pub fn rtsp_frames(
+        url: &str,
+        creds: Option<(&str, &str)>,
+        want: usize,
+        timeout: Duration,
+    ) -> Result<Decoded, String> {
+        gst::init().unwrap();
+        let src = gst::ElementFactory::make("rtspsrc")
+            .property("location", url)
+            .property("latency", 0u32)
+            .build()
+            .unwrap();
+        if let Some((u, p)) = creds {
+            src.set_property("user-id", u);
+            src.set_property("user-pw", p);
+        }
+        let decode = gst::ElementFactory::make("decodebin").build().unwrap();
+        let (p, s) = linked_pipeline(src, decode);
+        pull_all(&p, &s, want, timeout, true)
+    }
+}

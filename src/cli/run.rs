@@ -1,0 +1,140 @@
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::{self, RunContext};
+use maskstream::BackendKind;
+
+use super::progress::Bars;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Pipeline file (pipelines/*.toml); the flags below override it or replace it.
+    pub pipeline: Option<PathBuf>,
+    /// Source: file, URI, rtsp://, v4l2:///dev/videoN or test://PATTERN (repeatable).
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
+    /// Annotated video file (.mp4/.mkv); {name} is the source's name.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// JSON Lines file; {name} is the source's name.
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Serve the annotated stream at rtsp://HOST:PORT/PATH.
+    #[arg(long)]
+    pub serve: Option<String>,
+    /// Show a preview window.
+    #[arg(long)]
+    pub preview: bool,
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Inference threads (0 = all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
+    let mut cfg = match &args.pipeline {
+        Some(p) => PipelineConfig::load(p)?,
+        None => {
+            if args.inputs.is_empty() {
+                bail!("give a pipeline file or at least one --input");
+            }
+            PipelineConfig {
+                engine: super::default_engine(),
+                ..Default::default()
+            }
+        }
+    };
+    if !args.inputs.is_empty() {
+        cfg.sources = args
+            .inputs
+            .iter()
+            .map(|u| SourceConfig {
+                uri: u.clone(),
+                name: None,
+                max_frames: None,
+            })
+            .collect();
+    }
+    if args.output.is_some() {
+        cfg.output.video = args.output.clone();
+    }
+    if args.json.is_some() {
+        cfg.output.jsonl = args.json.clone();
+    }
+    if args.serve.is_some() {
+        cfg.output.rtsp = args.serve.clone();
+    }
+    cfg.output.preview |= args.preview;
+    if let Some(e) = &args.engine {
+        cfg.engine = e.clone();
+    }
+    if let Some(b) = args.backend {
+        cfg.backend = b;
+    }
+    if let Some(s) = args.score_threshold {
+        cfg.inference.score_threshold = s;
+    }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// SIGINT/SIGTERM: the first asks for a clean stop (EOS, files finalized), the second exits at once.
+pub fn install_signal_handler() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let result = ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("stopping: finishing outputs (signal again to exit at once)");
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot install the signal handler");
+    }
+    stop
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
+    let stop = install_signal_handler();
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let ctx = RunContext {
+        stop: stop.clone(),
+        progress: Box::new(Bars::new(multi, None)),
+        on_rtsp_ready: Some(Box::new(|urls| {
+            for u in urls {
+                eprintln!("serving {u}");
+            }
+        })),
+    };
+    let summary = pipeline::run(&cfg, ctx).context("running the pipeline")?;
+    eprint!("{summary}");
+    let failed = summary.failed();
+    if !failed.is_empty() {
+        bail!(
+            "{}",
+            failed
+                .iter()
+                .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    if stop.load(Ordering::Relaxed) {
+        eprintln!("stopped by signal; outputs finalized");
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Pipeline files (`pipelines/*.toml`): sources, engine, backend, thresholds, queue policy, sinks.
+//! Every key has a default; unknown keys and bad values are errors naming the key and the file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::backend::BackendKind;
+use crate::error::{Error, Result};
+use crate::overlay::OverlayStyle;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Engine folder.
+    pub engine: PathBuf,
+    pub backend: BackendKind,
+    /// Inference threads (0 = all cores).
+    pub threads: usize,
+    #[serde(rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    pub inference: InferenceConfig,
+    pub queue: QueueConfig,
+    pub overlay: OverlayStyle,
+    pub output: OutputConfig,
+    pub rtsp_input: RtspInputConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            engine: PathBuf::from("engines/shapes"),
+            backend: BackendKind::Auto,
+            threads: 0,
+            sources: Vec::new(),
+            inference: InferenceConfig::default(),
+            queue: QueueConfig::default(),
+            overlay: OverlayStyle::default(),
+            output: OutputConfig::default(),
+            rtsp_input: RtspInputConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A file path, file:// or http(s):// URI, rtsp://..., v4l2:///dev/videoN, or test://PATTERN.
+    pub uri: String,
+    /// Used in output names ({name}); defaults to the file stem or the RTSP path.
+    pub name: Option<String>,
+    /// Stop after this many frames (all when absent).
+    pub max_frames: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Instances scoring below this are neither drawn nor written.
+    pub score_threshold: f32,
+    /// Frames of several streams inferred together (the role of nvstreammux).
+    pub max_batch: usize,
+    /// How long the first frame of a batch waits for others.
+    pub max_wait_ms: u64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            score_threshold: 0.5,
+            max_batch: 4,
+            max_wait_ms: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Frames buffered between stages.
+    pub capacity: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { capacity: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtspInputConfig {
+    /// rtspsrc jitter-buffer latency.
+    pub latency_ms: u32,
+    /// Force RTP over TCP (otherwise UDP first, TCP as fallback).
+    pub tcp: bool,
+    /// Reconnect attempts after the stream drops (0 = give up at once).
+    pub reconnect_attempts: u32,
+    /// First back-off interval; doubles per attempt up to 8x.
+    pub reconnect_interval_ms: u64,
+}
+
+impl Default for RtspInputConfig {
+    fn default() -> Self {
+        RtspInputConfig {
+            latency_ms: 200,
+            tcp: false,
+            reconnect_attempts: 5,
+            reconnect_interval_ms: 1000,
+        }
+    }
+}
+
+/// Sinks: any combination. `{name}` in paths and mount points is replaced by the source's name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Annotated video file (.mp4 or .mkv, H.264).
+    pub video: Option<String>,
+    /// JSON Lines metadata file.
+    pub jsonl: Option<String>,
+    /// Serve the annotated stream: rtsp://HOST:PORT/PATH (port 0 = any free port).
+    pub rtsp: Option<String>,
+    /// Environment variable holding `user:password` for the RTSP server (basic auth).
+    pub rtsp_credentials_env: Option<String>,
+    /// File holding `user:password` for the RTSP server.
+    pub rtsp_credentials_file: Option<PathBuf>,
+    /// Show a preview window.
+    pub preview: bool,
+    /// x264 bitrate of encoded outputs, kbit/s.
+    pub bitrate_kbps: Option<u32>,
+}
+
+/// What a source URI names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// A local file (decoded by uridecodebin).
+    File(PathBuf),
+    /// Any other URI uridecodebin reads (http, https, file).
+    Uri(String),
+    Rtsp(String),
+    V4l2(String),
+    Test {
+        pattern: String,
+        width: u32,
+        height: u32,
+        fps: u32,
+        frames: Option<u64>,
+    },
+}
+
+impl SourceKind {
+    /// Live sources drop their oldest queued frame when inference lags; files never drop.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self,
+            SourceKind::Rtsp(_) | SourceKind::V4l2(_) | SourceKind::Test { .. }
+        )
+    }
+
+    pub fn default_name(&self) -> String {
+        match self {
+            SourceKind::File(p) => p
+                .file_stem()
+                .map_or("video".into(), |s| s.to_string_lossy().into_owned()),
+            SourceKind::Uri(u) | SourceKind::Rtsp(u) => u
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .filter(|s| !s.is_empty() && !s.contains(':'))
+                .map_or("stream".into(), |s| {
+                    s.split('.').next().unwrap_or(s).to_string()
+                }),
+            SourceKind::V4l2(d) => d.rsplit('/').next().unwrap_or("camera").to_string(),
+            SourceKind::Test { pattern, .. } => format!("test-{pattern}"),
+        }
+    }
+}
+
+impl FromStr for SourceKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Config(format!("source {s:?}: {why}"));
+        if let Some(rest) = s.strip_prefix("test://") {
+            let (pattern, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut kind = SourceKind::Test {
+                pattern: if pattern.is_empty() {
+                    "smpte".into()
+                } else {
+                    pattern.to_string()
+                },
+                width: 640,
+                height: 360,
+                fps: 30,
+                frames: None,
+            };
+            if let SourceKind::Test {
+                width,
+                height,
+                fps,
+                frames,
+                ..
+            } = &mut kind
+            {
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| bad("query items are key=value"))?;
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| bad(&format!("{k}={v} is not a number")))?;
+                    match k {
+                        "width" if (16..=8192).contains(&n) => *width = n as u32,
+                        "height" if (16..=8192).contains(&n) => *height = n as u32,
+                        "fps" if (1..=240).contains(&n) => *fps = n as u32,
+                        "frames" => *frames = Some(n),
+                        _ => {
+                            return Err(bad(&format!(
+                                "unknown or out-of-range test parameter {k}={v}"
+                            )))
+                        }
+                    }
+                }
+            }
+            return Ok(kind);
+        }
+        if s.starts_with("rtsp://") || s.starts_with("rtsps://") {
+            return Ok(SourceKind::Rtsp(s.to_string()));
+        }
+        if let Some(dev) = s.strip_prefix("v4l2://") {
+            if !dev.starts_with('/') {
+                return Err(bad("expected v4l2:///dev/videoN"));
+            }
+            return Ok(SourceKind::V4l2(dev.to_string()));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            return Ok(SourceKind::File(PathBuf::from(path)));
+        }
+        if s.contains("://") {
+            return Ok(SourceKind::Uri(s.to_string()));
+        }
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        Ok(SourceKind::File(PathBuf::from(s)))
+    }
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        if self.sources.is_empty() {
+            return bad(
+                "source",
+                "at least one [[source]] with a uri is needed".into(),
+            );
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            s.uri
+                .parse::<SourceKind>()
+                .map_err(|e| Error::Config(format!("source[{i}].uri: {e}")))?;
+        }
+        let inf = &self.inference;
+        if !(0.0..=1.0).contains(&inf.score_threshold) {
+            return bad(
+                "inference.score_threshold",
+                format!("{} is outside 0..1", inf.score_threshold),
+            );
+        }
+        if inf.max_batch == 0 || inf.max_batch > 64 {
+            return bad(
+                "inference.max_batch",
+                format!("{} is outside 1..64", inf.max_batch),
+            );
+        }
+        if self.queue.capacity == 0 || self.queue.capacity > 1024 {
+            return bad(
+                "queue.capacity",
+                format!("{} is outside 1..1024", self.queue.capacity),
+            );
+        }
+        let o = &self.overlay;
+        if !(0.0..=1.0).contains(&o.alpha) {
+            return bad("overlay.alpha", format!("{} is outside 0..1", o.alpha));
+        }
+        if !(4.0..=200.0).contains(&o.font_size) {
+            return bad(
+                "overlay.font_size",
+                format!("{} is outside 4..200", o.font_size),
+            );
+        }
+        if o.line_width > 64 {
+            return bad("overlay.line_width", format!("{} is over 64", o.line_width));
+        }
+        if let Some(url) = &self.output.rtsp {
+            crate::pipeline::rtsp::ServeAddress::parse(url)
+                .map_err(|e| Error::Config(format!("output.rtsp: {e}")))?;
+        }
+        for (key, v) in [
+            ("output.video", &self.output.video),
+            ("output.jsonl", &self.output.jsonl),
+        ] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                return bad(key, "is empty".into());
+            }
+        }
+        if let Some(v) = &self.output.video {
+            let lower = v.to_ascii_lowercase();
+            if !(lower.ends_with(".mp4") || lower.ends_with(".mkv") || lower.ends_with(".mov")) {
+                return bad(
+                    "output.video",
+                    format!("{v:?} must end in .mp4, .mkv or .mov"),
+                );
+            }
+        }
+        if self
+            .output
+            .bitrate_kbps
+            .is_some_and(|b| !(64..=100_000).contains(&b))
+        {
+            return bad("output.bitrate_kbps", "must be within 64..100000".into());
+        }
+        if self.sources.len() > 1 {
+            for (key, v) in [
+                ("output.video", &self.output.video),
+                ("output.jsonl", &self.output.jsonl),
+            ] {
+                if v.as_deref().is_some_and(|p| !p.contains("{name}")) {
+                    return bad(key, "several sources need {name} in the path".into());
+                }
+            }
+            let mut names: Vec<String> = self
+                .sources
+                .iter()
+                .map(SourceConfig::resolved_name)
+                .collect();
+            names.sort();
+            names.dedup();
+            if names.len() != self.sources.len() {
+                return bad("source.name", "source names must be unique".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> Result<SourceKind> {
+        self.uri.parse()
+    }
+
+    pub fn resolved_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.kind()
+                .map(|k| k.default_name())
+                .unwrap_or_else(|_| "source".into())
+        })
+    }
+}
+
+/// Replaces `{name}` in an output path or mount.
+pub fn expand(template: &str, name: &str) -> String {
+    template.replace("{name}", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_minimal_file_with_defaults() {
+        let c = PipelineConfig::parse(
+            "[[source]]\nuri = \"a.mp4\"\n[output]\njsonl = \"out/{name}.jsonl\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].resolved_name(), "a");
+        assert_eq!(c.inference.max_batch, 4);
+        assert_eq!(c.queue.capacity, 8);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = PipelineConfig::parse("[[source]]\nuri = \"a.mp4\"\n[inference]\nmax_bach = 2\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("max_bach"), "{e}");
+        let e = PipelineConfig::parse("[[source]]\nuri = \"a.mp4\"\n[inference]\nmax_batch = 0\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("inference.max_batch"), "{e}");
+        let e = PipelineConfig::parse("[[source]]\nuri = \"a.mp4\"\n[overlay]\nalpha = 3.0\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("overlay.alpha"), "{e}");
+        let e = PipelineConfig::parse("").unwrap_err();
+        assert!(e.to_string().contains("source"), "{e}");
+        let e = PipelineConfig::parse("[[source]]\nuri = \"test://x?fps=0\"\n").unwrap_err();
+        assert!(e.to_string().contains("source[0].uri"), "{e}");
+    }
+
+    #[test]
+    fn source_kinds() {
+        assert!(matches!(
+            "rtsp://h:1/cam".parse::<SourceKind>().unwrap(),
+            SourceKind::Rtsp(_)
+        ));
+        assert_eq!(
+            "v4l2:///dev/video0".parse::<SourceKind>().unwrap(),
+            SourceKind::V4l2("/dev/video0".into())
+        );
+        let t = "test://ball?width=320&height=240&frames=10"
+            .parse::<SourceKind>()
+            .unwrap();
+        assert_eq!(
+            t,
+            SourceKind::Test {
+                pattern: "ball".into(),
+                width: 320,
+                height: 240,
+                fps: 30,
+                frames: Some(10)
+            }
+        );
+        assert!(t.is_live());
+        assert_eq!(
+            "rtsp://127.0.0.1:8554/cam1"
+                .parse::<SourceKind>()
+                .unwrap()
+                .default_name(),
+            "cam1"
+        );
+    }
+}

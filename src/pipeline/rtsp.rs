@@ -1,0 +1,247 @@
+//! RTSP server sink (gstreamer-rtsp-server): one mount per source, H.264 over RTP, shared by all clients,
+//! optional basic auth. The server runs its own GLib main loop thread.
+
+use std::sync::{Arc, Mutex};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_rtsp_server as rtsp;
+use gstreamer_rtsp_server::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// rtsp://HOST:PORT/PATH split into its parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeAddress {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl ServeAddress {
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad =
+            |why: &str| Error::Config(format!("{url:?}: {why} (expected rtsp://HOST:PORT/PATH)"));
+        let rest = url
+            .strip_prefix("rtsp://")
+            .ok_or_else(|| bad("not an rtsp:// URL"))?;
+        let (hostport, path) = rest.split_once('/').ok_or_else(|| bad("no mount path"))?;
+        let (host, port) = hostport.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+        if host.is_empty() || path.is_empty() || host.contains('@') {
+            return Err(bad("empty host or path (credentials never go in the URL)"));
+        }
+        Ok(ServeAddress {
+            host: host.to_string(),
+            port,
+            path: format!("/{path}"),
+        })
+    }
+}
+
+/// `user:password` for basic auth.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(<hidden>)")
+    }
+}
+
+impl Credentials {
+    pub fn parse(text: &str, from: &str) -> Result<Self> {
+        let line = text.lines().next().unwrap_or("").trim();
+        let (user, password) = line
+            .split_once(':')
+            .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+            .ok_or_else(|| Error::Config(format!("{from}: expected user:password")))?;
+        Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
+
+type Clients = Arc<Mutex<Vec<gst_app::AppSrc>>>;
+
+/// A running RTSP server.
+pub struct RtspServer {
+    server: rtsp::RTSPServer,
+    main_loop: gst::glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _source_id: Option<gst::glib::SourceId>,
+    pub port: u16,
+    pub host: String,
+}
+
+/// Frames for one mount: pushed into every live media of that mount.
+#[derive(Clone)]
+pub struct Mount {
+    clients: Clients,
+    pub path: String,
+}
+
+impl RtspServer {
+    pub fn start(host: &str, port: u16, credentials: Option<Credentials>) -> Result<Self> {
+        let server = rtsp::RTSPServer::new();
+        server.set_address(host);
+        server.set_service(&port.to_string());
+        if let Some(c) = &credentials {
+            let auth = rtsp::RTSPAuth::new();
+            let token = rtsp::RTSPToken::builder()
+                .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+                .build();
+            let basic = rtsp::RTSPAuth::make_basic(&c.user, &c.password);
+            auth.add_basic(basic.as_str(), &token);
+            server.set_auth(Some(&auth));
+        }
+        let ctx = gst::glib::MainContext::new();
+        let source_id = server
+            .attach(Some(&ctx))
+            .map_err(|e| Error::Pipeline(format!("RTSP server on {host}:{port}: {e}")))?;
+        let bound = server.bound_port();
+        if bound <= 0 {
+            return Err(Error::Pipeline(format!(
+                "RTSP server could not bind {host}:{port}"
+            )));
+        }
+        let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
+        let ml = main_loop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rtsp-server".into())
+            .spawn(move || {
+                let _guard = ctx.acquire();
+                ml.run();
+            })
+            .map_err(|e| Error::Pipeline(format!("RTSP server thread: {e}")))?;
+        tracing::info!(address = %format!("rtsp://{host}:{bound}"), auth = credentials.is_some(), "RTSP server listening");
+        Ok(RtspServer {
+            server,
+            main_loop,
+            thread: Some(thread),
+            _source_id: Some(source_id),
+            port: bound as u16,
+            host: host.to_string(),
+        })
+    }
+
+    /// Adds a mount. It can be played from now on; media start once the first frame is pushed (the
+    /// frame size and rate are only known then).
+    pub fn mount(&self, path: &str, auth: bool) -> Result<Mount> {
+        let mounts = self
+            .server
+            .mount_points()
+            .ok_or_else(|| Error::Pipeline("RTSP server has no mount points".into()))?;
+        let factory = rtsp::RTSPMediaFactory::new();
+        factory.set_launch(
+            "( appsrc name=src is-live=true format=time do-timestamp=true \
+             ! queue max-size-buffers=4 leaky=downstream ! videoconvert ! video/x-raw,format=I420 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
+             ! rtph264pay name=pay0 pt=96 config-interval=1 )",
+        );
+        factory.set_shared(true);
+        if auth {
+            let perms = gst::Structure::builder("viewer")
+                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                .build();
+            factory.add_role_from_structure(&perms);
+        }
+        let clients: Clients = Arc::new(Mutex::new(Vec::new()));
+        let c = clients.clone();
+        factory.connect_media_configure(move |_, media| {
+            let element = media.element();
+            let Some(bin) = element.downcast_ref::<gst::Bin>() else {
+                return;
+            };
+            let Some(src) = bin
+                .by_name_recurse_up("src")
+                .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+            else {
+                return;
+            };
+            if let Ok(mut list) = c.lock() {
+                list.push(src);
+            }
+        });
+        mounts.add_factory(path, factory);
+        Ok(Mount {
+            clients,
+            path: path.to_string(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("rtsp://{}:{}{}", self.host, self.port, path)
+    }
+}
+
+impl Mount {
+    /// Pushes a frame to every media currently playing this mount; dead ones are forgotten.
+    pub fn push(&self, buffer: &gst::Buffer, caps: &gst::Caps) {
+        let Ok(mut list) = self.clients.lock() else {
+            return;
+        };
+        list.retain(|src| {
+            if src.caps().as_ref() != Some(caps) {
+                src.set_caps(Some(caps));
+            }
+            let mut b = buffer.copy();
+            if let Some(m) = b.get_mut() {
+                // the server's appsrc stamps buffers itself (do-timestamp): clear the file's timestamps
+                m.set_pts(gst::ClockTime::NONE);
+                m.set_dts(gst::ClockTime::NONE);
+            }
+            src.push_buffer(b).is_ok()
+        });
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        // the server's GSource belongs to our private context and goes with it
+        self._source_id.take();
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_address() {
+        let a = ServeAddress::parse("rtsp://127.0.0.1:0/demo").unwrap();
+        assert_eq!(
+            a,
+            ServeAddress {
+                host: "127.0.0.1".into(),
+                port: 0,
+                path: "/demo".into()
+            }
+        );
+        assert!(ServeAddress::parse("rtsp://u:p@host:1/x").is_err());
+        assert!(ServeAddress::parse("http://h:1/x").is_err());
+        assert!(ServeAddress::parse("rtsp://h/x").is_err());
+    }
+
+    #[test]
+    fn credentials_are_hidden_in_debug() {
+        let c = Credentials::parse("alice:s3cret\n", "test").unwrap();
+        assert_eq!(c.user, "alice");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(Credentials::parse("nocolon", "test").is_err());
+    }
+}

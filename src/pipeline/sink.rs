@@ -1,0 +1,214 @@
+//! Sinks fed with annotated RGB frames: encoded video file (H.264 in MP4/MKV, input timestamps kept),
+//! preview window, JSON Lines. Each video sink is its own GStreamer pipeline behind an appsrc, so encoding
+//! runs on GStreamer's threads, overlapped with inference.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use crate::error::{Error, Result};
+use crate::output::FrameRecord;
+
+fn make(name: &str) -> Result<gst::Element> {
+    gst::ElementFactory::make(name).build().map_err(|_| {
+        Error::Pipeline(format!(
+            "GStreamer element {name} is missing (install the plugins)"
+        ))
+    })
+}
+
+pub fn raw_caps(width: usize, height: usize, fps: (i32, i32)) -> gst::Caps {
+    let (n, d) = if fps.0 > 0 && fps.1 > 0 { fps } else { (30, 1) };
+    gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("framerate", gst::Fraction::new(n, d))
+        .build()
+}
+
+/// Wraps annotated RGB bytes as a buffer with the input's timestamps.
+pub fn rgb_buffer(data: Vec<u8>, pts_ns: Option<u64>, duration_ns: Option<u64>) -> gst::Buffer {
+    let mut buffer = gst::Buffer::from_mut_slice(data);
+    if let Some(b) = buffer.get_mut() {
+        b.set_pts(pts_ns.map(gst::ClockTime::from_nseconds));
+        b.set_duration(duration_ns.map(gst::ClockTime::from_nseconds));
+    }
+    buffer
+}
+
+/// appsrc → videoconvert → (encoder chain) → sink, as one GStreamer pipeline.
+pub struct AppSrcPipeline {
+    pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    what: String,
+}
+
+impl AppSrcPipeline {
+    fn new(what: String, caps: gst::Caps, live: bool, chain: Vec<gst::Element>) -> Result<Self> {
+        let pipeline = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder()
+            .caps(&caps)
+            .format(gst::Format::Time)
+            .is_live(live)
+            .block(!live)
+            .max_bytes(caps_frame_bytes(&caps) * 4)
+            .build();
+        let convert = make("videoconvert")?;
+        let mut all: Vec<&gst::Element> = vec![src.upcast_ref(), &convert];
+        all.extend(chain.iter());
+        pipeline
+            .add_many(all.iter().copied())
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        gst::Element::link_many(all.iter().copied())
+            .map_err(|e| Error::Pipeline(format!("{what}: cannot link elements: {e}")))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| Error::Pipeline(format!("{what}: cannot start")))?;
+        Ok(AppSrcPipeline {
+            pipeline,
+            src,
+            what,
+        })
+    }
+
+    pub fn push(&self, buffer: gst::Buffer) -> Result<()> {
+        if let Some(e) = self.error() {
+            return Err(e);
+        }
+        self.src
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| Error::Pipeline(format!("{}: {e:?}", self.what)))
+    }
+
+    fn error(&self) -> Option<Error> {
+        let bus = self.pipeline.bus()?;
+        let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
+        if let gst::MessageView::Error(e) = msg.view() {
+            return Some(Error::Pipeline(format!("{}: {}", self.what, e.error())));
+        }
+        None
+    }
+
+    /// Sends EOS and waits until the muxer has written everything (the MP4 index), then stops.
+    pub fn finish(self, timeout: Duration) -> Result<()> {
+        let _ = self.src.end_of_stream();
+        let result = match self.pipeline.bus() {
+            Some(bus) => match bus.timed_pop_filtered(
+                gst::ClockTime::from_mseconds(timeout.as_millis() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            ) {
+                Some(msg) => match msg.view() {
+                    gst::MessageView::Error(e) => {
+                        Err(Error::Pipeline(format!("{}: {}", self.what, e.error())))
+                    }
+                    _ => Ok(()),
+                },
+                None => Err(Error::Pipeline(format!(
+                    "{}: timed out finishing",
+                    self.what
+                ))),
+            },
+            None => Ok(()),
+        };
+        let _ = self.pipeline.set_state(gst::State::Null);
+        result
+    }
+}
+
+fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
+    caps.structure(0)
+        .and_then(|s| {
+            Some((s.get::<i32>("width").ok()? as u64) * (s.get::<i32>("height").ok()? as u64) * 3)
+        })
+        .unwrap_or(1 << 20)
+}
+
+/// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska.
+pub fn video_file(
+    path: &Path,
+    width: usize,
+    height: usize,
+    fps: (i32, i32),
+    bitrate_kbps: Option<u32>,
+) -> Result<AppSrcPipeline> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let i420 = make("capsfilter")?;
+    i420.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .build(),
+    );
+    let enc = make("x264enc")?;
+    enc.set_property_from_str("speed-preset", "veryfast");
+    let bitrate = bitrate_kbps
+        .unwrap_or_else(|| ((width * height) as f64 / 230.0).clamp(500.0, 20_000.0) as u32);
+    enc.set_property("bitrate", bitrate);
+    let parse = make("h264parse")?;
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    let mux = if lower.ends_with(".mkv") {
+        make("matroskamux")?
+    } else {
+        make("mp4mux")?
+    };
+    let sink = make("filesink")?;
+    sink.set_property("location", path.to_string_lossy().as_ref());
+    AppSrcPipeline::new(
+        format!("video output {}", path.display()),
+        raw_caps(width, height, fps),
+        false,
+        vec![i420, enc, parse, mux, sink],
+    )
+}
+
+/// A window showing the annotated stream.
+pub fn preview(name: &str, width: usize, height: usize, fps: (i32, i32)) -> Result<AppSrcPipeline> {
+    let sink = make("autovideosink")?;
+    sink.set_property("sync", false);
+    AppSrcPipeline::new(
+        format!("preview {name}"),
+        raw_caps(width, height, fps),
+        true,
+        vec![sink],
+    )
+}
+
+/// JSON Lines: each record is written with one write call, so a reader (or a crash) only ever sees
+/// whole lines.
+pub struct JsonlSink {
+    file: std::fs::File,
+    path: PathBuf,
+    line: Vec<u8>,
+}
+
+impl JsonlSink {
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(JsonlSink {
+            file,
+            path: path.to_path_buf(),
+            line: Vec::with_capacity(4096),
+        })
+    }
+
+    pub fn write(&mut self, record: &FrameRecord) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        self.line.push(b'\n');
+        self.file
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}

@@ -1,0 +1,436 @@
+//! Sources: GStreamer decodes files, URIs, RTSP cameras, V4L2 devices and test patterns into RGB frames
+//! (uridecodebin / videotestsrc → videoconvert → appsink), one thread per source. Files push back
+//! (nothing dropped); live sources drop their oldest queued frame when inference lags, and count it.
+//! RTSP sources reconnect with back-off when the stream drops.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use super::config::{RtspInputConfig, SourceKind};
+use crate::error::{Error, Result};
+
+/// One decoded frame, packed RGB8 (stride = 3 * width).
+#[derive(Debug)]
+pub struct Frame {
+    pub source: usize,
+    pub index: u64,
+    pub pts_ns: Option<u64>,
+    pub duration_ns: Option<u64>,
+    pub width: usize,
+    pub height: usize,
+    /// Frame rate of the stream (numerator, denominator); (0, 1) when unknown.
+    pub fps: (i32, i32),
+    pub data: Vec<u8>,
+    pub decoded_at: Instant,
+}
+
+/// What a source thread sends downstream.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Frame(Frame),
+    /// The stream ended (EOS) or failed; nothing follows.
+    End {
+        source: usize,
+        error: Option<String>,
+    },
+}
+
+/// Counters a source keeps while running.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub decoded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Estimated total frames of a file (0 = unknown / live).
+    pub expected: AtomicU64,
+}
+
+pub struct SourceHandle {
+    pub rx: Receiver<SourceEvent>,
+    pub stats: Arc<SourceStats>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the source thread. Frames go into a bounded queue of `capacity`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    id: usize,
+    name: String,
+    kind: SourceKind,
+    max_frames: Option<u64>,
+    capacity: usize,
+    rtsp: RtspInputConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<SourceHandle> {
+    if let SourceKind::File(p) = &kind {
+        check_file(p)?;
+    }
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let stats = Arc::new(SourceStats::default());
+    let ctx = SourceCtx {
+        id,
+        name: name.clone(),
+        kind,
+        max_frames,
+        tx,
+        drain: rx.clone(),
+        stats: stats.clone(),
+        rtsp,
+        stop,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("source-{name}"))
+        .spawn(move || ctx.run())
+        .map_err(|e| Error::Pipeline(format!("starting source thread: {e}")))?;
+    Ok(SourceHandle { rx, stats, thread })
+}
+
+/// A clear error for files that cannot be read, before GStreamer is involved.
+pub fn check_file(p: &std::path::Path) -> Result<()> {
+    let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    if meta.is_dir() {
+        return Err(Error::Input(format!(
+            "{}: is a directory, not a video file",
+            p.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(Error::Input(format!(
+            "{}: file is empty (0 bytes)",
+            p.display()
+        )));
+    }
+    std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+    Ok(())
+}
+
+struct SourceCtx {
+    id: usize,
+    name: String,
+    kind: SourceKind,
+    max_frames: Option<u64>,
+    tx: Sender<SourceEvent>,
+    /// Our own receiver end, used to drop the oldest frame of a live source.
+    drain: Receiver<SourceEvent>,
+    stats: Arc<SourceStats>,
+    rtsp: RtspInputConfig,
+    stop: Arc<AtomicBool>,
+}
+
+enum Outcome {
+    Eos,
+    /// max_frames reached.
+    Done,
+    Stopped,
+    Failed(String),
+}
+
+impl SourceCtx {
+    fn run(self) {
+        let _span = tracing::info_span!("source", name = %self.name).entered();
+        let mut index = 0u64;
+        let mut attempt = 0u32;
+        let error = loop {
+            let before = index;
+            let outcome = match self.build() {
+                Ok((pipeline, sink)) => {
+                    let o = self.pump(&pipeline, &sink, &mut index);
+                    let _ = pipeline.set_state(gst::State::Null);
+                    o
+                }
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            let retry =
+                matches!(self.kind, SourceKind::Rtsp(_)) && !self.stop.load(Ordering::Relaxed);
+            match outcome {
+                Outcome::Stopped | Outcome::Done => break None,
+                Outcome::Eos if !retry => break None,
+                Outcome::Failed(e) if !retry => break Some(e),
+                Outcome::Eos | Outcome::Failed(_) => {
+                    if index > before {
+                        attempt = 0; // the stream ran: start the back-off afresh
+                    }
+                    if attempt >= self.rtsp.reconnect_attempts {
+                        break Some(format!(
+                            "stream lost; gave up after {} reconnect attempts",
+                            self.rtsp.reconnect_attempts
+                        ));
+                    }
+                    let wait = self.rtsp.reconnect_interval_ms << attempt.min(3);
+                    attempt += 1;
+                    tracing::warn!(attempt, wait_ms = wait, "stream dropped, reconnecting");
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    let until = Instant::now() + Duration::from_millis(wait);
+                    while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        };
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "source failed");
+        }
+        let _ = self.tx.send(SourceEvent::End {
+            source: self.id,
+            error,
+        });
+    }
+
+    fn build(&self) -> Result<(gst::Pipeline, gst_app::AppSink)> {
+        let make = |name: &str| {
+            gst::ElementFactory::make(name).build().map_err(|_| {
+                Error::Pipeline(format!(
+                    "GStreamer element {name} is missing (install the plugins)"
+                ))
+            })
+        };
+        let pipeline = gst::Pipeline::new();
+        let convert = make("videoconvert")?;
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .build();
+        let sink = gst_app::AppSink::builder()
+            .caps(&caps)
+            .max_buffers(2)
+            .drop(false)
+            .sync(false)
+            .build();
+        pipeline
+            .add_many([&convert, sink.upcast_ref()])
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        convert
+            .link(&sink)
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        match &self.kind {
+            SourceKind::Test {
+                pattern,
+                width,
+                height,
+                fps,
+                frames,
+            } => {
+                let src = make("videotestsrc")?;
+                src.set_property("is-live", true);
+                src.set_property_from_str("pattern", pattern);
+                if let Some(n) = frames {
+                    src.set_property("num-buffers", i32::try_from(*n).unwrap_or(i32::MAX));
+                }
+                let filter = make("capsfilter")?;
+                filter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("width", *width as i32)
+                        .field("height", *height as i32)
+                        .field("framerate", gst::Fraction::new(*fps as i32, 1))
+                        .build(),
+                );
+                pipeline
+                    .add_many([&src, &filter])
+                    .map_err(|e| Error::Pipeline(e.to_string()))?;
+                gst::Element::link_many([&src, &filter, &convert])
+                    .map_err(|e| Error::Pipeline(e.to_string()))?;
+            }
+            kind => {
+                let uri = match kind {
+                    SourceKind::File(p) => {
+                        let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
+                        gst::glib::filename_to_uri(&abs, None)
+                            .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?
+                            .to_string()
+                    }
+                    SourceKind::V4l2(dev) => format!("v4l2://{dev}"),
+                    SourceKind::Uri(u) | SourceKind::Rtsp(u) => u.clone(),
+                    SourceKind::Test { .. } => unreachable!("handled above"),
+                };
+                let decode = make("uridecodebin")?;
+                decode.set_property("uri", &uri);
+                let rtsp = self.rtsp.clone();
+                decode.connect("source-setup", false, move |args| {
+                    if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+                        if src.has_property("latency") && src.has_property("protocols") {
+                            src.set_property("latency", rtsp.latency_ms);
+                            if rtsp.tcp {
+                                src.set_property_from_str("protocols", "tcp");
+                            }
+                        }
+                    }
+                    None
+                });
+                let convert_weak = convert.downgrade();
+                decode.connect_pad_added(move |_, pad| {
+                    let Some(convert) = convert_weak.upgrade() else {
+                        return;
+                    };
+                    let is_video = pad
+                        .current_caps()
+                        .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                        .unwrap_or(false);
+                    if let Some(sinkpad) = convert.static_pad("sink") {
+                        if is_video && !sinkpad.is_linked() {
+                            let _ = pad.link(&sinkpad);
+                        }
+                    }
+                });
+                pipeline
+                    .add(&decode)
+                    .map_err(|e| Error::Pipeline(e.to_string()))?;
+            }
+        }
+        pipeline.set_state(gst::State::Playing).map_err(|_| {
+            Error::Pipeline("cannot start decoding (see the error that follows)".into())
+        })?;
+        Ok((pipeline, sink))
+    }
+
+    /// Pulls frames until EOS, an error or stop.
+    fn pump(&self, pipeline: &gst::Pipeline, sink: &gst_app::AppSink, index: &mut u64) -> Outcome {
+        let Some(bus) = pipeline.bus() else {
+            return Outcome::Failed("pipeline has no bus".into());
+        };
+        let live = self.kind.is_live();
+        let mut queried_duration = false;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Outcome::Stopped;
+            }
+            if self.max_frames.is_some_and(|m| *index >= m) {
+                return Outcome::Done;
+            }
+            while let Some(msg) =
+                bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
+            {
+                match msg.view() {
+                    gst::MessageView::Error(e) => {
+                        let detail = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                        let what = describe_error(&e.error().to_string(), &detail, *index);
+                        return Outcome::Failed(what);
+                    }
+                    gst::MessageView::Eos(_) if sink.is_eos() || *index == 0 => {
+                        if *index == 0 {
+                            return Outcome::Failed("no video stream in this input".into());
+                        }
+                        return Outcome::Eos;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(50)) else {
+                if sink.is_eos() {
+                    if *index == 0 {
+                        return Outcome::Failed("no video stream in this input".into());
+                    }
+                    return Outcome::Eos;
+                }
+                continue;
+            };
+            let Some(frame) = self.to_frame(&sample, *index) else {
+                continue;
+            };
+            if !queried_duration && !live {
+                queried_duration = true;
+                if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
+                    let (n, dn) = frame.fps;
+                    if n > 0 && dn > 0 {
+                        let frames = d.nseconds() as f64 * n as f64 / dn as f64 / 1e9;
+                        self.stats
+                            .expected
+                            .store(frames.round() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            *index += 1;
+            self.stats.decoded.fetch_add(1, Ordering::Relaxed);
+            if !self.send(frame, live) {
+                return Outcome::Stopped;
+            }
+        }
+    }
+
+    /// Files block (back-pressure); live sources replace their oldest queued frame.
+    fn send(&self, frame: Frame, live: bool) -> bool {
+        let mut ev = SourceEvent::Frame(frame);
+        if !live {
+            // block, but keep checking stop so that shutdown never hangs on a full queue
+            loop {
+                match self.tx.send_timeout(ev, Duration::from_millis(100)) {
+                    Ok(()) => return true,
+                    Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        ev = back;
+                    }
+                    Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+                }
+            }
+        }
+        loop {
+            match self.tx.try_send(ev) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) => {
+                    if self.drain.try_recv().is_ok() {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ev = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    fn to_frame(&self, sample: &gst::Sample, index: u64) -> Option<Frame> {
+        let caps = sample.caps()?;
+        let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+        let buffer = sample.buffer()?;
+        let map = buffer.map_readable().ok()?;
+        let (w, h) = (info.width() as usize, info.height() as usize);
+        let stride = *info.stride().first()? as usize;
+        let row = w * 3;
+        if stride < row || map.len() < stride * (h.saturating_sub(1)) + row {
+            return None;
+        }
+        let mut data = Vec::with_capacity(row * h);
+        for y in 0..h {
+            data.extend_from_slice(&map[y * stride..y * stride + row]);
+        }
+        let fps = info.fps();
+        Some(Frame {
+            source: self.id,
+            index,
+            pts_ns: buffer.pts().map(|t| t.nseconds()),
+            duration_ns: buffer.duration().map(|t| t.nseconds()),
+            width: w,
+            height: h,
+            fps: (fps.numer(), fps.denom()),
+            data,
+            decoded_at: Instant::now(),
+        })
+    }
+}
+
+/// A one-line reason from a GStreamer error, in words a user can act on.
+fn describe_error(error: &str, debug: &str, decoded: u64) -> String {
+    let lower = format!("{error} {debug}").to_ascii_lowercase();
+    let reason =
+        if lower.contains("no decoder") || lower.contains("missing") && lower.contains("plugin") {
+            format!("no decoder for this codec ({error})")
+        } else if lower.contains("could not determine type") || lower.contains("typefind") {
+            "not a video file GStreamer can read (unknown format)".to_string()
+        } else if lower.contains("not-linked") || lower.contains("not linked") {
+            "no video stream in this input".to_string()
+        } else {
+            error.to_string()
+        };
+    if decoded > 0 {
+        format!("{reason} (after {decoded} frames)")
+    } else {
+        reason
+    }
+}

@@ -1,0 +1,166 @@
+//! Bad input through the binary: clear messages naming what and where, non-zero exit, no panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn maskstream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_maskstream"))
+        .current_dir(common::root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_ne!(out.status.code(), Some(101), "panicked: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+/// A copy of the bundled engine that a test may break.
+fn engine_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(common::engine_dir()).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn edit_manifest(dir: &Path, from: &str, to: &str) {
+    let p = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+fn image() -> String {
+    common::fixtures()
+        .join("detect/landscape_640x360/image.png")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn detect_writes_parseable_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let out = maskstream(&[
+        "detect",
+        &image(),
+        "--backend",
+        "cpu",
+        "--score-threshold",
+        "0.05",
+        "--json",
+        json.to_str().unwrap(),
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = maskstream::eval::read_jsonl(&json).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].width, records[0].height), (640, 360));
+    for i in &records[0].instances {
+        assert_eq!(i.mask.size, [360, 640]);
+        assert!(i.mask.decode().is_ok());
+    }
+    assert!(dir.path().join("image.png").is_file(), "annotated PNG");
+}
+
+#[test]
+fn unreadable_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let out = maskstream(&["detect", bad.to_str().unwrap(), "--backend", "cpu"]);
+    fails_with(&out, &["broken.png", "cannot decode image"]);
+    let out = maskstream(&["detect", "/nonexistent/x.png", "--backend", "cpu"]);
+    fails_with(&out, &["/nonexistent/x.png"]);
+}
+
+#[test]
+fn bad_manifest_names_field_and_file() {
+    let e = engine_copy();
+    edit_manifest(e.path(), "min_size = 320", "min_size = 0");
+    let out = maskstream(&["detect", &image(), "--engine", e.path().to_str().unwrap()]);
+    fails_with(&out, &["manifest.toml", "min_size"]);
+    let e = engine_copy();
+    edit_manifest(e.path(), "[mask]", "[mask]\nbogus = 1");
+    let out = maskstream(&["inspect", e.path().to_str().unwrap()]);
+    fails_with(&out, &["manifest.toml", "bogus"]);
+}
+
+#[test]
+fn missing_or_corrupt_graph() {
+    let e = engine_copy();
+    std::fs::remove_file(e.path().join("mask_head.onnx")).unwrap();
+    let out = maskstream(&["detect", &image(), "--engine", e.path().to_str().unwrap()]);
+    fails_with(&out, &["mask_head.onnx"]);
+    let e = engine_copy();
+    let p = e.path().join("box_head.onnx");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    let out = maskstream(&["detect", &image(), "--engine", e.path().to_str().unwrap()]);
+    fails_with(&out, &["box_head.onnx", "sha256"]);
+}
+
+#[test]
+fn wrong_tensor_names_and_shapes() {
+    let e = engine_copy();
+    edit_manifest(e.path(), "input = \"box_features\"", "input = \"rois\"");
+    let out = maskstream(&[
+        "detect",
+        &image(),
+        "--backend",
+        "cpu",
+        "--engine",
+        e.path().to_str().unwrap(),
+    ]);
+    fails_with(&out, &["box_head.onnx", "no input named \"rois\""]);
+    let e = engine_copy();
+    edit_manifest(e.path(), "fpn_channels = 96", "fpn_channels = 64");
+    let out = maskstream(&[
+        "detect",
+        &image(),
+        "--backend",
+        "cpu",
+        "--engine",
+        e.path().to_str().unwrap(),
+    ]);
+    fails_with(&out, &["backbone.onnx", "shape"]);
+}
+
+#[test]
+fn run_reports_bad_sources_and_pipeline_files() {
+    let out = maskstream(&[
+        "run",
+        "--input",
+        "/nonexistent/video.mp4",
+        "--json",
+        "/tmp/x.jsonl",
+    ]);
+    fails_with(&out, &["/nonexistent/video.mp4"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, "[[source]]\nuri = \"a.mp4\"\n[queue]\ncapacity = 0\n").unwrap();
+    let out = maskstream(&["run", cfg.to_str().unwrap()]);
+    fails_with(&out, &["p.toml", "queue.capacity"]);
+}

@@ -1,0 +1,224 @@
+//! RTSP on loopback only: serving the annotated stream (with and without basic auth), and reading an
+//! RTSP camera (an in-test server) into JSON Lines.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer_rtsp_server as rtsp_server;
+use gstreamer_rtsp_server::prelude::*;
+use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::{self, RunContext};
+
+const MAGENTA: [u8; 3] = [255, 0, 255];
+
+fn serving_config(creds_file: Option<std::path::PathBuf>) -> PipelineConfig {
+    let mut cfg = PipelineConfig {
+        engine: common::engine_dir(),
+        backend: maskstream::BackendKind::Cpu,
+        threads: 2,
+        ..Default::default()
+    };
+    cfg.sources = vec![SourceConfig {
+        uri: common::root()
+            .join("assets/shapes-demo.mp4")
+            .display()
+            .to_string(),
+        name: Some("demo".into()),
+        max_frames: None,
+    }];
+    cfg.inference.score_threshold = 0.3;
+    cfg.overlay.alpha = 1.0;
+    cfg.overlay.colors = vec![MAGENTA; 4];
+    cfg.output.rtsp = Some("rtsp://127.0.0.1:0/{name}".into());
+    cfg.output.rtsp_credentials_file = creds_file;
+    cfg
+}
+
+/// Starts the pipeline on a thread; returns the served URL, the stop flag and the join handle.
+fn start(
+    cfg: PipelineConfig,
+) -> (
+    String,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<maskstream::Result<pipeline::stats::Summary>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = RunContext {
+        stop: stop.clone(),
+        progress: Box::new(pipeline::NoProgress),
+        on_rtsp_ready: Some(Box::new(move |urls| {
+            let _ = tx.send(urls);
+        })),
+    };
+    let handle = std::thread::spawn(move || pipeline::run(&cfg, ctx));
+    let urls = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server announced its URL");
+    (urls[0].clone(), stop, handle)
+}
+
+fn magenta_pixels(frame: &[u8]) -> usize {
+    frame
+        .chunks_exact(3)
+        .filter(|p| p[0] > 190 && p[1] < 90 && p[2] > 190)
+        .count()
+}
+
+#[test]
+fn serves_annotated_stream_on_loopback() {
+    let (url, stop, handle) = start(serving_config(None));
+    assert!(
+        url.starts_with("rtsp://127.0.0.1:") && !url.contains(":0/"),
+        "{url}"
+    );
+    let got = common::gst_util::rtsp_frames(&url, None, 30, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    let summary = handle.join().unwrap().unwrap();
+    let got = got.unwrap();
+    assert!(
+        got.frames.len() >= 30,
+        "received {} frames",
+        got.frames.len()
+    );
+    assert_eq!((got.width, got.height), (640, 360));
+    let best = got
+        .frames
+        .iter()
+        .map(|f| magenta_pixels(f))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "received {} frames; most overlay pixels in one frame: {best}; {summary}",
+        got.frames.len()
+    );
+    assert!(
+        best >= 100,
+        "no overlay colour in the served frames (max {best} pixels)"
+    );
+}
+
+#[test]
+fn basic_auth_refuses_wrong_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::write(&creds, "alice:wonderland\n").unwrap();
+    let (url, stop, handle) = start(serving_config(Some(creds)));
+    let none = common::gst_util::rtsp_frames(&url, None, 1, Duration::from_secs(30));
+    let wrong =
+        common::gst_util::rtsp_frames(&url, Some(("alice", "nope")), 1, Duration::from_secs(30));
+    let right = common::gst_util::rtsp_frames(
+        &url,
+        Some(("alice", "wonderland")),
+        5,
+        Duration::from_secs(120),
+    );
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    for (what, r) in [("no credentials", &none), ("wrong credentials", &wrong)] {
+        match r {
+            Ok(d) => panic!("{what}: got {} frames", d.frames.len()),
+            Err(e) => assert!(
+                e.contains("Unauthorized") || e.contains("401") || e.contains("authent"),
+                "{what}: {e}"
+            ),
+        }
+    }
+    let right = right.unwrap();
+    assert!(right.frames.len() >= 5);
+}
+
+/// An RTSP camera stand-in: serves the demo file on 127.0.0.1, any free port.
+struct Camera {
+    main_loop: gst::glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    url: String,
+}
+
+impl Camera {
+    fn start() -> Self {
+        gst::init().unwrap();
+        let server = rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service("0");
+        let factory = rtsp_server::RTSPMediaFactory::new();
+        let file = common::root().join("assets/shapes-demo.mp4");
+        factory.set_launch(&format!(
+            "( filesrc location={} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )",
+            file.display()
+        ));
+        factory.set_shared(true);
+        server.mount_points().unwrap().add_factory("/cam", factory);
+        let ctx = gst::glib::MainContext::new();
+        server.attach(Some(&ctx)).unwrap();
+        let url = format!("rtsp://127.0.0.1:{}/cam", server.bound_port());
+        let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
+        let ml = main_loop.clone();
+        let thread = std::thread::spawn(move || {
+            let _keep = server;
+            let _g = ctx.acquire();
+            ml.run();
+        });
+        Camera {
+            main_loop,
+            thread: Some(thread),
+            url,
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn reads_an_rtsp_camera_into_json_lines() {
+    let camera = Camera::start();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("cam.jsonl");
+    let mut cfg = PipelineConfig {
+        engine: common::engine_dir(),
+        backend: maskstream::BackendKind::Cpu,
+        threads: 2,
+        ..Default::default()
+    };
+    cfg.sources = vec![SourceConfig {
+        uri: camera.url.clone(),
+        name: Some("cam".into()),
+        max_frames: Some(200),
+    }];
+    cfg.output.jsonl = Some(jsonl.display().to_string());
+    cfg.rtsp_input.reconnect_attempts = 0;
+    let summary = pipeline::run(&cfg, RunContext::default()).unwrap();
+    let records = maskstream::eval::read_jsonl(&jsonl).unwrap();
+    println!("rtsp input: {} lines; {summary}", records.len());
+    assert!(
+        summary.sources[0].error.is_none(),
+        "{:?}",
+        summary.sources[0].error
+    );
+    assert!(
+        records.len() >= 20,
+        "only {} frames inferred",
+        records.len()
+    );
+    assert_eq!(
+        records.len() as u64 + summary.sources[0].dropped,
+        summary.sources[0].frames
+    );
+    let idx: Vec<u64> = records.iter().map(|r| r.frame.unwrap()).collect();
+    assert!(idx.windows(2).all(|w| w[1] > w[0]));
+    assert!(
+        records.iter().map(|r| r.instances.len()).sum::<usize>() > 0,
+        "no instances detected"
+    );
+}
