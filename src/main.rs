@@ -27,6 +27,11 @@ enum Command {
     Run(cli::run::Args),
     /// Process every video of a folder (or glob) into annotated videos and JSON Lines.
     Batch(cli::batch::Args),
+    /// Measure model-only and full-pipeline throughput.
+    Bench(cli::bench::Args),
+    /// Time the multi-level ROIAlign on inputs from engines/tools/compare.py (prints JSON).
+    #[command(hide = true)]
+    BenchRoiAlign(cli::bench::RoiArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Batch(a) => cli::batch::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::BenchRoiAlign(a) => cli::bench::run_roi_align(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Subcommands of the binary; each reports errors with context (anyhow).
 
 pub mod batch;
+pub mod bench;
 pub mod detect;
 pub mod inspect;
 pub mod progress;

@@ -1,0 +1,283 @@
+//! `maskstream bench`: model-only throughput on a fixed set of decoded frames (per-stage ms, frames/s,
+//! peak RSS), then the full pipeline on the same video with a null sink, and the pipeline overhead.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use maskstream::pipeline::config::{PipelineConfig, RtspInputConfig, SourceConfig, SourceKind};
+use maskstream::pipeline::source::{self, SourceEvent};
+use maskstream::pipeline::{self, RunContext};
+use maskstream::{BackendKind, BackendOptions, MaskRcnn, RgbFrame, StageTimes};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
+    /// Frames timed (after 3 warm-up frames).
+    #[arg(long, default_value_t = 60)]
+    pub frames: usize,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Inference threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Frames per model call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Video whose first frames are used.
+    #[arg(long, default_value = "assets/shapes-demo.mp4")]
+    pub video: PathBuf,
+    /// Skip the full-pipeline run.
+    #[arg(long)]
+    pub model_only: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    engine: String,
+    backend: String,
+    threads: usize,
+    batch: usize,
+    frames: usize,
+    width: usize,
+    height: usize,
+    model_fps: f64,
+    model_ms_per_frame: f64,
+    stages_ms: Vec<(String, f64)>,
+    peak_rss_mb: f64,
+    pipeline_fps: Option<f64>,
+    pipeline_overhead: Option<f64>,
+}
+
+/// Decodes the first `n` frames of a video into memory.
+pub fn decode_frames(
+    video: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<Vec<(usize, usize, Vec<u8>)>> {
+    gstreamer::init()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = source::spawn(
+        0,
+        "bench".into(),
+        SourceKind::File(video.to_path_buf()),
+        Some(n as u64),
+        8,
+        RtspInputConfig::default(),
+        stop,
+    )?;
+    let mut frames = Vec::with_capacity(n);
+    for ev in h.rx.iter() {
+        match ev {
+            SourceEvent::Frame(f) => frames.push((f.width, f.height, f.data)),
+            SourceEvent::End { error: Some(e), .. } => bail!("{}: {e}", video.display()),
+            SourceEvent::End { .. } => break,
+        }
+    }
+    let _ = h.thread.join();
+    if frames.is_empty() {
+        bail!("{}: no frames decoded", video.display());
+    }
+    Ok(frames)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let engine = args.engine.clone().unwrap_or_else(super::default_engine);
+    let batch = args.batch.max(1);
+    let frames = decode_frames(&args.video, args.frames + 3 * batch)?;
+    let opts = BackendOptions {
+        kind: args.backend,
+        threads: args.threads,
+        ..Default::default()
+    };
+    let mut model =
+        MaskRcnn::load(&engine, &opts).with_context(|| format!("loading {}", engine.display()))?;
+    let views: Vec<RgbFrame<'_>> = frames
+        .iter()
+        .map(|(w, h, d)| RgbFrame::new(*w, *h, w * 3, d))
+        .collect::<Result<_, _>>()?;
+    for chunk in views[..3 * batch.min(views.len() / 3).max(1)].chunks(batch) {
+        model.detect_batch(chunk)?;
+    }
+    let timed = &views[(3 * batch).min(views.len() - 1)..];
+    let mut stage_sum = [Duration::ZERO; 9];
+    let t0 = Instant::now();
+    let mut n = 0usize;
+    for chunk in timed.chunks(batch) {
+        let r = model.detect_batch(chunk)?;
+        if let Some(first) = r.first() {
+            for (s, d) in stage_sum.iter_mut().zip(first.times.as_array()) {
+                *s += d;
+            }
+        }
+        n += chunk.len();
+    }
+    let model_secs = t0.elapsed().as_secs_f64();
+    let model_fps = n as f64 / model_secs;
+    let stages: Vec<(String, f64)> = StageTimes::NAMES
+        .iter()
+        .zip(stage_sum)
+        .map(|(name, d)| (name.to_string(), d.as_secs_f64() * 1e3 / n as f64))
+        .collect();
+    let (w, h) = (frames[0].0, frames[0].1);
+    println!(
+        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
+        n,
+        model.provider(),
+        if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
+        1e3 / model_fps
+    );
+    for (name, ms) in &stages {
+        println!("  {name:<15} {ms:>8.2} ms/frame");
+    }
+    let rss = peak_rss_mb();
+    println!("  peak RSS       {rss:>8.1} MB");
+    drop(model);
+
+    let (mut pipeline_fps, mut overhead) = (None, None);
+    if !args.model_only {
+        let mut cfg = PipelineConfig {
+            engine: engine.clone(),
+            backend: args.backend,
+            threads: args.threads,
+            ..Default::default()
+        };
+        cfg.sources = vec![SourceConfig {
+            uri: args.video.display().to_string(),
+            name: Some("bench".into()),
+            max_frames: Some(frames.len() as u64),
+        }];
+        cfg.inference.max_batch = batch;
+        let summary = pipeline::run(&cfg, RunContext::default())?;
+        // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
+        let fps = summary.fps();
+        let model_all = frames.len() as f64 / model_fps;
+        let ov = summary.elapsed.as_secs_f64() / model_all - 1.0;
+        println!(
+            "full pipeline (decode → infer → composite → null sink): {} frames, {fps:.2} frames/s, overhead vs model-only {:+.1}%",
+            summary.frames,
+            ov * 100.0
+        );
+        pipeline_fps = Some(fps);
+        overhead = Some(ov);
+    }
+    if let Some(path) = &args.json {
+        let report = Report {
+            engine: engine.display().to_string(),
+            backend: args.backend.to_string(),
+            threads: args.threads,
+            batch,
+            frames: n,
+            width: w,
+            height: h,
+            model_fps,
+            model_ms_per_frame: 1e3 / model_fps,
+            stages_ms: stages,
+            peak_rss_mb: rss,
+            pipeline_fps,
+            pipeline_overhead: overhead,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct RoiArgs {
+    /// Folder with feature_0..3.npy ([1,C,H,W], P2..P5), boxes.npy ([R,4]) and expected.npy (torchvision).
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+}
+
+/// Times our multi-level ROIAlign on inputs written by engines/tools/compare.py; prints JSON.
+pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
+    use maskstream::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
+    use ndarray::ArrayD;
+
+    let read = |name: &str| -> anyhow::Result<ArrayD<f32>> {
+        let p = args.dir.join(name);
+        ndarray_npy::read_npy(&p).with_context(|| format!("{}", p.display()))
+    };
+    let feats: Vec<ArrayD<f32>> = (0..4)
+        .map(|i| read(&format!("feature_{i}.npy")))
+        .collect::<anyhow::Result<_>>()?;
+    let boxes = read("boxes.npy")?;
+    let expected = read("expected.npy")?;
+    let image_h = feats[0].shape()[2] * 4;
+    let maps: Vec<FeatureMap<'_>> = feats
+        .iter()
+        .map(|f| {
+            let s = f.shape();
+            Ok(FeatureMap {
+                data: f.as_slice().context("feature not contiguous")?,
+                batch: s[0],
+                channels: s[1],
+                height: s[2],
+                width: s[3],
+                spatial_scale: roi_align::infer_scale(s[2], image_h),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let b = boxes.as_slice().context("boxes not contiguous")?;
+    let rois: Vec<Roi> = b
+        .chunks_exact(4)
+        .map(|c| {
+            let bbox = [c[0], c[1], c[2], c[3]];
+            Roi {
+                batch: 0,
+                level: roi_align::map_level(&bbox, 2, 5, 224.0, 4.0),
+                bbox,
+            }
+        })
+        .collect();
+    let params = RoiAlignParams {
+        output_size: 7,
+        sampling_ratio: 2,
+        aligned: false,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()?;
+    let mut out = vec![0.0f32; expected.len()];
+    pool.install(|| roi_align::roi_align(&maps, &rois, &params, &mut out))?;
+    let t0 = Instant::now();
+    for _ in 0..args.repeats {
+        pool.install(|| roi_align::roi_align(&maps, &rois, &params, &mut out))?;
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1e3 / args.repeats.max(1) as f64;
+    let diff = expected
+        .as_slice()
+        .context("expected not contiguous")?
+        .iter()
+        .zip(&out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "{}",
+        serde_json::json!({ "ms": ms, "max_abs_diff": diff, "rois": rois.len() })
+    );
+    Ok(())
+}
