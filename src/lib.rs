@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod frame;
+pub mod gpu;
 pub mod mask_head;
 pub mod model;
 pub mod output;
