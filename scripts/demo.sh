@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The demo, from a fresh clone: set-up, release build, then the bundled sample images through the bundled
-# engine -> annotated PNGs in out/detect/ + out/detect.jsonl.
+# The demo, from a fresh clone: set-up, release build, then the bundled sample video through the bundled
+# engine -> out/demo.mp4 (annotated) + out/demo.jsonl. Extra arguments go to `maskstream run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --locked
-./target/release/maskstream detect tests/fixtures/detect/*/image.png --out-dir out/detect --json out/detect.jsonl "$@"
+./target/release/maskstream run pipelines/demo.toml "$@"
+echo "demo: wrote out/demo.mp4 and out/demo.jsonl"
