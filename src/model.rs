@@ -17,7 +17,7 @@ use crate::frame::RgbFrame;
 use crate::mask_head;
 use crate::paste::{self, InstanceMask, PasteScratch};
 use crate::preprocess::{padded, resized_size, Preprocessed, Preprocessor};
-use crate::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
+use crate::roi_align::{self, FeatureMap, Roi, RoiAligner, RoiAlignParams};
 use crate::rpn::{self, LevelHead, ProposalScratch, Proposals};
 
 /// One instance found in a frame.
@@ -104,6 +104,7 @@ pub struct MaskRcnn {
     paste_scratch: PasteScratch,
     pooled: Vec<f32>,
     probs: Vec<f32>,
+    aligner: RoiAligner,
 }
 
 impl std::fmt::Debug for MaskRcnn {
@@ -233,6 +234,7 @@ impl MaskRcnn {
             paste_scratch: PasteScratch::default(),
             pooled: Vec::new(),
             probs: Vec::new(),
+            aligner: RoiAligner::default(),
         })
     }
 
@@ -308,6 +310,7 @@ impl MaskRcnn {
             paste_scratch,
             pooled,
             probs,
+            aligner,
             ..
         } = self;
         let tensor = TensorRef::from_array_view(([n, 3, ph, pw], &input[..]))?;
@@ -426,7 +429,8 @@ impl MaskRcnn {
         pooled.resize(rois.len() * c as usize * res * res, 0.0);
         {
             let _span = tracing::debug_span!("roi_align_box", rois = rois.len()).entered();
-            roi_align::roi_align(&maps, &rois, &pool_params(bp), pooled)?;
+            aligner.prepare(&maps)?;
+            aligner.pool(&maps, &rois, &pool_params(bp), pooled)?;
         }
         times.roi_align_box = t.elapsed();
 
@@ -477,7 +481,10 @@ impl MaskRcnn {
         pooled.resize(rois.len() * c as usize * mres * mres, 0.0);
         {
             let _span = tracing::debug_span!("roi_align_mask", rois = rois.len()).entered();
-            roi_align::roi_align(&maps, &rois, &pool_params(mp), pooled)?;
+            if mp.levels != bp.levels {
+                aligner.prepare(&maps)?;
+            }
+            aligner.pool(&maps, &rois, &pool_params(mp), pooled)?;
         }
         times.roi_align_mask = t.elapsed();
 
