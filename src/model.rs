@@ -17,7 +17,7 @@ use crate::frame::RgbFrame;
 use crate::mask_head;
 use crate::paste::{self, InstanceMask, PasteScratch};
 use crate::preprocess::{padded, resized_size, Preprocessed, Preprocessor};
-use crate::roi_align::{self, FeatureMap, Roi, RoiAligner, RoiAlignParams};
+use crate::roi_align::{self, FeatureMap, Roi, RoiAlignParams, RoiAligner};
 use crate::rpn::{self, LevelHead, ProposalScratch, Proposals};
 
 /// One instance found in a frame.

@@ -160,7 +160,12 @@ fn roi_taps(
 
 /// Pools every ROI from its level into `out` ([rois, channels, output_size, output_size]).
 /// Convenience form of [`RoiAligner`] for one call.
-pub fn roi_align(levels: &[FeatureMap<'_>], rois: &[Roi], p: &RoiAlignParams, out: &mut [f32]) -> Result<()> {
+pub fn roi_align(
+    levels: &[FeatureMap<'_>],
+    rois: &[Roi],
+    p: &RoiAlignParams,
+    out: &mut [f32],
+) -> Result<()> {
     let mut a = RoiAligner::default();
     a.prepare(levels)?;
     a.pool(levels, rois, p, out)
@@ -191,27 +196,37 @@ impl RoiAligner {
                 )));
             }
             if l.data.len() != l.batch * l.channels * l.height * l.width {
-                return Err(Error::Input(format!("roi_align: level {i} data length does not match its shape")));
+                return Err(Error::Input(format!(
+                    "roi_align: level {i} data length does not match its shape"
+                )));
             }
         }
         self.nhwc.resize_with(levels.len(), Vec::new);
         for (l, dst) in levels.iter().zip(&mut self.nhwc) {
             let plane = l.height * l.width;
             dst.resize(l.batch * plane * l.channels, 0.0);
-            dst.par_chunks_mut(plane * l.channels).enumerate().for_each(|(b, img)| {
-                let src = &l.data[b * plane * l.channels..(b + 1) * plane * l.channels];
-                for (c, chan) in src.chunks_exact(plane).enumerate() {
-                    for (px, &v) in chan.iter().enumerate() {
-                        img[px * l.channels + c] = v;
+            dst.par_chunks_mut(plane * l.channels)
+                .enumerate()
+                .for_each(|(b, img)| {
+                    let src = &l.data[b * plane * l.channels..(b + 1) * plane * l.channels];
+                    for (c, chan) in src.chunks_exact(plane).enumerate() {
+                        for (px, &v) in chan.iter().enumerate() {
+                            img[px * l.channels + c] = v;
+                        }
                     }
-                }
-            });
+                });
         }
         Ok(())
     }
 
     /// Pools `rois` from the levels given to the last `prepare` (same `levels` describe their shapes).
-    pub fn pool(&self, levels: &[FeatureMap<'_>], rois: &[Roi], p: &RoiAlignParams, out: &mut [f32]) -> Result<()> {
+    pub fn pool(
+        &self,
+        levels: &[FeatureMap<'_>],
+        rois: &[Roi],
+        p: &RoiAlignParams,
+        out: &mut [f32],
+    ) -> Result<()> {
         if self.nhwc.len() != levels.len() {
             return Err(Error::Input("roi_align: pool() before prepare()".into()));
         }
@@ -226,7 +241,10 @@ impl RoiAligner {
                 rois.len() * per_roi
             )));
         }
-        if let Some(r) = rois.iter().find(|r| r.level >= levels.len() || r.batch >= levels[r.level].batch) {
+        if let Some(r) = rois
+            .iter()
+            .find(|r| r.level >= levels.len() || r.batch >= levels[r.level].batch)
+        {
             return Err(Error::Input(format!(
                 "roi_align: roi on level {} of image {} is out of range",
                 r.level, r.batch
@@ -240,8 +258,13 @@ impl RoiAligner {
                     let fm = &levels[roi.level];
                     let (samples, count) = roi_taps(&roi.bbox, fm, p, taps);
                     let plane = fm.height * fm.width;
-                    let img = &self.nhwc[roi.level][roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
-                    for (bin, t) in taps.chunks_exact(samples.max(1)).take(bin_count).enumerate() {
+                    let img = &self.nhwc[roi.level]
+                        [roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
+                    for (bin, t) in taps
+                        .chunks_exact(samples.max(1))
+                        .take(bin_count)
+                        .enumerate()
+                    {
                         acc.fill(0.0);
                         if samples > 0 {
                             for s in t {

@@ -128,7 +128,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     ));
                 }
             }
-            Err(e) => failures.push(format!("{}: {e}", file.display())),
+            Err(e) => {
+                // most errors already name the file; name it once
+                let e = format!("{e}");
+                let shown = file.display().to_string();
+                failures.push(if e.contains(&shown) {
+                    e
+                } else {
+                    format!("{shown}: {e}")
+                });
+            }
         }
         overall.inc(1);
     }

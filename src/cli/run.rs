@@ -128,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{}",
             failed
                 .iter()
-                .map(|s| format!("{}: {}", s.name, s.error.as_deref().unwrap_or("")))
+                .map(|s| format!("{}: {}", s.input, s.error.as_deref().unwrap_or("failed")))
                 .collect::<Vec<_>>()
                 .join("; ")
         );

@@ -99,6 +99,9 @@ pub struct RtspInputConfig {
     pub reconnect_attempts: u32,
     /// First back-off interval; doubles per attempt up to 8x.
     pub reconnect_interval_ms: u64,
+    /// A stream that delivers no frame for this long (no EOS, no error either: a frozen camera, a
+    /// half-open connection) counts as dropped and is reconnected (0 = wait forever).
+    pub stall_timeout_ms: u64,
 }
 
 impl Default for RtspInputConfig {
@@ -108,6 +111,7 @@ impl Default for RtspInputConfig {
             tcp: false,
             reconnect_attempts: 5,
             reconnect_interval_ms: 1000,
+            stall_timeout_ms: 10_000,
         }
     }
 }
@@ -286,6 +290,34 @@ impl PipelineConfig {
                 format!("{} is outside 1..64", inf.max_batch),
             );
         }
+        if inf.max_wait_ms > 60_000 {
+            return bad(
+                "inference.max_wait_ms",
+                format!("{} is over 60000", inf.max_wait_ms),
+            );
+        }
+        if self.threads > 1024 {
+            return bad("threads", format!("{} is over 1024", self.threads));
+        }
+        let r = &self.rtsp_input;
+        if r.latency_ms > 60_000 {
+            return bad(
+                "rtsp_input.latency_ms",
+                format!("{} is over 60000", r.latency_ms),
+            );
+        }
+        if r.reconnect_interval_ms > 600_000 {
+            return bad(
+                "rtsp_input.reconnect_interval_ms",
+                format!("{} is over 600000 (10 minutes)", r.reconnect_interval_ms),
+            );
+        }
+        if r.stall_timeout_ms > 3_600_000 {
+            return bad(
+                "rtsp_input.stall_timeout_ms",
+                format!("{} is over 3600000 (1 hour)", r.stall_timeout_ms),
+            );
+        }
         if self.queue.capacity == 0 || self.queue.capacity > 1024 {
             return bad(
                 "queue.capacity",
@@ -371,6 +403,19 @@ impl SourceConfig {
     }
 }
 
+/// A URI fit for messages and logs: any `user:password@` is replaced by `***@`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => uri.to_string(),
+    }
+}
+
 /// Replaces `{name}` in an output path or mount.
 pub fn expand(template: &str, name: &str) -> String {
     template.replace("{name}", name)
@@ -432,6 +477,12 @@ mod tests {
             }
         );
         assert!(t.is_live());
+        assert_eq!(
+            redact_uri("rtsp://bob:s3cret@10.0.0.1:554/live?x=1"),
+            "rtsp://***@10.0.0.1:554/live?x=1"
+        );
+        assert_eq!(redact_uri("rtsp://h:1/a@b"), "rtsp://h:1/a@b");
+        assert_eq!(redact_uri("/videos/a@b.mp4"), "/videos/a@b.mp4");
         assert_eq!(
             "rtsp://127.0.0.1:8554/cam1"
                 .parse::<SourceKind>()

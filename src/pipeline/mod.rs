@@ -124,7 +124,11 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
             cfg.rtsp_input.clone(),
             ctx.stop.clone(),
         )
-        .map_err(|e| Error::Input(format!("source {name} ({}): {e}", s.uri)))?;
+        .map_err(|e| match &kind {
+            // check_file's errors already name the file
+            SourceKind::File(_) => e,
+            _ => Error::Input(format!("source {name} ({}): {e}", kind.describe())),
+        })?;
         kinds.push(kind);
         handles.push(handle);
     }
@@ -177,7 +181,9 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                             &names[sid],
                             (expected > 0).then_some(expected),
                         );
-                        match SourceSinks::open(cfg, &names[sid], &frame, mounts[sid].take()) {
+                        let live = kinds[sid].is_live();
+                        match SourceSinks::open(cfg, &names[sid], &frame, live, mounts[sid].take())
+                        {
                             Ok(s) => v.insert(s),
                             Err(e) => {
                                 sink_error = Some(e);
@@ -249,6 +255,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
         let _ = h.thread.join();
         sources.push(SourceSummary {
             name: names[i].clone(),
+            input: kinds[i].describe(),
             frames: h.stats.decoded.load(Ordering::Relaxed),
             dropped: h.stats.dropped.load(Ordering::Relaxed),
             reconnects: h.stats.reconnects.load(Ordering::Relaxed),
@@ -400,6 +407,7 @@ impl SourceSinks {
         cfg: &PipelineConfig,
         name: &str,
         first: &Frame,
+        live: bool,
         rtsp: Option<rtsp::Mount>,
     ) -> Result<Self> {
         let o = &cfg.output;
@@ -411,6 +419,7 @@ impl SourceSinks {
                 h,
                 fps,
                 o.bitrate_kbps,
+                live,
             )?),
             None => None,
         };
@@ -480,7 +489,7 @@ impl SourceKind {
     pub fn describe(&self) -> String {
         match self {
             SourceKind::File(p) => p.display().to_string(),
-            SourceKind::Uri(u) | SourceKind::Rtsp(u) => u.clone(),
+            SourceKind::Uri(u) | SourceKind::Rtsp(u) => config::redact_uri(u),
             SourceKind::V4l2(d) => d.clone(),
             SourceKind::Test { pattern, .. } => format!("test pattern {pattern}"),
         }

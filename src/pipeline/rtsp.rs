@@ -139,8 +139,14 @@ impl RtspServer {
             .ok_or_else(|| Error::Pipeline("RTSP server has no mount points".into()))?;
         let factory = rtsp::RTSPMediaFactory::new();
         factory.set_launch(
-            "( appsrc name=src is-live=true format=time do-timestamp=true \
-             ! queue max-size-buffers=4 leaky=downstream ! videoconvert ! video/x-raw,format=I420 \
+            // bounded and leaky at every step: when the media cannot keep up, the oldest queued frames
+            // are dropped here; frames never pile up in memory and pushing never blocks. (A stalled
+            // TCP viewer is handled by the server: its backlog is bounded and the viewer is dropped,
+            // while the other viewers of the shared media go on.)
+            "( appsrc name=src is-live=true format=time do-timestamp=true block=false \
+             max-buffers=4 leaky-type=downstream \
+             ! queue max-size-buffers=4 max-size-bytes=0 max-size-time=0 leaky=downstream \
+             ! videoconvert ! video/x-raw,format=I420 \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 \
              ! rtph264pay name=pay0 pt=96 config-interval=1 )",
         );

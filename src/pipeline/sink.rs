@@ -129,13 +129,15 @@ fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
         .unwrap_or(1 << 20)
 }
 
-/// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska.
+/// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
+/// from a live source, which drops frames when inference lags (see below).
 pub fn video_file(
     path: &Path,
     width: usize,
     height: usize,
     fps: (i32, i32),
     bitrate_kbps: Option<u32>,
+    live: bool,
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -149,6 +151,15 @@ pub fn video_file(
     );
     let enc = make("x264enc")?;
     enc.set_property_from_str("speed-preset", "veryfast");
+    if live {
+        // Live sources drop frames, so their timestamps have gaps. With B-frames the muxer's timeline
+        // (built from x264's DTS, which follow the frame count, not the gaps) can end before the last
+        // frame, and players skip that frame; it also shifts the start by the B-frame delay. Without
+        // B-frames decode order is presentation order and every timestamp is kept as it came.
+        // (Files keep B-frames: no gaps there, and an input encoded with the same delay keeps its
+        // timestamps exactly, as the demo does.)
+        enc.set_property("bframes", 0u32);
+    }
     let bitrate = bitrate_kbps
         .unwrap_or_else(|| ((width * height) as f64 / 230.0).clamp(500.0, 20_000.0) as u32);
     enc.set_property("bitrate", bitrate);

@@ -94,7 +94,9 @@ pub fn spawn(
 
 /// A clear error for files that cannot be read, before GStreamer is involved.
 pub fn check_file(p: &std::path::Path) -> Result<()> {
-    let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    // one message naming the file and the reason (Error::Io would repeat the reason in its chain)
+    let cannot = |e: std::io::Error| Error::Input(format!("{}: cannot open: {e}", p.display()));
+    let meta = std::fs::metadata(p).map_err(cannot)?;
     if meta.is_dir() {
         return Err(Error::Input(format!(
             "{}: is a directory, not a video file",
@@ -107,7 +109,7 @@ pub fn check_file(p: &std::path::Path) -> Result<()> {
             p.display()
         )));
     }
-    std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+    std::fs::File::open(p).map_err(cannot)?;
     Ok(())
 }
 
@@ -154,21 +156,33 @@ impl SourceCtx {
                 Outcome::Eos if !retry => break None,
                 Outcome::Failed(e) if !retry => break Some(e),
                 Outcome::Eos | Outcome::Failed(_) => {
+                    let why = match &outcome {
+                        Outcome::Failed(e) => e.as_str(),
+                        _ => "end of stream",
+                    };
                     if index > before {
                         attempt = 0; // the stream ran: start the back-off afresh
                     }
                     if attempt >= self.rtsp.reconnect_attempts {
                         break Some(format!(
-                            "stream lost; gave up after {} reconnect attempts",
+                            "stream lost; gave up after {} reconnect attempts (last: {why})",
                             self.rtsp.reconnect_attempts
                         ));
                     }
-                    let wait = self.rtsp.reconnect_interval_ms << attempt.min(3);
+                    // the interval is validated (<= 10 min), so 8x of it cannot overflow
+                    let wait =
+                        Duration::from_millis(self.rtsp.reconnect_interval_ms << attempt.min(3));
                     attempt += 1;
-                    tracing::warn!(attempt, wait_ms = wait, "stream dropped, reconnecting");
+                    tracing::warn!(
+                        attempt,
+                        of = self.rtsp.reconnect_attempts,
+                        wait_ms = wait.as_millis() as u64,
+                        reason = why,
+                        "stream dropped, reconnecting"
+                    );
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    let until = Instant::now() + Duration::from_millis(wait);
-                    while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    while started.elapsed() < wait && !self.stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
@@ -295,7 +309,38 @@ impl SourceCtx {
             return Outcome::Failed("pipeline has no bus".into());
         };
         let live = self.kind.is_live();
+        // a stream that neither sends frames nor ends (frozen camera, half-open connection)
+        let stall = match self.kind {
+            SourceKind::Rtsp(_) if self.rtsp.stall_timeout_ms > 0 => {
+                Some(Duration::from_millis(self.rtsp.stall_timeout_ms))
+            }
+            _ => None,
+        };
+        let first = *index;
+        let mut last_frame_at = Instant::now();
         let mut queried_duration = false;
+        let mut declared_ns: Option<u64> = None;
+        let mut decoded_end_ns: Option<u64> = None;
+        let mut missing_decoder: Option<String> = None;
+        // the end of a file: complete, or shorter than its container says (truncated, damaged)
+        let at_eos = |index: u64,
+                      declared: Option<u64>,
+                      decoded_end: Option<u64>,
+                      missing: &Option<String>| {
+            if index == first {
+                return Outcome::Failed(match missing {
+                    Some(codec) => format!("no decoder installed for this codec ({codec})"),
+                    None if index == 0 => "no video stream in this input".to_string(),
+                    None => "the stream ended without a frame".to_string(),
+                });
+            }
+            if !live {
+                if let Some(why) = ends_early(declared, decoded_end) {
+                    return Outcome::Failed(format!("{why} (after {index} frames)"));
+                }
+            }
+            Outcome::Eos
+        };
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Outcome::Stopped;
@@ -303,39 +348,56 @@ impl SourceCtx {
             if self.max_frames.is_some_and(|m| *index >= m) {
                 return Outcome::Done;
             }
-            while let Some(msg) =
-                bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos])
-            {
+            while let Some(msg) = bus.pop_filtered(&[
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+                gst::MessageType::Element,
+            ]) {
                 match msg.view() {
                     gst::MessageView::Error(e) => {
+                        if let Some(codec) = &missing_decoder {
+                            return Outcome::Failed(format!(
+                                "no decoder installed for this codec ({codec})"
+                            ));
+                        }
                         let detail = e.debug().map(|d| d.to_string()).unwrap_or_default();
                         let what = describe_error(&e.error().to_string(), &detail, *index);
                         return Outcome::Failed(what);
                     }
-                    gst::MessageView::Eos(_) if sink.is_eos() || *index == 0 => {
-                        if *index == 0 {
-                            return Outcome::Failed("no video stream in this input".into());
+                    gst::MessageView::Eos(_) if sink.is_eos() || *index == first => {
+                        return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
+                    }
+                    gst::MessageView::Element(m) => {
+                        if let Some(codec) = m.structure().and_then(missing_plugin) {
+                            tracing::warn!(%codec, "no decoder installed");
+                            missing_decoder.get_or_insert(codec);
                         }
-                        return Outcome::Eos;
                     }
                     _ => {}
                 }
             }
             let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(50)) else {
                 if sink.is_eos() {
-                    if *index == 0 {
-                        return Outcome::Failed("no video stream in this input".into());
+                    return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
+                }
+                if let Some(limit) = stall {
+                    if last_frame_at.elapsed() >= limit {
+                        return Outcome::Failed(format!(
+                            "no frame for {} ms: the stream stalled",
+                            limit.as_millis()
+                        ));
                     }
-                    return Outcome::Eos;
                 }
                 continue;
             };
+            last_frame_at = Instant::now();
             let Some(frame) = self.to_frame(&sample, *index) else {
                 continue;
             };
             if !queried_duration && !live {
                 queried_duration = true;
                 if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
+                    declared_ns = Some(d.nseconds());
                     let (n, dn) = frame.fps;
                     if n > 0 && dn > 0 {
                         let frames = d.nseconds() as f64 * n as f64 / dn as f64 / 1e9;
@@ -344,6 +406,10 @@ impl SourceCtx {
                             .store(frames.round() as u64, Ordering::Relaxed);
                     }
                 }
+            }
+            if let Some(pts) = frame.pts_ns {
+                let end = pts.saturating_add(frame.duration_ns.unwrap_or(0));
+                decoded_end_ns = Some(decoded_end_ns.map_or(end, |e| e.max(end)));
             }
             *index += 1;
             self.stats.decoded.fetch_add(1, Ordering::Relaxed);
@@ -415,22 +481,133 @@ impl SourceCtx {
     }
 }
 
+/// The codec named by a `missing-plugin` element message (decodebin posts one when no decoder fits).
+fn missing_plugin(s: &gst::StructureRef) -> Option<String> {
+    if s.name() != "missing-plugin" {
+        return None;
+    }
+    let kind = s.get::<String>("type").unwrap_or_default();
+    if !kind.is_empty() && kind != "decoder" {
+        return None;
+    }
+    let codec = s
+        .get::<gst::Caps>("detail")
+        .ok()
+        .and_then(|c| c.structure(0).map(|st| st.name().to_string()))
+        .or_else(|| s.get::<String>("name").ok())
+        .unwrap_or_else(|| "unknown codec".into());
+    Some(codec)
+}
+
+/// Why a file that reached its end is incomplete: its frames stop well before the duration its
+/// container declares (a truncated download, a recording cut off). `None` when complete or unknown.
+/// The slack (1 s or 2 %) keeps files whose audio outlasts their video slightly from being reported.
+pub fn ends_early(declared_ns: Option<u64>, decoded_end_ns: Option<u64>) -> Option<String> {
+    let (total, end) = (declared_ns?, decoded_end_ns?);
+    let slack = (total / 50).max(1_000_000_000);
+    if end.saturating_add(slack) >= total {
+        return None;
+    }
+    Some(format!(
+        "the file ends early: frames stop at {:.1} s of the {:.1} s its container declares \
+         (truncated or damaged)",
+        end as f64 / 1e9,
+        total as f64 / 1e9
+    ))
+}
+
 /// A one-line reason from a GStreamer error, in words a user can act on.
 fn describe_error(error: &str, debug: &str, decoded: u64) -> String {
     let lower = format!("{error} {debug}").to_ascii_lowercase();
-    let reason =
-        if lower.contains("no decoder") || lower.contains("missing") && lower.contains("plugin") {
-            format!("no decoder for this codec ({error})")
-        } else if lower.contains("could not determine type") || lower.contains("typefind") {
-            "not a video file GStreamer can read (unknown format)".to_string()
-        } else if lower.contains("not-linked") || lower.contains("not linked") {
-            "no video stream in this input".to_string()
-        } else {
-            error.to_string()
-        };
+    let reason = if lower.contains("no decoder")
+        || lower.contains("missing") && (lower.contains("plugin") || lower.contains("plug-in"))
+    {
+        format!(
+            "no decoder installed for this codec ({})",
+            first_line(error)
+        )
+    } else if lower.contains("could not determine type") || lower.contains("typefind") {
+        "not a video file GStreamer can read (unknown format)".to_string()
+    } else if lower.contains("no playable streams") || lower.contains("no known streams") {
+        "no playable stream: the file is incomplete or damaged (for MP4: its index, the moov box, \
+         is missing, as in a truncated or unfinished recording)"
+            .to_string()
+    } else if lower.contains("not-linked") || lower.contains("not linked") {
+        "no video stream in this input".to_string()
+    } else {
+        // GStreamer's generic messages ("Could not open resource for reading and writing.") say more
+        // in the last line of their debug text ("Failed to connect. (Generic error)")
+        let detail = debug
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .filter(|l| l.len() <= 160 && !l.contains(".c(") && *l != first_line(error))
+            .map(redact_words);
+        match detail {
+            Some(d) => format!("{} ({d})", first_line(error)),
+            None => first_line(error).to_string(),
+        }
+    };
     if decoded > 0 {
         format!("{reason} (after {decoded} frames)")
     } else {
         reason
+    }
+}
+
+/// Text with any URL's `user:password@` replaced (GStreamer's debug text may quote the location).
+fn redact_words(text: &str) -> String {
+    text.split(' ')
+        .map(|w| {
+            if w.contains("://") {
+                super::config::redact_uri(w)
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_early_allows_slack() {
+        let s = 1_000_000_000u64;
+        assert!(ends_early(Some(10 * s), Some(10 * s)).is_none());
+        assert!(ends_early(Some(10 * s), Some(9 * s + s / 2)).is_none());
+        assert!(ends_early(None, Some(s)).is_none());
+        let why = ends_early(Some(10 * s), Some(5 * s)).unwrap();
+        assert!(why.contains("5.0 s of the 10.0 s"), "{why}");
+    }
+
+    #[test]
+    fn errors_in_words() {
+        let e = describe_error("This file contains no playable streams.", "", 0);
+        assert!(e.contains("moov"), "{e}");
+        let e = describe_error("Your GStreamer installation is missing a plug-in.", "", 0);
+        assert!(e.starts_with("no decoder installed"), "{e}");
+        let e = describe_error(
+            "Internal data stream error.",
+            "streaming stopped, reason not-linked (-1)",
+            3,
+        );
+        assert_eq!(e, "no video stream in this input (after 3 frames)");
+        let e = describe_error(
+            "Could not open resource for reading and writing.",
+            "../gst/rtsp/gstrtspsrc.c(8076): gst_rtspsrc_open (): /GstPipeline:p/GstRTSPSrc:src:\n\
+             Failed to connect to rtsp://bob:s3cret@10.0.0.1/x (Generic error)",
+            0,
+        );
+        assert!(
+            e.ends_with("(Failed to connect to rtsp://***@10.0.0.1/x (Generic error))"),
+            "{e}"
+        );
     }
 }

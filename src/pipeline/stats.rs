@@ -51,6 +51,8 @@ pub struct Summary {
 #[derive(Debug, Default, Clone)]
 pub struct SourceSummary {
     pub name: String,
+    /// What the source reads: the file path or the URI (credentials redacted).
+    pub input: String,
     pub frames: u64,
     pub dropped: u64,
     pub reconnects: u64,

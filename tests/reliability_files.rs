@@ -1,0 +1,519 @@
+//! Bad files and signals, through the binary: every bad input gives one clear error line naming the
+//! file and the reason, a non-zero exit and no panic; in a batch the good files still complete; a file
+//! that decodes partway keeps finalized outputs of what decoded; SIGTERM finalizes the outputs, a second
+//! signal exits at once.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn maskstream() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_maskstream"));
+    c.current_dir(common::root());
+    c
+}
+
+fn gst_launch(pipeline: &str) {
+    let args: Vec<&str> = pipeline.split_whitespace().collect();
+    let out = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(&args)
+        .output()
+        .expect("gst-launch-1.0 (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "gst-launch-1.0 {pipeline}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A short H.264 clip of the bouncing-ball pattern at 10 frames/s (few frames, some seconds: a cut
+/// in half is well past the slack of the ends-early check). MP4s get their index first (faststart),
+/// so that the first half of their bytes still decodes; `.mkv` gives Matroska.
+fn make_clip(path: &Path, frames: u32) {
+    let mux = if path.extension().is_some_and(|e| e == "mkv") {
+        "matroskamux"
+    } else {
+        "mp4mux faststart=true"
+    };
+    gst_launch(&format!(
+        "videotestsrc pattern=ball num-buffers={frames} \
+         ! video/x-raw,width=320,height=240,framerate=10/1 ! x264enc key-int-max=10 ! h264parse \
+         ! {mux} ! filesink location={}",
+        path.display()
+    ));
+}
+
+/// The first half of a file's bytes.
+fn truncate_half(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    std::fs::write(to, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+/// An MP4 whose video is labelled H.266/VVC (sample entry `vvc1`), a codec GStreamer 1.22 has no
+/// decoder for. The payload is H.264; decoding never gets that far.
+fn make_vvc_labelled(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"avc1")
+        .expect("an avc1 sample entry");
+    let mut b = bytes.clone();
+    b[at..at + 4].copy_from_slice(b"vvc1");
+    std::fs::write(to, b).unwrap();
+}
+
+fn make_audio_only(path: &Path) {
+    gst_launch(&format!(
+        "audiotestsrc num-buffers=100 ! audioconvert ! vorbisenc ! matroskamux ! filesink location={}",
+        path.display()
+    ));
+}
+
+fn make_random(path: &Path) {
+    // a fixed xorshift sequence: random-looking bytes, the same on every run
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Non-zero exit, no panic, and an `error:` line that names `file` and contains every needle.
+fn fails_naming(out: &Output, file: &str, needles: &[&str]) -> String {
+    let err = stderr_of(out);
+    assert!(!out.status.success(), "{file}: expected failure: {err}");
+    assert_ne!(out.status.code(), Some(101), "{file}: panicked: {err}");
+    assert!(!err.contains("panicked"), "{file}: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains(file))
+        .unwrap_or_else(|| panic!("no error line naming {file}: {err}"))
+        .to_string();
+    for n in needles {
+        assert!(line.contains(n), "{file}: error line lacks {n:?}: {line}");
+    }
+    line
+}
+
+/// Every line of a JSON Lines file is whole and parses; returns the frame indices.
+fn jsonl_frames(path: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{}: last line is cut",
+        path.display()
+    );
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
+            v["frame"].as_u64().expect("frame index")
+        })
+        .collect()
+}
+
+/// (frame, pts) of every line.
+fn jsonl_pts(path: &Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["frame"].as_u64().unwrap(), v["pts_ns"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// The frames of the output video against the JSON lines of a file input that was cut off. They are
+/// equal, except in one case this checks for: B-frame output (file inputs) whose input timestamps
+/// jump just before the last frame (a frame lost in the cut). x264's DTS follow the frame count, not
+/// the jump, so the MP4's timeline ends where the last frame starts and decoders skip that one frame.
+fn check_cut_output(what: &str, played: usize, json: &Path) {
+    let pts = jsonl_pts(json);
+    let n = pts.len();
+    if played + 1 == n && n >= 3 {
+        let step = pts[1].1 - pts[0].1;
+        let last_step = pts[n - 1].1 - pts[n - 2].1;
+        assert!(
+            last_step > step,
+            "{what}: the MP4 lacks a frame with no jump before the last one: {pts:?}"
+        );
+        println!(
+            "{what}: the MP4 ends one frame early: the input jumps {:.3} s before its last frame",
+            last_step as f64 / 1e9
+        );
+        return;
+    }
+    assert_eq!(played, n, "{what}: MP4 frames vs JSON lines");
+}
+
+/// A finalized MP4 (or MKV): decodes to the end; returns its frame count.
+fn playable_frames(path: &Path) -> usize {
+    let d = common::gst_util::decode_file(path, false)
+        .unwrap_or_else(|e| panic!("{} does not play: {e}", path.display()));
+    d.frames.len()
+}
+
+#[test]
+fn run_rejects_bad_files_with_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("empty.mp4"), b"").unwrap();
+    // the demo keeps its index (moov) at the end: its first half has none
+    truncate_half(
+        &common::root().join("assets/shapes-demo.mp4"),
+        &p("half.mp4"),
+    );
+    make_random(&p("random.mp4"));
+    make_audio_only(&p("audio.mkv"));
+    make_clip(&p("clip.mp4"), 10);
+    make_vvc_labelled(&p("clip.mp4"), &p("vvc.mp4"));
+    let cases: [(&str, &[&str]); 6] = [
+        ("empty.mp4", &["file is empty"]),
+        ("half.mp4", &["no playable stream", "moov"]),
+        ("random.mp4", &["not a video file"]),
+        ("audio.mkv", &["no video stream"]),
+        ("missing.mp4", &["No such file"]),
+        ("vvc.mp4", &["no decoder installed", "vvc1"]),
+    ];
+    for (name, needles) in cases {
+        let file = p(name);
+        let json = p(&format!("{name}.jsonl"));
+        let out = maskstream()
+            .args(["run", "--backend", "cpu", "--input"])
+            .arg(&file)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let line = fails_naming(&out, &file.display().to_string(), needles);
+        println!("{name}: {line}");
+        let err = stderr_of(&out);
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{name}: one error line: {err}"
+        );
+        // nothing decoded, so no half-written metadata either
+        assert!(
+            !json.exists() || jsonl_frames(&json).is_empty(),
+            "{name}: unexpected JSON lines"
+        );
+    }
+}
+
+#[test]
+fn truncated_files_keep_finalized_outputs_of_what_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["mp4", "mkv"] {
+        let clip = dir.path().join(format!("clip.{ext}"));
+        make_clip(&clip, 30);
+        let total = playable_frames(&clip);
+        let cut = dir.path().join(format!("cut.{ext}"));
+        truncate_half(&clip, &cut);
+        let video = dir.path().join(format!("cut-{ext}-out.mp4"));
+        let json = dir.path().join(format!("cut-{ext}.jsonl"));
+        let out = maskstream()
+            .args(["run", "--backend", "cpu", "--input"])
+            .arg(&cut)
+            .arg("--output")
+            .arg(&video)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let line = fails_naming(&out, &cut.display().to_string(), &["ends early"]);
+        let frames = jsonl_frames(&json);
+        let played = playable_frames(&video);
+        println!(
+            "{ext}: {line}; {} of {total} frames in the JSON Lines, {played} in the MP4",
+            frames.len()
+        );
+        assert!(
+            !frames.is_empty() && frames.len() < total,
+            "{ext}: {} of {total} frames",
+            frames.len()
+        );
+        check_cut_output(ext, played, &json);
+        assert!(
+            frames.iter().enumerate().all(|(i, &f)| f == i as u64),
+            "{ext}: frame indices {frames:?}"
+        );
+    }
+}
+
+#[test]
+fn batch_completes_good_files_among_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let p = |n: &str| input.join(n);
+    make_clip(&p("good.mp4"), 20);
+    std::fs::write(p("empty.mp4"), b"").unwrap();
+    make_random(&p("random.mp4"));
+    make_audio_only(&p("audio.mkv"));
+    make_vvc_labelled(&p("good.mp4"), &p("vvc.mp4"));
+    let long = dir.path().join("long.mp4");
+    make_clip(&long, 40);
+    truncate_half(&long, &p("truncated.mp4"));
+    let out_dir = dir.path().join("out");
+    let out = maskstream()
+        .args(["batch", "--backend", "cpu", "--out-dir"])
+        .arg(&out_dir)
+        .arg(&input)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    println!("{err}");
+    for (name, needle) in [
+        ("empty.mp4", "file is empty"),
+        ("random.mp4", "not a video file"),
+        ("audio.mkv", "no video stream"),
+        ("vvc.mp4", "no decoder installed"),
+        ("truncated.mp4", "ends early"),
+    ] {
+        fails_naming(&out, &p(name).display().to_string(), &[needle]);
+    }
+    assert!(err.contains("5 of 6 files failed"), "{err}");
+    assert!(
+        !err.lines()
+            .any(|l| l.starts_with("error:") && l.contains("good.mp4")),
+        "{err}"
+    );
+    // the good file is complete
+    let good = jsonl_frames(&out_dir.join("good.jsonl"));
+    assert_eq!(good, (0..20).collect::<Vec<u64>>());
+    assert_eq!(playable_frames(&out_dir.join("good.mp4")), 20);
+    // the truncated one keeps what decoded, finalized
+    let part = jsonl_frames(&out_dir.join("truncated.jsonl"));
+    assert!(!part.is_empty() && part.len() < 40, "{} frames", part.len());
+    let played = playable_frames(&out_dir.join("truncated.mp4"));
+    check_cut_output(
+        "batch truncated.mp4",
+        played,
+        &out_dir.join("truncated.jsonl"),
+    );
+}
+
+#[test]
+fn batch_missing_or_unreadable_inputs() {
+    let out = maskstream()
+        .args(["batch", "/nonexistent/videos", "--out-dir", "/tmp/x"])
+        .output()
+        .unwrap();
+    fails_naming(&out, "/nonexistent/videos", &["no such file or folder"]);
+
+    if nix::unistd::geteuid().is_root() {
+        println!(
+            "skipped the unreadable folder and file cases: running as root, which reads them anyway \
+             (permissions do not apply to root)"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    make_clip(&locked.join("a.mp4"), 5);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = maskstream()
+        .args(["batch", "--backend", "cpu", "--out-dir"])
+        .arg(dir.path().join("out"))
+        .arg(&locked)
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let line = fails_naming(
+        &out,
+        &locked.display().to_string(),
+        &["cannot list the folder", "ermission denied"],
+    );
+    println!("unreadable folder: {line}");
+
+    let folder = dir.path().join("videos");
+    std::fs::create_dir(&folder).unwrap();
+    let secret = folder.join("secret.mp4");
+    make_clip(&secret, 5);
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = maskstream()
+        .args(["batch", "--backend", "cpu", "--out-dir"])
+        .arg(dir.path().join("out"))
+        .arg(&folder)
+        .output()
+        .unwrap();
+    let line = fails_naming(&out, &secret.display().to_string(), &["ermission denied"]);
+    println!("unreadable file: {line}");
+}
+
+/// Kills the child on drop (a failed assertion never leaves a process behind).
+struct Reap(Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Starts `maskstream run` on the demo with --output and --json; stderr is collected on a thread.
+fn start_demo(dir: &Path) -> (Reap, PathBuf, PathBuf, std::thread::JoinHandle<String>) {
+    let video = dir.join("run.mp4");
+    let json = dir.join("run.jsonl");
+    let mut child = maskstream()
+        .args([
+            "run",
+            "--backend",
+            "cpu",
+            "--input",
+            "assets/shapes-demo.mp4",
+        ])
+        .arg("--output")
+        .arg(&video)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    (Reap(child), video, json, reader)
+}
+
+fn wait_lines(json: &Path, n: usize, child: &mut Reap) {
+    let t0 = Instant::now();
+    while line_count(json) < n {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "maskstream exited before writing {n} lines"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "no {n} JSON lines after 240 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(child: &mut Reap, limit: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "maskstream still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_finalizes_outputs_without_a_display() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, video, json, reader) = start_demo(dir.path());
+    wait_lines(&json, 20, &mut child);
+    let at_signal = line_count(&json);
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    let err = reader.join().unwrap();
+    assert!(status.success(), "after SIGTERM: {status:?}\n{err}");
+    assert!(err.contains("stopped by signal"), "{err}");
+    let frames = jsonl_frames(&json);
+    let played = playable_frames(&video);
+    println!(
+        "SIGTERM at {at_signal} lines: {} JSON lines, {played} frames in the MP4",
+        frames.len()
+    );
+    // frames already decoded when the signal came are still inferred and written: both outputs
+    // hold exactly the same frames, 0..n
+    assert!(frames.len() >= at_signal);
+    assert!(frames.len() < 300, "the run was not stopped early");
+    assert_eq!(played, frames.len(), "MP4 frames vs JSON lines");
+    assert!(frames.iter().enumerate().all(|(i, &f)| f == i as u64));
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _video, json, reader) = start_demo(dir.path());
+    wait_lines(&json, 3, &mut child);
+    let pid = Pid::from_raw(child.0.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    kill(pid, Signal::SIGINT).unwrap();
+    // a hang guard, not a speed test: a clean stop would exit 0, not 130
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("second signal"), "{err}");
+}
+
+#[test]
+fn live_recording_keeps_every_inferred_frame_and_timestamp() {
+    // a live source faster than the model: frames are dropped, so the timestamps written have gaps
+    // (one just before the last frame, since the newest frame is always kept)
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("live.mp4");
+    let json = dir.path().join("live.jsonl");
+    let mut cfg = maskstream::pipeline::config::PipelineConfig {
+        engine: common::engine_dir(),
+        backend: maskstream::BackendKind::Cpu,
+        threads: 2,
+        ..Default::default()
+    };
+    cfg.sources = vec![maskstream::pipeline::config::SourceConfig {
+        uri: "test://ball?width=320&height=240&fps=60".into(),
+        name: Some("live".into()),
+        max_frames: Some(90),
+    }];
+    cfg.queue.capacity = 2;
+    cfg.output.video = Some(video.display().to_string());
+    cfg.output.jsonl = Some(json.display().to_string());
+    let summary = maskstream::pipeline::run(&cfg, Default::default()).unwrap();
+    let pts = jsonl_pts(&json);
+    let decoded = common::gst_util::decode_file(&video, false).unwrap();
+    println!(
+        "live: {} frames inferred, {} dropped; the MP4 has {} frames, last pts {:?} (JSON {:?})",
+        pts.len(),
+        summary.sources[0].dropped,
+        decoded.frames.len(),
+        decoded.last_pts,
+        pts.last().map(|p| p.1)
+    );
+    assert!(summary.sources[0].dropped > 0);
+    assert_eq!(decoded.frames.len(), pts.len(), "MP4 frames vs JSON lines");
+    // kept to the MP4's time base (a 60th of a second here: the live clock's timestamps fall
+    // between its ticks); B-frames would shift them by their delay
+    let (out, inp) = (decoded.last_pts.unwrap(), pts.last().unwrap().1);
+    assert!(
+        out.abs_diff(inp) <= 1_000_000_000 / 60,
+        "last timestamp {out} in the MP4, {inp} in the JSON lines"
+    );
+}
