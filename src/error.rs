@@ -7,12 +7,9 @@ pub enum Error {
     #[error("{path}: {message}")]
     Manifest { path: PathBuf, message: String },
 
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io::Error is part of the message, not a `source`: a chain printer would repeat it.
+    #[error("{path}: cannot read: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: sha256 is {actual}, the manifest says {expected}")]
     Checksum {
@@ -53,10 +50,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

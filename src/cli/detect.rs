@@ -53,7 +53,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failed = 0usize;
     for path in &args.images {
         if let Err(e) = detect_one(path, &args, &mut model, &compositor, &mut sink) {
-            eprintln!("error: {}: {e:#}", path.display());
+            let msg = format!("{e:#}");
+            let name = path.display().to_string();
+            // one line naming the image once
+            if msg.contains(&name) {
+                eprintln!("error: {msg}");
+            } else {
+                eprintln!("error: {name}: {msg}");
+            }
             failed += 1;
         }
     }
