@@ -12,7 +12,7 @@
 #   SOAK_ARGS       more `maskstream run` flags    (default --backend auto)
 #   MASKSTREAM      the binary to run              (default target/release/maskstream, built if missing)
 #   SOAK_MAX_RSS_GROWTH_MB / SOAK_MAX_FD_GROWTH / SOAK_MAX_THREAD_GROWTH
-#                   growth after the warm-up that fails the soak (defaults 64 / 2 / 4)
+#                   growth after the warm-up that fails the soak (defaults 5 / 2 / 4)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,7 +23,7 @@ input=${SOAK_INPUT:-test://ball?fps=30}
 interval=${SOAK_INTERVAL:-10}
 warmup=${SOAK_WARMUP:-60}
 read -r -a extra <<< "${SOAK_ARGS:---backend auto}"
-max_rss=${SOAK_MAX_RSS_GROWTH_MB:-64}
+max_rss=${SOAK_MAX_RSS_GROWTH_MB:-5}
 max_fd=${SOAK_MAX_FD_GROWTH:-2}
 max_thr=${SOAK_MAX_THREAD_GROWTH:-4}
 
