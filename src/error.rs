@@ -9,7 +9,10 @@ pub enum Error {
 
     // The io::Error is part of the message, not a `source`: a chain printer would repeat it.
     #[error("{path}: cannot read: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 
     #[error("{path}: sha256 is {actual}, the manifest says {expected}")]
     Checksum {

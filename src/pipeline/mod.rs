@@ -214,12 +214,15 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                 );
                 stages.record("composite", t.elapsed());
                 let t = Instant::now();
+                let decoded_at = frame.decoded_at;
                 if let Err(e) = out.write(record, frame) {
                     sink_error = Some(e);
                     ctx.stop.store(true, Ordering::Relaxed);
                     break;
                 }
                 stages.record("sinks", t.elapsed());
+                // decoded -> handed to every sink: queueing, batching, inference and compositing
+                stages.record("latency", decoded_at.elapsed());
                 let per = |d: Duration| d / batch.max(1) as u32;
                 for (name, d) in StageTimes::NAMES.iter().zip(times.as_array()) {
                     stages.record(name, per(d));
