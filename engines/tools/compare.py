@@ -105,6 +105,10 @@ def main():
 
     frames = decode_frames(os.path.join(ROOT, "assets", "shapes-demo.mp4"), args.frames + 3)
     rows = []
+    # maskstream first: torch's idle OpenMP threads keep spinning for a while after each run and would
+    # steal the cores from whatever runs next in this process's lifetime
+    ms = maskstream_bench(os.path.join(ROOT, "engines", "shapes"), args.frames, args.threads, True)
+    roi = roi_align_bench(args.threads)
     # shapes: torchvision eager on the weights the engine was exported from
     ckpt = os.path.join(HERE, "work", "shapes.pt")
     if os.path.exists(ckpt):
@@ -113,7 +117,6 @@ def main():
         tv = torch_fps(load(ckpt), frames, args.threads)
     else:
         tv = float("nan")
-    ms = maskstream_bench(os.path.join(ROOT, "engines", "shapes"), args.frames, args.threads, True)
     rows.append(("shapes 640x360 (-> 568x320)", tv, ms))
     if args.r50:
         import torchvision
@@ -121,15 +124,14 @@ def main():
         eng = os.path.join(ROOT, "engines", "r50fpn")
         if not os.path.exists(os.path.join(eng, "manifest.toml")):
             subprocess.run([sys.executable, os.path.join(HERE, "export.py"), "--model", "maskrcnn_resnet50_fpn",
-                            "--seed", "0", "--out", eng], check=True)
+                            "--seed", "0", "--out", eng, "--tolerance", "1e-3"], check=True)
         torch.manual_seed(0)
         r50 = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                  num_classes=91).eval()
         n = min(args.frames, 8)
-        tv50 = torch_fps(r50, frames[:n + 3], args.threads)
         ms50 = maskstream_bench(eng, n, args.threads, False)
+        tv50 = torch_fps(r50, frames[:n + 3], args.threads)
         rows.append(("R50-FPN 640x360 (-> 1333x750)", tv50, ms50))
-    roi = roi_align_bench(args.threads)
 
     lines = ["# Benchmarks", "",
              f"Regenerate: `engines/tools/.venv/bin/python engines/tools/compare.py --threads {args.threads}"
