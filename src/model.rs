@@ -268,7 +268,24 @@ impl MaskRcnn {
         if frames.is_empty() {
             return Ok(Vec::new());
         }
-        let m = self.engine.manifest.clone();
+        // disjoint borrows of every field: the manifest is read while the sessions and buffers are used
+        let Self {
+            engine,
+            backbone,
+            box_head: box_session,
+            mask_head: mask_session,
+            anchors,
+            pre,
+            input,
+            proposal_scratch,
+            detection_scratch,
+            paste_scratch,
+            pooled,
+            probs,
+            aligner,
+            ..
+        } = self;
+        let m = &engine.manifest;
         let mut times = StageTimes::default();
 
         // -- preprocess ----------------------------------------------------------------------------
@@ -282,15 +299,15 @@ impl MaskRcnn {
         }
         let n = frames.len();
         let per_image = 3 * ph * pw;
-        self.input.resize(n * per_image, 0.0);
+        input.resize(n * per_image, 0.0);
         let mut sizes: Vec<Preprocessed> = Vec::with_capacity(n);
         for (i, f) in frames.iter().enumerate() {
             let _span = tracing::trace_span!("preprocess").entered();
-            sizes.push(self.pre.run(
+            sizes.push(pre.run(
                 f,
                 &m.transform,
                 (ph, pw),
-                &mut self.input[i * per_image..(i + 1) * per_image],
+                &mut input[i * per_image..(i + 1) * per_image],
             ));
         }
         times.preprocess = t.elapsed();
@@ -299,20 +316,6 @@ impl MaskRcnn {
         let t = Instant::now();
         let g = &m.graphs.backbone;
         let graph = g.file.as_str();
-        let Self {
-            backbone,
-            box_head: box_session,
-            mask_head: mask_session,
-            anchors,
-            input,
-            proposal_scratch,
-            detection_scratch,
-            paste_scratch,
-            pooled,
-            probs,
-            aligner,
-            ..
-        } = self;
         let tensor = TensorRef::from_array_view(([n, 3, ph, pw], &input[..]))?;
         let outputs = {
             let _span = tracing::debug_span!("backbone").entered();

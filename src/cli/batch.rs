@@ -5,7 +5,6 @@ use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::{self, is_video_file, RunContext};
-use maskstream::BackendKind;
 
 use super::progress::{overall_style, Bars};
 
@@ -19,12 +18,8 @@ pub struct Args {
     /// Only write JSON Lines (no annotated videos).
     #[arg(long)]
     pub json_only: bool,
-    #[arg(long)]
-    pub engine: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendKind>,
-    #[arg(long)]
-    pub score_threshold: Option<f32>,
+    #[command(flatten)]
+    pub model: super::ModelFlags,
     /// Pipeline file whose engine, inference, overlay and queue settings apply to every file.
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
@@ -65,15 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    if let Some(e) = &args.engine {
-        base.engine = e.clone();
-    }
-    if let Some(b) = args.backend {
-        base.backend = b;
-    }
-    if let Some(s) = args.score_threshold {
-        base.inference.score_threshold = s;
-    }
+    args.model.apply(&mut base);
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
     let stop = super::run::install_signal_handler();

@@ -17,3 +17,28 @@ pub fn default_engine() -> PathBuf {
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("engines/shapes")
 }
+
+/// Engine, backend and threshold flags shared by `run` and `batch`; each overrides the pipeline file.
+#[derive(clap::Args)]
+pub struct ModelFlags {
+    #[arg(long)]
+    pub engine: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub backend: Option<maskstream::BackendKind>,
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+}
+
+impl ModelFlags {
+    pub fn apply(&self, cfg: &mut maskstream::pipeline::config::PipelineConfig) {
+        if let Some(e) = &self.engine {
+            cfg.engine = e.clone();
+        }
+        if let Some(b) = self.backend {
+            cfg.backend = b;
+        }
+        if let Some(s) = self.score_threshold {
+            cfg.inference.score_threshold = s;
+        }
+    }
+}

@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::{self, RunContext};
-use maskstream::BackendKind;
 
 use super::progress::Bars;
 
@@ -29,12 +28,8 @@ pub struct Args {
     /// Show a preview window.
     #[arg(long)]
     pub preview: bool,
-    #[arg(long)]
-    pub engine: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendKind>,
-    #[arg(long)]
-    pub score_threshold: Option<f32>,
+    #[command(flatten)]
+    pub model: super::ModelFlags,
     /// Inference threads (0 = all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -74,15 +69,7 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
         cfg.output.rtsp = args.serve.clone();
     }
     cfg.output.preview |= args.preview;
-    if let Some(e) = &args.engine {
-        cfg.engine = e.clone();
-    }
-    if let Some(b) = args.backend {
-        cfg.backend = b;
-    }
-    if let Some(s) = args.score_threshold {
-        cfg.inference.score_threshold = s;
-    }
+    args.model.apply(&mut cfg);
     if let Some(t) = args.threads {
         cfg.threads = t;
     }
