@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::Bounded;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -9,8 +11,7 @@ fn maskstream(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_maskstream"))
         .current_dir(common::root())
         .args(args)
-        .output()
-        .unwrap()
+        .bounded()
 }
 
 fn fails_with(out: &Output, needles: &[&str]) {

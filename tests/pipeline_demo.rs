@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Bounded;
+
 use std::process::Command;
 
 use maskstream::eval::{self, GroundTruth};
@@ -21,8 +23,7 @@ fn demo_pipeline_end_to_end() {
         .arg("--json")
         .arg(&jsonl)
         .args(["--backend", "cpu", "--score-threshold", "0.05"])
-        .output()
-        .unwrap();
+        .bounded();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "maskstream run failed: {stderr}");
     println!("{stderr}");

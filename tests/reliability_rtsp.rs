@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Bounded;
+
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -326,8 +328,7 @@ fn binary_exits_non_zero_when_the_camera_never_answers() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_maskstream"))
         .arg("run")
         .arg(&toml)
-        .output()
-        .unwrap();
+        .bounded();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert_ne!(out.status.code(), Some(101), "panicked: {err}");

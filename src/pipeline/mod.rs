@@ -6,6 +6,7 @@ pub mod rtsp;
 pub mod sink;
 pub mod source;
 pub mod stats;
+mod witness;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,6 +78,7 @@ enum Work {
 pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     cfg.validate()?;
     gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
+    witness::install();
     let started = Instant::now();
     let opts = BackendOptions {
         kind: cfg.backend,

@@ -113,6 +113,10 @@ pub fn check_file(p: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// How long an error swallowed inside a bin waits before it is reported: the bus gets its chance
+/// first, and decodebin its chance to remove a failed candidate.
+const LOST_ERROR_GRACE: Duration = Duration::from_millis(500);
+
 struct SourceCtx {
     id: usize,
     name: String,
@@ -145,6 +149,7 @@ impl SourceCtx {
                 Ok((pipeline, sink)) => {
                     let o = self.pump(&pipeline, &sink, &mut index);
                     let _ = pipeline.set_state(gst::State::Null);
+                    super::witness::unwatch(&pipeline);
                     o
                 }
                 Err(e) => Outcome::Failed(e.to_string()),
@@ -297,6 +302,7 @@ impl SourceCtx {
                     .map_err(|e| Error::Pipeline(e.to_string()))?;
             }
         }
+        super::witness::watch(&pipeline);
         pipeline.set_state(gst::State::Playing).map_err(|_| {
             Error::Pipeline("cannot start decoding (see the error that follows)".into())
         })?;
@@ -379,6 +385,17 @@ impl SourceCtx {
             let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(50)) else {
                 if sink.is_eos() {
                     return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
+                }
+                // an error a bin swallowed (see witness.rs): the bus will never say it
+                if let Some((message, debug)) =
+                    super::witness::lost_error(pipeline, LOST_ERROR_GRACE)
+                {
+                    if let Some(codec) = &missing_decoder {
+                        return Outcome::Failed(format!(
+                            "no decoder installed for this codec ({codec})"
+                        ));
+                    }
+                    return Outcome::Failed(describe_error(&message, &debug, *index));
                 }
                 if let Some(limit) = stall {
                     if last_frame_at.elapsed() >= limit {

@@ -204,3 +204,46 @@ pub mod gst_util {
         pull_all(&p, &s, want, timeout, true)
     }
 }
+
+/// Runs `cmd` to the end like `Command::output`, but a run that outlives `limit` is killed and the
+/// test fails naming the command, instead of hanging the whole suite.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let out = rx.recv().ok().and_then(|o| o.ok());
+            let err = out
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            panic!("{what}: still running after {limit:?}, killed; stderr: {err}");
+        }
+    }
+}
+
+/// `cmd.bounded()`: [`output_within`] with a limit no healthy run in the suite comes near.
+pub trait Bounded {
+    fn bounded(&mut self) -> std::process::Output;
+}
+
+impl Bounded for std::process::Command {
+    fn bounded(&mut self) -> std::process::Output {
+        output_within(self, std::time::Duration::from_secs(300))
+    }
+}
