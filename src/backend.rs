@@ -43,6 +43,14 @@ pub struct BackendOptions {
     pub kind: BackendKind,
     /// Intra-op threads per session; 0 = one per core.
     pub threads: usize,
+    /// Let ONNX Runtime's idle intra-op threads spin. Off by default: our own stages (ROIAlign,
+    /// paste) run on rayon between the three graphs, and a graph's spinning workers would take the
+    /// cores those stages need (see BENCHMARKS.md).
+    pub spinning: bool,
+    /// ONNX Runtime's CPU memory arena. Off by default: the arena grows in steps whenever a frame
+    /// brings more detections than any before and never gives memory back, so a long run's RSS
+    /// creeps up; without it each run's tensors go back to malloc.
+    pub cpu_arena: bool,
     pub device_id: i32,
     /// Where TensorRT keeps its engine and timing caches.
     pub cache_dir: Option<PathBuf>,
@@ -53,6 +61,8 @@ impl Default for BackendOptions {
         BackendOptions {
             kind: BackendKind::Auto,
             threads: 0,
+            spinning: false,
+            cpu_arena: false,
             device_id: 0,
             cache_dir: None,
         }
@@ -173,7 +183,11 @@ pub fn session(model: &Path, graph: &str, opts: &BackendOptions) -> Result<(Sess
     }
     let mut b = Session::builder(&env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
-        .with_intra_threads(opts.threads)?;
+        .with_intra_threads(opts.threads)?
+        .with_intra_op_spinning(opts.spinning)?
+        .with_execution_providers([ort::ep::CPU::default()
+            .with_arena_allocator(opts.cpu_arena)
+            .build()])?;
     let s = b
         .commit_from_file(model)
         .map_err(|e| Error::graph(model.display().to_string(), e))?;

@@ -25,7 +25,7 @@ fn config(names: &[&str], out: &std::path::Path, batch: usize) -> PipelineConfig
         })
         .collect();
     cfg.inference.score_threshold = 0.05;
-    cfg.inference.max_batch = batch;
+    cfg.inference.max_batch = Some(batch);
     cfg.output.jsonl = Some(out.join("{name}.jsonl").display().to_string());
     cfg
 }

@@ -302,8 +302,8 @@ fn check_pipeline(text: &str, known: &[String]) -> Result<(), TestCaseError> {
             // what is accepted is within the documented limits, and usable
             prop_assert!(!c.sources.is_empty());
             prop_assert!((0.0..=1.0).contains(&c.inference.score_threshold));
-            prop_assert!((1..=64).contains(&c.inference.max_batch));
-            prop_assert!((1..=1024).contains(&c.queue.capacity));
+            prop_assert!(c.inference.max_batch.is_none_or(|n| (1..=64).contains(&n)));
+            prop_assert!(c.queue.capacity.is_none_or(|n| (1..=1024).contains(&n)));
             prop_assert!((0.0..=1.0).contains(&c.overlay.alpha));
             prop_assert!(c.rtsp_input.reconnect_interval_ms <= 600_000);
             prop_assert!(c.rtsp_input.stall_timeout_ms <= 3_600_000);
@@ -404,7 +404,7 @@ proptest! {
         match PipelineConfig::parse(&text) {
             Ok(c) => {
                 prop_assert!(ok_score && ok_batch && ok_capacity && ok_interval, "accepted {}", text);
-                prop_assert_eq!(c.inference.max_batch as i64, batch);
+                prop_assert_eq!(c.inference.max_batch.map(|n| n as i64), Some(batch));
             }
             Err(e) => {
                 let msg = e.to_string();

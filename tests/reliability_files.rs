@@ -511,7 +511,7 @@ fn live_recording_keeps_every_inferred_frame_and_timestamp() {
         name: Some("live".into()),
         max_frames: Some(90),
     }];
-    cfg.queue.capacity = 2;
+    cfg.queue.capacity = Some(2);
     cfg.output.video = Some(video.display().to_string());
     cfg.output.jsonl = Some(json.display().to_string());
     let summary = maskstream::pipeline::run(&cfg, Default::default()).unwrap();

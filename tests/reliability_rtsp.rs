@@ -127,7 +127,7 @@ fn camera_config(url: &str, jsonl: &Path) -> PipelineConfig {
         max_frames: None,
     }];
     cfg.output.jsonl = Some(jsonl.display().to_string());
-    cfg.queue.capacity = 2;
+    cfg.queue.capacity = Some(2);
     cfg
 }
 
@@ -844,7 +844,7 @@ fn a_live_source_drops_and_counts_frames_when_inference_lags() {
         name: Some("live".into()),
         max_frames: Some(120),
     }];
-    cfg.queue.capacity = 2;
+    cfg.queue.capacity = Some(2);
     cfg.output.jsonl = Some(jsonl.display().to_string());
     let summary = pipeline::run(&cfg, RunContext::default()).unwrap();
     let s = &summary.sources[0];

@@ -78,7 +78,7 @@ fn rtsp_round_trip_latency() {
         name: Some("lat".into()),
         max_frames: None,
     }];
-    cfg.queue.capacity = 2;
+    cfg.queue.capacity = Some(2);
     cfg.overlay.alpha = 0.0;
     cfg.overlay.outline = false;
     cfg.overlay.boxes = false;

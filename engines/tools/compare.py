@@ -94,6 +94,9 @@ def roi_align_bench(threads: int, repeats: int = 20) -> dict:
             "speedup": torch_ms / ours["ms"]}
 
 
+NOTES_MARKER = "<!-- notes: kept by compare.py -->"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -152,6 +155,11 @@ def main():
               "|---|---|---|---|",
               f"| {roi['torch_ms']:.2f} | {roi['ours_ms']:.2f} | {roi['speedup']:.2f}x | {roi['max_abs_diff']:.1e} |"]
     text = "\n".join(lines) + "\n"
+    # what follows the marker in the existing file is hand-written (changes and their effect): kept
+    if os.path.exists(args.out):
+        old = open(args.out).read()
+        if NOTES_MARKER in old:
+            text += "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
     open(args.out, "w").write(text)
     print(text)
 

@@ -25,6 +25,12 @@ pub struct Args {
     /// Inference threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Let ONNX Runtime's idle threads spin (off by default; for comparison).
+    #[arg(long)]
+    pub ort_spinning: bool,
+    /// Use ONNX Runtime's CPU memory arena (off by default; for comparison).
+    #[arg(long)]
+    pub ort_arena: bool,
     /// Frames per model call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -107,6 +113,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = BackendOptions {
         kind: args.backend,
         threads: args.threads,
+        spinning: args.ort_spinning,
+        cpu_arena: args.ort_arena,
         ..Default::default()
     };
     let mut model =
@@ -166,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             name: Some("bench".into()),
             max_frames: Some(frames.len() as u64),
         }];
-        cfg.inference.max_batch = batch;
+        cfg.inference.max_batch = Some(batch);
         let summary = pipeline::run(&cfg, RunContext::default())?;
         // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
         let fps = summary.fps();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 use gstreamer as gst;
 
-use crate::backend::BackendOptions;
+use crate::backend::{BackendOptions, Provider};
 use crate::error::{Error, Result};
 use crate::frame::RgbFrame;
 use crate::model::{Detection, MaskRcnn, StageTimes};
@@ -122,7 +122,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
             name.clone(),
             kind.clone(),
             s.max_frames,
-            cfg.queue.capacity,
+            cfg.queue.capacity_for(kind.is_live()),
             cfg.rtsp_input.clone(),
             ctx.stop.clone(),
         )
@@ -135,13 +135,18 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
         handles.push(handle);
     }
 
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(cfg.queue.capacity);
+    let any_live = kinds.iter().any(|k| k.is_live());
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(cfg.queue.capacity_for(any_live));
     let receivers: Vec<Receiver<SourceEvent>> = handles.iter().map(|h| h.rx.clone()).collect();
     let inf = cfg.inference.clone();
+    let max_batch = inf.max_batch.unwrap_or(match model.provider() {
+        Provider::Cpu => 1,
+        Provider::Cuda | Provider::TensorRt => 4,
+    });
     let infer_stop = ctx.stop.clone();
     let infer = std::thread::Builder::new()
         .name("infer".into())
-        .spawn(move || infer_loop(model, receivers, work_tx, inf, infer_stop))
+        .spawn(move || infer_loop(model, receivers, work_tx, inf, max_batch, infer_stop))
         .map_err(|e| Error::Pipeline(format!("starting inference thread: {e}")))?;
 
     // composite + sinks on this thread
@@ -304,11 +309,12 @@ fn infer_loop(
     receivers: Vec<Receiver<SourceEvent>>,
     out: Sender<Work>,
     cfg: config::InferenceConfig,
+    max_batch: usize,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let _span = tracing::info_span!("infer").entered();
     let mut open: Vec<bool> = vec![true; receivers.len()];
-    let mut batch: Vec<Frame> = Vec::with_capacity(cfg.max_batch);
+    let mut batch: Vec<Frame> = Vec::with_capacity(max_batch);
     let mut next = 0usize; // round-robin start, so no stream starves another
     while open.iter().any(|&o| o) {
         batch.clear();
@@ -320,7 +326,7 @@ fn infer_loop(
             let mut got = false;
             for k in 0..receivers.len() {
                 let i = (next + k) % receivers.len();
-                if !open[i] || batch.len() >= cfg.max_batch {
+                if !open[i] || batch.len() >= max_batch {
                     continue;
                 }
                 match receivers[i].try_recv() {
@@ -342,7 +348,7 @@ fn infer_loop(
                 }
             }
             next = (next + 1) % receivers.len().max(1);
-            if batch.len() >= cfg.max_batch || !ended.is_empty() {
+            if batch.len() >= max_batch || !ended.is_empty() {
                 break;
             }
             let waited_enough =
