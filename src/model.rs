@@ -220,7 +220,7 @@ impl MaskRcnn {
             &[&g.mask_head.mask_logits],
         )?;
         tracing::info!(engine = %engine.dir.display(), %provider, "engine loaded");
-        Ok(MaskRcnn {
+        let mut model = MaskRcnn {
             anchors: AnchorGenerator::new(&m.anchors),
             engine,
             backbone,
@@ -235,7 +235,39 @@ impl MaskRcnn {
             pooled: Vec::new(),
             probs: Vec::new(),
             aligner: RoiAligner::default(),
-        })
+        };
+        model.warm_heads()?;
+        Ok(model)
+    }
+
+    /// Runs both heads once at their largest inputs (every proposal of a frame; the most detections
+    /// a frame may keep), so that ONNX Runtime's memory arena reaches its high-water mark at load
+    /// instead of growing in steps whenever a frame brings more detections than any before.
+    fn warm_heads(&mut self) -> Result<()> {
+        let m = &self.engine.manifest;
+        let c = m.model.fpn_channels;
+        let runs = [
+            (
+                &mut self.box_head,
+                &m.graphs.box_head.input,
+                m.rpn.post_nms_top_n,
+                m.box_roi_pool.output_size,
+            ),
+            (
+                &mut self.mask_head,
+                &m.graphs.mask_head.input,
+                m.roi_heads.detections_per_img,
+                m.mask_roi_pool.output_size,
+            ),
+        ];
+        for (session, input, n, res) in runs {
+            self.pooled.clear();
+            self.pooled.resize(n * c * res * res, 0.0);
+            let tensor = TensorRef::from_array_view(([n, c, res, res], &self.pooled[..]))?;
+            session.run(ort::inputs![input.as_str() => tensor])?;
+        }
+        self.pooled = Vec::new();
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -28,9 +28,9 @@ pub struct Args {
     /// Let ONNX Runtime's idle threads spin (off by default; for comparison).
     #[arg(long)]
     pub ort_spinning: bool,
-    /// Use ONNX Runtime's CPU memory arena (off by default; for comparison).
+    /// Without ONNX Runtime's CPU memory arena (on by default; for comparison).
     #[arg(long)]
-    pub ort_arena: bool,
+    pub no_ort_arena: bool,
     /// Frames per model call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         kind: args.backend,
         threads: args.threads,
         spinning: args.ort_spinning,
-        cpu_arena: args.ort_arena,
+        cpu_arena: !args.no_ort_arena,
         ..Default::default()
     };
     let mut model =

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use sha2::{Digest, Sha256};
 
@@ -122,36 +125,71 @@ impl CudaKernels {
             p.aligned as i32,
         );
         let cfg = LaunchConfig::for_num_elems(n as u32);
+        let scalars = [nr, ch, po, sr, al];
+        let consts = [&d_dims, &d_meta];
         if half {
-            let to_h = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| f32_to_f16(x)).collect() };
-            let feats: Vec<_> = levels
+            let feats: Vec<Vec<u16>> = levels
                 .iter()
-                .map(|l| s.clone_htod(&to_h(l.data)).map_err(|e| err("copy", e)))
-                .collect::<Result<_>>()?;
-            let mut out = s.alloc_zeros::<u16>(n).map_err(|e| err("alloc", e))?;
-            let mut b = s.launch_builder(&self.roi_align_f16);
-            for i in 0..5 {
-                b.arg(&feats[i.min(feats.len() - 1)]);
-            }
-            b.arg(&d_dims).arg(&d_scales).arg(&d_boxes).arg(&d_meta);
-            b.arg(&nr).arg(&ch).arg(&po).arg(&sr).arg(&al).arg(&mut out);
-            // SAFETY: argument order and types match roi_align_f16 in kernels.cu; sizes checked above.
-            unsafe { b.launch(cfg) }.map_err(|e| err("launch", e))?;
-            let h = s.clone_dtoh(&out).map_err(|e| err("copy", e))?;
-            return Ok(h.into_iter().map(f16_to_f32).collect());
+                .map(|l| l.data.iter().map(|&x| f32_to_f16(x)).collect())
+                .collect();
+            let out = self.launch_roi_align(
+                &self.roi_align_f16,
+                &feats,
+                consts,
+                [&d_scales, &d_boxes],
+                scalars,
+                n,
+                cfg,
+            )?;
+            return Ok(out.into_iter().map(f16_to_f32).collect());
         }
-        let feats: Vec<_> = levels
+        let feats: Vec<&[f32]> = levels.iter().map(|l| l.data).collect();
+        self.launch_roi_align(
+            &self.roi_align_f32,
+            &feats,
+            consts,
+            [&d_scales, &d_boxes],
+            scalars,
+            n,
+            cfg,
+        )
+    }
+
+    /// Uploads the feature levels (f32 or f16 bits), launches one ROIAlign kernel with the argument
+    /// order of kernels.cu (5 level pointers, dims, scales, boxes, meta, 5 scalars, output), downloads.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_roi_align<T, F>(
+        &self,
+        func: &CudaFunction,
+        levels: &[F],
+        [d_dims, d_meta]: [&CudaSlice<i32>; 2],
+        [d_scales, d_boxes]: [&CudaSlice<f32>; 2],
+        scalars: [i32; 5],
+        n: usize,
+        cfg: LaunchConfig,
+    ) -> Result<Vec<T>>
+    where
+        T: DeviceRepr + ValidAsZeroBits + Default + Clone,
+        F: AsRef<[T]>,
+    {
+        let s = &self.stream;
+        let feats: Vec<CudaSlice<T>> = levels
             .iter()
-            .map(|l| s.clone_htod(l.data).map_err(|e| err("copy", e)))
+            .map(|l| s.clone_htod(l.as_ref()).map_err(|e| err("copy", e)))
             .collect::<Result<_>>()?;
-        let mut out = s.alloc_zeros::<f32>(n).map_err(|e| err("alloc", e))?;
-        let mut b = s.launch_builder(&self.roi_align_f32);
+        let mut out = s.alloc_zeros::<T>(n).map_err(|e| err("alloc", e))?;
+        let mut b = s.launch_builder(func);
         for i in 0..5 {
+            // unused level slots repeat the last level; the kernel never reads them
             b.arg(&feats[i.min(feats.len() - 1)]);
         }
-        b.arg(&d_dims).arg(&d_scales).arg(&d_boxes).arg(&d_meta);
-        b.arg(&nr).arg(&ch).arg(&po).arg(&sr).arg(&al).arg(&mut out);
-        // SAFETY: argument order and types match roi_align_f32 in kernels.cu; sizes checked above.
+        b.arg(d_dims).arg(d_scales).arg(d_boxes).arg(d_meta);
+        for v in &scalars {
+            b.arg(v);
+        }
+        b.arg(&mut out);
+        // SAFETY: argument order and types match roi_align_f32 / roi_align_f16 in kernels.cu (T is
+        // f32 or the f16 bits as u16); the caller checked the sizes.
         unsafe { b.launch(cfg) }.map_err(|e| err("launch", e))?;
         s.clone_dtoh(&out).map_err(|e| err("copy", e))
     }
