@@ -117,32 +117,39 @@ impl std::fmt::Debug for MaskRcnn {
 }
 
 fn check_names(session: &Session, graph: &str, inputs: &[&str], outputs: &[&str]) -> Result<()> {
-    for name in inputs {
-        if !session.inputs().iter().any(|o| o.name() == *name) {
+    for (what, names, outlets) in [
+        ("input", inputs, session.inputs()),
+        ("output", outputs, session.outputs()),
+    ] {
+        if let Some(name) = names
+            .iter()
+            .find(|n| !outlets.iter().any(|o| o.name() == **n))
+        {
+            let has: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
             return Err(Error::graph(
                 graph,
-                format!(
-                    "has no input named {name:?} (it has {:?})",
-                    session
-                        .inputs()
-                        .iter()
-                        .map(|o| o.name())
-                        .collect::<Vec<_>>()
-                ),
+                format!("has no {what} named {name:?} (it has {has:?})"),
             ));
         }
     }
-    for name in outputs {
-        if !session.outputs().iter().any(|o| o.name() == *name) {
+    Ok(())
+}
+
+/// Where the graph declares the channel dimension (dim 1) of a named tensor, it must be the
+/// manifest's `model.fpn_channels`: caught at load, naming the graph, rather than at the first frame.
+fn check_channels(session: &Session, graph: &str, names: &[&str], channels: usize) -> Result<()> {
+    let outlets = session.inputs().iter().chain(session.outputs());
+    for o in outlets.filter(|o| names.contains(&o.name())) {
+        let Some(shape) = o.dtype().tensor_shape() else {
+            continue;
+        };
+        if let Some(&c) = shape.get(1).filter(|&&c| c > 0 && c as usize != channels) {
             return Err(Error::graph(
                 graph,
                 format!(
-                    "has no output named {name:?} (it has {:?})",
-                    session
-                        .outputs()
-                        .iter()
-                        .map(|o| o.name())
-                        .collect::<Vec<_>>()
+                    "{} has shape {:?}: {c} channels, but the manifest says model.fpn_channels = {channels}",
+                    o.name(),
+                    &shape[..]
                 ),
             ));
         }
@@ -203,6 +210,17 @@ impl MaskRcnn {
             .map(String::as_str)
             .collect();
         check_names(&backbone, &g.backbone.file, &[&g.backbone.input], &outs)?;
+        let c = m.model.fpn_channels;
+        check_channels(
+            &backbone,
+            &g.backbone.file,
+            &g.backbone
+                .features
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            c,
+        )?;
         let (box_head, _) =
             backend::session(&engine.graph_path(&g.box_head.file), "box_head", &opts)?;
         check_names(
@@ -211,6 +229,7 @@ impl MaskRcnn {
             &[&g.box_head.input],
             &[&g.box_head.class_logits, &g.box_head.box_deltas],
         )?;
+        check_channels(&box_head, &g.box_head.file, &[&g.box_head.input], c)?;
         let (mask_head, _) =
             backend::session(&engine.graph_path(&g.mask_head.file), "mask_head", &opts)?;
         check_names(
@@ -219,6 +238,7 @@ impl MaskRcnn {
             &[&g.mask_head.input],
             &[&g.mask_head.mask_logits],
         )?;
+        check_channels(&mask_head, &g.mask_head.file, &[&g.mask_head.input], c)?;
         tracing::info!(engine = %engine.dir.display(), %provider, "engine loaded");
         let mut model = MaskRcnn {
             anchors: AnchorGenerator::new(&m.anchors),
@@ -249,22 +269,26 @@ impl MaskRcnn {
         let runs = [
             (
                 &mut self.box_head,
+                &m.graphs.box_head.file,
                 &m.graphs.box_head.input,
                 m.rpn.post_nms_top_n,
                 m.box_roi_pool.output_size,
             ),
             (
                 &mut self.mask_head,
+                &m.graphs.mask_head.file,
                 &m.graphs.mask_head.input,
                 m.roi_heads.detections_per_img,
                 m.mask_roi_pool.output_size,
             ),
         ];
-        for (session, input, n, res) in runs {
+        for (session, file, input, n, res) in runs {
             self.pooled.clear();
             self.pooled.resize(n * c * res * res, 0.0);
             let tensor = TensorRef::from_array_view(([n, c, res, res], &self.pooled[..]))?;
-            session.run(ort::inputs![input.as_str() => tensor])?;
+            session
+                .run(ort::inputs![input.as_str() => tensor])
+                .map_err(|e| Error::graph(file, format!("run at [{n}, {c}, {res}, {res}]: {e}")))?;
         }
         self.pooled = Vec::new();
         Ok(())
