@@ -100,7 +100,7 @@ NOTES_MARKER = "<!-- notes: kept by compare.py -->"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--r50", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()

@@ -79,7 +79,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     cfg.validate()?;
     gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
     witness::install();
-    let started = Instant::now();
+    let loading = Instant::now();
     let opts = BackendOptions {
         kind: cfg.backend,
         threads: cfg.threads,
@@ -88,6 +88,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     let model = MaskRcnn::load(&cfg.engine, &opts)?;
     let provider = model.provider().to_string();
     let classes = model.classes().to_vec();
+    let load = loading.elapsed();
 
     // RTSP server first: a bad address or credentials fail before any decoding starts
     let server = match &cfg.output.rtsp {
@@ -99,6 +100,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
         None => None,
     };
 
+    let started = Instant::now();
     let names: Vec<String> = cfg.sources.iter().map(|s| s.resolved_name()).collect();
     // mounts exist before any frame, so clients may connect at once
     let mut mounts: Vec<Option<rtsp::Mount>> = Vec::new();
@@ -208,17 +210,20 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                 let record =
                     FrameRecord::new(&names[sid], frame.width, frame.height, &kept, &classes)
                         .with_frame(frame.index, frame.pts_ns);
-                let (w, h) = (frame.width, frame.height);
-                compositor.draw(
-                    &mut Canvas {
-                        data: &mut frame.data,
-                        width: w,
-                        height: h,
-                        stride: w * 3,
-                    },
-                    &kept,
-                    &classes,
-                );
+                // JSON-only runs (analytics) never draw: no sink would show the pixels
+                if out.shows_pixels() {
+                    let (w, h) = (frame.width, frame.height);
+                    compositor.draw(
+                        &mut Canvas {
+                            data: &mut frame.data,
+                            width: w,
+                            height: h,
+                            stride: w * 3,
+                        },
+                        &kept,
+                        &classes,
+                    );
+                }
                 stages.record("composite", t.elapsed());
                 let t = Instant::now();
                 let decoded_at = frame.decoded_at;
@@ -279,6 +284,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     infer_result?;
     Ok(Summary {
         frames,
+        load,
         elapsed: started.elapsed(),
         stages,
         sources,
@@ -453,12 +459,16 @@ impl SourceSinks {
         })
     }
 
+    /// A video file, preview or RTSP stream takes the frames' pixels.
+    fn shows_pixels(&self) -> bool {
+        self.video.is_some() || self.preview.is_some() || self.rtsp.is_some()
+    }
+
     fn write(&mut self, record: FrameRecord, frame: Frame) -> Result<()> {
         if let Some(j) = &mut self.jsonl {
             j.write(&record)?;
         }
-        let needs_buffer = self.video.is_some() || self.preview.is_some() || self.rtsp.is_some();
-        if !needs_buffer {
+        if !self.shows_pixels() {
             return Ok(());
         }
         let buffer = sink::rgb_buffer(frame.data, frame.pts_ns, frame.duration_ns);

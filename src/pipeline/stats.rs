@@ -41,6 +41,9 @@ impl StageStats {
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     pub frames: u64,
+    /// Engine load (sessions, head warm-up) before streaming starts.
+    pub load: Duration,
+    /// Streaming: from the sources' start to the last output.
     pub elapsed: Duration,
     pub stages: StageStats,
     /// Per source: (name, frames, dropped, reconnects, error).
@@ -73,11 +76,12 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} frames in {:.2} s: {:.1} frames/s ({} backend)",
+            "{} frames in {:.2} s: {:.1} frames/s ({} backend; engine loaded in {:.2} s before)",
             self.frames,
             self.elapsed.as_secs_f64(),
             self.fps(),
-            self.provider
+            self.provider,
+            self.load.as_secs_f64()
         )?;
         writeln!(f, "{:<16} {:>9} {:>9}", "stage", "p50 ms", "p99 ms")?;
         for s in self.stages.stages() {
