@@ -10,6 +10,9 @@ use rayon::prelude::*;
 use crate::boxes::BoxF;
 use crate::error::{Error, Result};
 
+/// Pixels per block of the channels-last transpose in [`RoiAligner::prepare`].
+const TRANSPOSE_TILE: usize = 32;
+
 /// One feature level: a contiguous [batch, channels, height, width] tensor.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureMap<'a> {
@@ -203,18 +206,27 @@ impl RoiAligner {
         }
         self.nhwc.resize_with(levels.len(), Vec::new);
         for (l, dst) in levels.iter().zip(&mut self.nhwc) {
-            let plane = l.height * l.width;
-            dst.resize(l.batch * plane * l.channels, 0.0);
-            dst.par_chunks_mut(plane * l.channels)
-                .enumerate()
-                .for_each(|(b, img)| {
-                    let src = &l.data[b * plane * l.channels..(b + 1) * plane * l.channels];
-                    for (c, chan) in src.chunks_exact(plane).enumerate() {
-                        for (px, &v) in chan.iter().enumerate() {
-                            img[px * l.channels + c] = v;
+            let (plane, c) = (l.height * l.width, l.channels);
+            dst.resize(l.batch * plane * c, 0.0);
+            for (src, img) in l
+                .data
+                .chunks_exact(plane * c)
+                .zip(dst.chunks_exact_mut(plane * c))
+            {
+                // tiles of pixels, in parallel: a tile's channels-last block stays in cache while
+                // every channel plane is read contiguously into it
+                img.par_chunks_mut(TRANSPOSE_TILE * c)
+                    .enumerate()
+                    .for_each(|(t, tile)| {
+                        let px0 = t * TRANSPOSE_TILE;
+                        let n = tile.len() / c;
+                        for (ch, chan) in src.chunks_exact(plane).enumerate() {
+                            for (i, &v) in chan[px0..px0 + n].iter().enumerate() {
+                                tile[i * c + ch] = v;
+                            }
                         }
-                    }
-                });
+                    });
+            }
         }
         Ok(())
     }
@@ -378,6 +390,41 @@ mod tests {
         let mut out = vec![0.0; 1];
         roi_align(&[fm], &[roi], &p, &mut out).unwrap();
         assert_eq!(out[0], 0.0);
+    }
+
+    #[test]
+    fn prepare_lays_out_channels_last_exactly() {
+        // planes that are not a multiple of the tile, two images, two levels
+        let shapes = [(2, 5, 7, 37), (2, 5, 3, 1)];
+        let datas: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(b, c, h, w)| (0..b * c * h * w).map(|i| i as f32).collect())
+            .collect();
+        let maps: Vec<FeatureMap<'_>> = shapes
+            .iter()
+            .zip(&datas)
+            .map(|(&(batch, channels, height, width), data)| FeatureMap {
+                data,
+                batch,
+                channels,
+                height,
+                width,
+                spatial_scale: 1.0,
+            })
+            .collect();
+        let mut a = RoiAligner::default();
+        a.prepare(&maps).unwrap();
+        for (m, nhwc) in maps.iter().zip(&a.nhwc) {
+            let plane = m.height * m.width;
+            for b in 0..m.batch {
+                for c in 0..m.channels {
+                    for px in 0..plane {
+                        let nchw = m.data[(b * m.channels + c) * plane + px];
+                        assert_eq!(nhwc[(b * plane + px) * m.channels + c], nchw);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
