@@ -132,8 +132,14 @@ def main():
         r50 = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                  num_classes=91).eval()
         n = min(args.frames, 8)
-        ms50 = maskstream_bench(eng, n, args.threads, False)
-        tv50 = torch_fps(r50, frames[:n + 3], args.threads)
+        # a few seconds a frame on 2 cores: the machine's noise moves single runs by up to a third, so
+        # each side runs twice, alternating, and keeps its best
+        ms50, tv50 = None, 0.0
+        for _ in range(2):
+            m = maskstream_bench(eng, n, args.threads, False)
+            if ms50 is None or m["model_fps"] > ms50["model_fps"]:
+                ms50 = m
+            tv50 = max(tv50, torch_fps(r50, frames[:n + 3], args.threads))
         rows.append(("R50-FPN 640x360 (-> 1333x750)", tv50, ms50))
 
     lines = ["# Benchmarks", "",
