@@ -110,11 +110,13 @@ fn rtsp_round_trip_latency() {
         let mut r = BufReader::new(f);
         let mut line = String::new();
         while !s2.load(Ordering::Relaxed) {
-            line.clear();
+            // a line may arrive in pieces (the writer's buffer is smaller than a busy frame's line):
+            // keep what was read until its newline comes
             if r.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
                 let now = Instant::now();
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 p2.lock().unwrap().insert(v["frame"].as_u64().unwrap(), now);
+                line.clear();
             } else {
                 std::thread::sleep(Duration::from_millis(1));
             }
