@@ -390,6 +390,7 @@ impl SourceCtx {
                 if let Some((message, debug)) =
                     super::witness::lost_error(pipeline, LOST_ERROR_GRACE)
                 {
+                    tracing::debug!(%message, "error swallowed inside decodebin, seen by the tracer");
                     if let Some(codec) = &missing_decoder {
                         return Outcome::Failed(format!(
                             "no decoder installed for this codec ({codec})"

@@ -85,12 +85,24 @@ glib::wrapper! {
     pub struct ErrorWitness(ObjectSubclass<imp::ErrorWitness>) @extends gst::Tracer, gst::Object;
 }
 
+/// The watched pipeline's name, for an element inside one of the bins known to swallow errors
+/// (decodebin and its parsebin). Other bins that drop errors do so on purpose (rtspsrc ignores
+/// its RTCP and spare UDP sources, for one) and are left alone.
 fn top_level_name(element: &gst::Element) -> Option<String> {
     let mut top: gst::Object = element.clone().upcast();
+    let mut in_decodebin = false;
     while let Some(parent) = top.parent() {
+        let factory = parent
+            .downcast_ref::<gst::Element>()
+            .and_then(|e| e.factory())
+            .map(|f| f.name());
+        in_decodebin |= matches!(
+            factory.as_deref(),
+            Some("decodebin" | "decodebin3" | "parsebin")
+        );
         top = parent;
     }
-    top.is::<gst::Pipeline>().then(|| top.name().to_string())
+    (in_decodebin && top.is::<gst::Pipeline>()).then(|| top.name().to_string())
 }
 
 /// Installs the witness once per process, after `gst::init` and before any pipeline starts (GStreamer
@@ -138,14 +150,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sees_errors_only_of_watched_pipelines_with_live_elements() {
+    fn sees_errors_inside_decodebin_of_watched_pipelines() {
         gst::init().unwrap();
         install();
         let pipeline = gst::Pipeline::new();
-        let bin = gst::Bin::new();
+        let decodebin = gst::ElementFactory::make("decodebin").build().unwrap();
+        let bin = decodebin.downcast_ref::<gst::Bin>().unwrap();
         let inner = gst::ElementFactory::make("identity").build().unwrap();
         bin.add(&inner).unwrap();
-        pipeline.add(&bin).unwrap();
+        let plain = gst::Bin::new();
+        let elsewhere = gst::ElementFactory::make("identity").build().unwrap();
+        plain.add(&elsewhere).unwrap();
+        pipeline.add_many([&decodebin, plain.upcast_ref()]).unwrap();
         let post = |el: &gst::Element, text: &str| {
             let err = glib::Error::new(gst::StreamError::Demux, text);
             let msg = gst::message::Error::builder_from_error(err)
@@ -157,6 +173,9 @@ mod tests {
         post(&inner, "before watching");
         assert!(lost_error(&pipeline, Duration::ZERO).is_none());
         watch(&pipeline);
+        // outside decodebin: a bin that drops an error means it
+        post(&elsewhere, "not decodebin's");
+        assert!(lost_error(&pipeline, Duration::ZERO).is_none());
         post(&inner, "seen");
         let (message, debug) = lost_error(&pipeline, Duration::ZERO).unwrap();
         assert_eq!((message.as_str(), debug.as_str()), ("seen", "why"));
