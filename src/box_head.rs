@@ -2,7 +2,7 @@
 //! the ROI coder weights, clip, drop background / low scores / tiny boxes, NMS per class, top-k.
 //! The fc6/fc7 + predictor layers themselves are the `box_head.onnx` graph.
 
-use crate::boxes::{self, BoxF, NmsScratch};
+use crate::boxes::{self, BoxF, Candidates};
 use crate::engine::RoiHeads;
 
 /// Detections of one image in resized-image pixels, best first.
@@ -17,11 +17,7 @@ pub struct RawDetections {
 #[derive(Debug, Default)]
 pub struct DetectionScratch {
     probs: Vec<f32>,
-    boxes: Vec<BoxF>,
-    scores: Vec<f32>,
-    labels: Vec<usize>,
-    keep: Vec<usize>,
-    nms: NmsScratch,
+    candidates: Candidates,
 }
 
 /// `class_logits` [P, K] and `box_deltas` [P, 4K] for `proposals` [P] of one image.
@@ -36,9 +32,7 @@ pub fn postprocess(
 ) -> RawDetections {
     let k = num_classes;
     let (img_h, img_w) = (image.0 as f32, image.1 as f32);
-    s.boxes.clear();
-    s.scores.clear();
-    s.labels.clear();
+    s.candidates.clear();
     s.probs.resize(k, 0.0);
     for (p, proposal) in proposals.iter().enumerate() {
         softmax(&class_logits[p * k..(p + 1) * k], &mut s.probs);
@@ -53,24 +47,14 @@ pub fn postprocess(
             if !boxes::is_large_enough(&b, cfg.min_box_size) {
                 continue;
             }
-            s.boxes.push(b);
-            s.scores.push(score);
-            s.labels.push(c);
+            s.candidates.push(b, score, c);
         }
     }
-    boxes::batched_nms(
-        &s.boxes,
-        &s.scores,
-        &s.labels,
-        cfg.nms_thresh,
-        &mut s.keep,
-        &mut s.nms,
-    );
-    s.keep.truncate(cfg.detections_per_img);
+    let (boxes, scores, labels) = s.candidates.nms_top(cfg.nms_thresh, cfg.detections_per_img);
     RawDetections {
-        boxes: s.keep.iter().map(|&i| s.boxes[i]).collect(),
-        scores: s.keep.iter().map(|&i| s.scores[i]).collect(),
-        labels: s.keep.iter().map(|&i| s.labels[i]).collect(),
+        boxes,
+        scores,
+        labels,
     }
 }
 

@@ -118,6 +118,50 @@ pub struct NmsScratch {
     group_keep: Vec<usize>,
 }
 
+/// Boxes awaiting NMS, each with a score and a group (the RPN level, the class), and the buffers
+/// the NMS reuses frame after frame. The RPN and the box head both end this way.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    boxes: Vec<BoxF>,
+    scores: Vec<f32>,
+    groups: Vec<usize>,
+    keep: Vec<usize>,
+    nms: NmsScratch,
+}
+
+impl Candidates {
+    pub fn clear(&mut self) {
+        self.boxes.clear();
+        self.scores.clear();
+        self.groups.clear();
+    }
+
+    pub fn push(&mut self, b: BoxF, score: f32, group: usize) {
+        self.boxes.push(b);
+        self.scores.push(score);
+        self.groups.push(group);
+    }
+
+    /// torchvision's batched NMS, then the best `top_n`: (boxes, scores, groups) kept, best first.
+    pub fn nms_top(&mut self, threshold: f32, top_n: usize) -> (Vec<BoxF>, Vec<f32>, Vec<usize>) {
+        batched_nms(
+            &self.boxes,
+            &self.scores,
+            &self.groups,
+            threshold,
+            &mut self.keep,
+            &mut self.nms,
+        );
+        self.keep.truncate(top_n);
+        let k = &self.keep;
+        (
+            k.iter().map(|&i| self.boxes[i]).collect(),
+            k.iter().map(|&i| self.scores[i]).collect(),
+            k.iter().map(|&i| self.groups[i]).collect(),
+        )
+    }
+}
+
 /// NMS within groups (levels or classes), as torchvision's batched_nms: the coordinate-offset trick for
 /// small inputs (<= 1000 boxes on CPU), per-group NMS otherwise. `keep` is in descending score order.
 pub fn batched_nms(

@@ -2,7 +2,7 @@
 //! per level top-n by objectness logit, decode against anchors, clip, drop tiny and low-score boxes,
 //! NMS per level, keep the best post_nms_top_n overall.
 
-use crate::boxes::{self, BoxF, NmsScratch};
+use crate::boxes::{self, BoxF, Candidates};
 use crate::engine::Rpn as RpnConfig;
 
 /// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW slices).
@@ -25,11 +25,7 @@ pub struct Proposals {
 #[derive(Debug, Default)]
 pub struct ProposalScratch {
     order: Vec<u32>,
-    boxes: Vec<BoxF>,
-    scores: Vec<f32>,
-    levels: Vec<usize>,
-    keep: Vec<usize>,
-    nms: NmsScratch,
+    candidates: Candidates,
 }
 
 /// Selects proposals from the RPN head of one image. `anchors[l]` are the level's anchors in
@@ -41,9 +37,7 @@ pub fn propose(
     cfg: &RpnConfig,
     s: &mut ProposalScratch,
 ) -> Proposals {
-    s.boxes.clear();
-    s.scores.clear();
-    s.levels.clear();
+    s.candidates.clear();
     let (img_h, img_w) = (image.0 as f32, image.1 as f32);
     for (level, (head, anchors)) in heads.iter().zip(anchors).enumerate() {
         let a = head.anchors_per_location;
@@ -77,24 +71,11 @@ pub fn propose(
             if !boxes::is_large_enough(&b, cfg.min_size) || score < cfg.score_thresh {
                 continue;
             }
-            s.boxes.push(b);
-            s.scores.push(score);
-            s.levels.push(level);
+            s.candidates.push(b, score, level);
         }
     }
-    boxes::batched_nms(
-        &s.boxes,
-        &s.scores,
-        &s.levels,
-        cfg.nms_thresh,
-        &mut s.keep,
-        &mut s.nms,
-    );
-    s.keep.truncate(cfg.post_nms_top_n);
-    Proposals {
-        boxes: s.keep.iter().map(|&i| s.boxes[i]).collect(),
-        scores: s.keep.iter().map(|&i| s.scores[i]).collect(),
-    }
+    let (boxes, scores, _) = s.candidates.nms_top(cfg.nms_thresh, cfg.post_nms_top_n);
+    Proposals { boxes, scores }
 }
 
 #[inline]
