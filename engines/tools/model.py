@@ -107,3 +107,41 @@ def load_shapes_checkpoint(path: str) -> MaskRCNN:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return fold_batchnorm(model)
+
+
+# ONNX initializer prefixes of each exported graph -> the torchvision module they came from (export.py)
+_GRAPH_PREFIXES = {
+    "backbone.onnx": {"backbone.": "backbone.", "rpn_head.": "rpn.head."},
+    "box_head.onnx": {"head.": "roi_heads.box_head.", "predictor.": "roi_heads.box_predictor."},
+    "mask_head.onnx": {"head.": "roi_heads.mask_head.", "predictor.": "roi_heads.mask_predictor."},
+}
+
+
+def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
+    """The bundled engine's own weights (BN folded at export) in an eval-mode torchvision model: the
+    same weights as the checkpoint it was exported from, for a clone that does not have that file
+    (the checkpoint with its optimizer state is 59 MB and is not committed)."""
+    import os
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = fold_batchnorm(build_shapes_model(SHAPES_CONFIG).eval())
+    state = model.state_dict()
+    loaded = set()
+    for file, prefixes in _GRAPH_PREFIXES.items():
+        for init in onnx.load(os.path.join(engine_dir, file)).graph.initializer:
+            src = next((p for p in prefixes if init.name.startswith(p)), None)
+            if src is None:
+                raise ValueError(f"{file}: initializer {init.name} belongs to no known module")
+            name = prefixes[src] + init.name[len(src):]
+            value = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if name not in state or state[name].shape != value.shape:
+                raise ValueError(f"{file}: {init.name} ({tuple(value.shape)}) does not fit {name}")
+            state[name] = value
+            loaded.add(name)
+    missing = sorted(set(state) - loaded)
+    if missing:
+        raise ValueError(f"{engine_dir}: no weights for {missing[:5]} ...")
+    model.load_state_dict(state)
+    return model.eval()
