@@ -267,6 +267,8 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
         .map_err(|_| Error::Pipeline("inference thread panicked".into()))?;
     let mut sources = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
+        // our receiver goes first, so a source still sending into a full queue is released
+        drop(h.rx);
         let _ = h.thread.join();
         sources.push(SourceSummary {
             name: names[i].clone(),

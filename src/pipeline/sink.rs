@@ -182,7 +182,7 @@ pub fn video_file(
 
 /// A window showing the annotated stream.
 pub fn preview(name: &str, width: usize, height: usize, fps: (i32, i32)) -> Result<AppSrcPipeline> {
-    let sink = make("autovideosink")?;
+    let sink = window_sink()?;
     sink.set_property("sync", false);
     AppSrcPipeline::new(
         format!("preview {name}"),
@@ -190,6 +190,32 @@ pub fn preview(name: &str, width: usize, height: usize, fps: (i32, i32)) -> Resu
         true,
         vec![sink],
     )
+}
+
+/// A sink that opens a window. Not autovideosink: with no display it falls through to DirectFB's
+/// sink, whose thread crashes the whole process; here each window sink must open its display
+/// (NULL -> READY) or the next is tried, and none is an error that says what to check.
+fn window_sink() -> Result<gst::Element> {
+    const CANDIDATES: [&str; 4] = ["xvimagesink", "ximagesink", "waylandsink", "glimagesink"];
+    let mut tried = Vec::new();
+    for name in CANDIDATES {
+        // libwayland complains on stderr when it has no display to look for
+        if name == "waylandsink" && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+            continue;
+        }
+        let Ok(el) = gst::ElementFactory::make(name).build() else {
+            continue;
+        };
+        if el.set_state(gst::State::Ready).is_ok() {
+            return Ok(el);
+        }
+        let _ = el.set_state(gst::State::Null);
+        tried.push(name);
+    }
+    Err(Error::Pipeline(format!(
+        "preview: no window could be opened (tried {}): is DISPLAY (X11) or WAYLAND_DISPLAY set to a running display?",
+        if tried.is_empty() { "no window sink is installed".to_string() } else { tried.join(", ") }
+    )))
 }
 
 /// JSON Lines: each record is written with one write call, so a reader (or a crash) only ever sees

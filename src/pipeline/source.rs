@@ -196,10 +196,11 @@ impl SourceCtx {
         if let Some(e) = &error {
             tracing::error!(error = %e, "source failed");
         }
-        let _ = self.tx.send(SourceEvent::End {
-            source: self.id,
-            error,
-        });
+        // the End goes to the inference thread, or nowhere once it and the run's handle are gone:
+        // our own `drain` receiver must not keep the queue open, or a full queue would block here
+        let (tx, id) = (self.tx.clone(), self.id);
+        drop(self);
+        let _ = tx.send(SourceEvent::End { source: id, error });
     }
 
     fn build(&self) -> Result<(gst::Pipeline, gst_app::AppSink)> {
