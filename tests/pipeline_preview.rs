@@ -9,16 +9,26 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Ends a child on drop: SIGTERM first, so that Xvfb removes its lock file and socket (a killed one
+/// leaves them, and free_display would run out of numbers over many runs), SIGKILL if it lingers.
 struct Reap(std::process::Child);
 impl Drop for Reap {
     fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
 fn free_display() -> u32 {
-    (90..140)
+    (90..600)
         .find(|n| {
             !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
                 && !std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
