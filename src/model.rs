@@ -290,7 +290,7 @@ impl MaskRcnn {
                 .run(ort::inputs![input.as_str() => tensor])
                 .map_err(|e| Error::graph(file, format!("run at [{n}, {c}, {res}, {res}]: {e}")))?;
         }
-        self.pooled = Vec::new();
+        // `pooled` keeps its capacity: the first frames need that much again
         Ok(())
     }
 

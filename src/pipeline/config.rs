@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, Provider};
 use crate::error::{Error, Result};
 use crate::overlay::OverlayStyle;
 
@@ -65,6 +65,16 @@ pub struct InferenceConfig {
     pub max_batch: Option<usize>,
     /// How long the first frame of a batch waits for others.
     pub max_wait_ms: u64,
+}
+
+impl InferenceConfig {
+    /// `max_batch`, or its default for the provider the engine was loaded on.
+    pub fn max_batch_for(&self, provider: Provider) -> usize {
+        self.max_batch.unwrap_or(match provider {
+            Provider::Cpu => 1,
+            Provider::Cuda | Provider::TensorRt => 4,
+        })
+    }
 }
 
 impl Default for InferenceConfig {
@@ -439,6 +449,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.sources[0].resolved_name(), "a");
         assert_eq!(c.inference.max_batch, None);
+        assert_eq!(c.inference.max_batch_for(Provider::Cpu), 1);
+        assert_eq!(c.inference.max_batch_for(Provider::Cuda), 4);
         assert_eq!(c.queue.capacity, None);
         assert_eq!(c.queue.capacity_for(false), 8);
         assert_eq!(c.queue.capacity_for(true), 2);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 use gstreamer as gst;
 
-use crate::backend::{BackendOptions, Provider};
+use crate::backend::BackendOptions;
 use crate::error::{Error, Result};
 use crate::frame::RgbFrame;
 use crate::model::{Detection, MaskRcnn, StageTimes};
@@ -141,10 +141,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(cfg.queue.capacity_for(any_live));
     let receivers: Vec<Receiver<SourceEvent>> = handles.iter().map(|h| h.rx.clone()).collect();
     let inf = cfg.inference.clone();
-    let max_batch = inf.max_batch.unwrap_or(match model.provider() {
-        Provider::Cpu => 1,
-        Provider::Cuda | Provider::TensorRt => 4,
-    });
+    let max_batch = inf.max_batch_for(model.provider());
     let infer_stop = ctx.stop.clone();
     let infer = std::thread::Builder::new()
         .name("infer".into())

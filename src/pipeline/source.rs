@@ -117,6 +117,15 @@ pub fn check_file(p: &std::path::Path) -> Result<()> {
 /// first, and decodebin its chance to remove a failed candidate.
 const LOST_ERROR_GRACE: Duration = Duration::from_millis(500);
 
+/// The outcome of an error posted in the decoding pipeline, whether the bus or the tracer
+/// (witness.rs) delivered it: a missing decoder, once reported, is the reason that matters.
+fn failed(message: &str, debug: &str, index: u64, missing_decoder: &Option<String>) -> Outcome {
+    Outcome::Failed(match missing_decoder {
+        Some(codec) => format!("no decoder installed for this codec ({codec})"),
+        None => describe_error(message, debug, index),
+    })
+}
+
 struct SourceCtx {
     id: usize,
     name: String,
@@ -362,14 +371,8 @@ impl SourceCtx {
             ]) {
                 match msg.view() {
                     gst::MessageView::Error(e) => {
-                        if let Some(codec) = &missing_decoder {
-                            return Outcome::Failed(format!(
-                                "no decoder installed for this codec ({codec})"
-                            ));
-                        }
                         let detail = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                        let what = describe_error(&e.error().to_string(), &detail, *index);
-                        return Outcome::Failed(what);
+                        return failed(&e.error().to_string(), &detail, *index, &missing_decoder);
                     }
                     gst::MessageView::Eos(_) if sink.is_eos() || *index == first => {
                         return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
@@ -392,12 +395,7 @@ impl SourceCtx {
                     super::witness::lost_error(pipeline, LOST_ERROR_GRACE)
                 {
                     tracing::debug!(%message, "error swallowed inside decodebin, seen by the tracer");
-                    if let Some(codec) = &missing_decoder {
-                        return Outcome::Failed(format!(
-                            "no decoder installed for this codec ({codec})"
-                        ));
-                    }
-                    return Outcome::Failed(describe_error(&message, &debug, *index));
+                    return failed(&message, &debug, *index, &missing_decoder);
                 }
                 if let Some(limit) = stall {
                     if last_frame_at.elapsed() >= limit {

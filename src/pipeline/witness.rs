@@ -115,7 +115,7 @@ pub fn install() {
     });
 }
 
-/// Records errors posted anywhere inside `pipeline` from now on.
+/// Records errors posted inside `pipeline`'s decodebins from now on (see [`top_level_name`]).
 pub fn watch(pipeline: &gst::Pipeline) {
     if let Ok(mut guard) = WATCHED.lock() {
         guard
