@@ -5,13 +5,10 @@ mod common;
 use common::Bounded;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn maskstream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_maskstream"))
-        .current_dir(common::root())
-        .args(args)
-        .bounded()
+    common::maskstream().args(args).bounded()
 }
 
 fn fails_with(out: &Output, needles: &[&str]) {

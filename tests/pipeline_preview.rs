@@ -159,8 +159,7 @@ fn preview_window_shows_masks_and_sigint_finalizes() {
 #[test]
 fn preview_without_a_display_is_a_clear_error() {
     use common::Bounded;
-    let out = Command::new(env!("CARGO_BIN_EXE_maskstream"))
-        .current_dir(common::root())
+    let out = common::maskstream()
         .args([
             "run",
             "--backend",

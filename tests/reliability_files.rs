@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Bounded;
+use common::{maskstream, Bounded};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,12 +14,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-fn maskstream() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_maskstream"));
-    c.current_dir(common::root());
-    c
-}
 
 fn gst_launch(pipeline: &str) {
     let args: Vec<&str> = pipeline.split_whitespace().collect();

@@ -671,8 +671,8 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_maskstream"));
-        cmd.current_dir(common::root()).arg("run").args(args);
+        let mut cmd = common::maskstream();
+        cmd.arg("run").args(args);
         for (k, v) in env {
             cmd.env(k, v); // on the child only
         }

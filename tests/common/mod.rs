@@ -5,6 +5,13 @@ use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
 
+/// The maskstream binary, run from the repository root (so relative paths like assets/... work).
+pub fn maskstream() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_maskstream"));
+    c.current_dir(root());
+    c
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
