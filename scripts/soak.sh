@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Soak test (not part of CI): runs `maskstream run` on a live test pattern with no outputs for a while,
+# Soak test (not part of CI): runs `maskstream run` on a live test pattern for a while (no outputs, or
+# with SOAK_OUTPUTS=1 all of them: fragmented MP4, JSON Lines, RTSP served to a connected viewer),
 # samples the process's RSS, open file descriptors and threads every few seconds into a CSV, then
 # stops it with SIGINT (which must end it cleanly) and prints the growth after the warm-up.
 #
@@ -10,6 +11,8 @@
 #   SOAK_INTERVAL   seconds between samples        (default 10)
 #   SOAK_WARMUP     seconds before the baseline    (default 60)
 #   SOAK_ARGS       more `maskstream run` flags    (default --backend auto)
+#   SOAK_OUTPUTS    1: write out/soak.mp4 + out/soak.jsonl and serve RTSP on 127.0.0.1 with a viewer
+#                   (gst-launch-1.0 rtspsrc ... fakesink) attached for the whole run
 #   MASKSTREAM      the binary to run              (default target/release/maskstream, built if missing)
 #   SOAK_MAX_RSS_GROWTH_MB / SOAK_MAX_FD_GROWTH / SOAK_MAX_THREAD_GROWTH
 #                   growth after the warm-up that fails the soak (defaults 5 / 2 / 4)
@@ -39,10 +42,24 @@ fi
 
 mkdir -p "$(dirname "$csv")"
 log="${csv%.csv}.log"
+viewer_pid=""
+if [ "${SOAK_OUTPUTS:-0}" = 1 ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  out_dir=$(dirname "$csv")
+  rm -f "$out_dir/soak.mp4" "$out_dir/soak.jsonl"
+  extra+=(--output "$out_dir/soak.mp4" --json "$out_dir/soak.jsonl" --serve "rtsp://127.0.0.1:$port/soak")
+fi
 "$bin" run --input "$input" "${extra[@]}" 2> "$log" &
 pid=$!
-cleanup() { kill -KILL "$pid" 2>/dev/null || true; }
+cleanup() { kill -KILL "$pid" 2>/dev/null || true; [ -n "$viewer_pid" ] && kill -KILL "$viewer_pid" 2>/dev/null || true; }
 trap cleanup EXIT
+if [ "${SOAK_OUTPUTS:-0}" = 1 ]; then
+  sleep 5
+  gst-launch-1.0 -q rtspsrc location="rtsp://127.0.0.1:$port/soak" latency=0 ! decodebin ! fakesink \
+    > "${csv%.csv}.viewer.log" 2>&1 &
+  viewer_pid=$!
+  echo "soak: all outputs on; viewer pid $viewer_pid on rtsp://127.0.0.1:$port/soak"
+fi
 
 sample() { # t_s,rss_kb,fds,threads of $pid, or nothing when it is gone
   local status
@@ -72,6 +89,7 @@ done
 kill -INT "$pid"
 status=0
 wait "$pid" || status=$?
+[ -n "$viewer_pid" ] && kill -KILL "$viewer_pid" 2>/dev/null || true
 trap - EXIT
 if [ "$status" -ne 0 ]; then
   echo "soak: maskstream exited with $status after SIGINT; last lines of its log:" >&2

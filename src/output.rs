@@ -13,6 +13,9 @@ pub struct FrameRecord {
     pub frame: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pts_ns: Option<u64>,
+    /// UTC wall-clock time of capture, RFC 3339 with milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ts: Option<String>,
     pub width: usize,
     pub height: usize,
     pub instances: Vec<InstanceRecord>,
@@ -55,6 +58,7 @@ impl FrameRecord {
             source: source.to_string(),
             frame: None,
             pts_ns: None,
+            ts: None,
             width,
             height,
             instances: detections
@@ -76,6 +80,11 @@ impl FrameRecord {
     pub fn with_frame(mut self, frame: u64, pts_ns: Option<u64>) -> Self {
         self.frame = Some(frame);
         self.pts_ns = pts_ns;
+        self
+    }
+
+    pub fn with_ts(mut self, ts: String) -> Self {
+        self.ts = Some(ts);
         self
     }
 }

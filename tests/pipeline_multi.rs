@@ -22,6 +22,7 @@ fn config(names: &[&str], out: &std::path::Path, batch: usize) -> PipelineConfig
                 .to_string(),
             name: Some(n.to_string()),
             max_frames: Some(40),
+            ..SourceConfig::new("")
         })
         .collect();
     cfg.inference.score_threshold = 0.05;

@@ -29,6 +29,7 @@ fn serving_config(creds_file: Option<std::path::PathBuf>) -> PipelineConfig {
             .to_string(),
         name: Some("demo".into()),
         max_frames: None,
+        ..SourceConfig::new("")
     }];
     cfg.inference.score_threshold = 0.3;
     cfg.overlay.alpha = 1.0;
@@ -195,6 +196,7 @@ fn reads_an_rtsp_camera_into_json_lines() {
         uri: camera.url.clone(),
         name: Some("cam".into()),
         max_frames: Some(200),
+        ..SourceConfig::new("")
     }];
     cfg.output.jsonl = Some(jsonl.display().to_string());
     cfg.rtsp_input.reconnect_attempts = 0;
@@ -221,4 +223,113 @@ fn reads_an_rtsp_camera_into_json_lines() {
         records.iter().map(|r| r.instances.len()).sum::<usize>() > 0,
         "no instances detected"
     );
+}
+
+/// A self-signed certificate for 127.0.0.1 (and its key) made with openssl.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// RTSPS: a client that trusts the server's certificate receives annotated frames; one that trusts
+/// only another certificate is refused (the TLS handshake fails, no frame arrives).
+#[test]
+fn rtsps_serves_a_client_that_verifies_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (stranger, _) = self_signed(other.path());
+    let mut cfg = serving_config(None);
+    cfg.output.rtsp_tls_cert = Some(cert.clone());
+    cfg.output.rtsp_tls_key = Some(key);
+    let (url, stop, handle) = start(cfg);
+    assert!(url.starts_with("rtsps://127.0.0.1:"), "{url}");
+    let refused = common::gst_util::rtsps_frames(&url, &stranger, 1, Duration::from_secs(30));
+    let got = common::gst_util::rtsps_frames(&url, &cert, 10, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join().unwrap();
+    assert!(
+        refused.as_ref().map_or(true, |d| d.frames.is_empty()),
+        "a client that does not trust the certificate got frames"
+    );
+    let got = got.unwrap();
+    println!(
+        "RTSPS: {} frames received by the verifying client; the other was refused: {:?}",
+        got.frames.len(),
+        refused.err()
+    );
+    assert!(got.frames.len() >= 10);
+    assert_eq!((got.width, got.height), (640, 360));
+}
+
+/// A camera that wants credentials is read with them from the environment or a file (the URI holds
+/// none); a credentials file others can read gets a warning.
+#[test]
+fn camera_credentials_come_from_the_environment_or_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let served_creds = dir.path().join("served");
+    std::fs::write(&served_creds, "alice:wonderland\n").unwrap();
+    let (url, stop, handle) = start(serving_config(Some(served_creds)));
+    let reader = |section: &str, json: &std::path::Path| {
+        let toml = dir.path().join("reader.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "engine = {:?}\nbackend = \"cpu\"\nthreads = 1\n[[source]]\nuri = {url:?}\n\
+                 name = \"cam\"\nmax_frames = 5\n[rtsp_input]\nreconnect_attempts = 0\n{section}\n\
+                 [output]\njsonl = {:?}\n",
+                common::engine_dir().display().to_string(),
+                json.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut c = common::maskstream();
+        c.arg("run").arg(&toml).env("CAM_CREDS", "alice:wonderland");
+        common::Bounded::bounded(&mut c)
+    };
+    let by_env = dir.path().join("env.jsonl");
+    let env_run = reader("credentials_env = \"CAM_CREDS\"", &by_env);
+    let file = dir.path().join("cam-creds");
+    std::fs::write(&file, "alice:wonderland\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let by_file = dir.path().join("file.jsonl");
+    let file_run = reader(
+        &format!("credentials_file = {:?}", file.display().to_string()),
+        &by_file,
+    );
+    let refused = dir.path().join("none.jsonl");
+    let none_run = reader("", &refused);
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join().unwrap();
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(env_run.status.success(), "{}", text(&env_run));
+    assert!(file_run.status.success(), "{}", text(&file_run));
+    assert!(
+        text(&file_run).contains("readable by other users"),
+        "{}",
+        text(&file_run)
+    );
+    assert!(!none_run.status.success(), "read without credentials");
+    for json in [&by_env, &by_file] {
+        let lines = std::fs::read_to_string(json).unwrap().lines().count();
+        assert_eq!(lines, 5, "{}", json.display());
+    }
 }

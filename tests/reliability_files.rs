@@ -504,6 +504,7 @@ fn live_recording_keeps_every_inferred_frame_and_timestamp() {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),
         max_frames: Some(90),
+        ..maskstream::pipeline::config::SourceConfig::new("")
     }];
     cfg.queue.capacity = Some(2);
     cfg.output.video = Some(video.display().to_string());
@@ -528,4 +529,229 @@ fn live_recording_keeps_every_inferred_frame_and_timestamp() {
         out.abs_diff(inp) <= 1_000_000_000 / 60,
         "last timestamp {out} in the MP4, {inp} in the JSON lines"
     );
+}
+
+// ---- data safety: outputs never replace inputs or each other; a killed recording still plays ----
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
+fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `batch DIR --out-dir DIR` (outputs next to the inputs), with `a.mp4` and `a.mkv` side by side:
+/// the inputs stay byte for byte, each input gets its own outputs, the engine is loaded once, a
+/// re-run does not silently replace yesterday's results, and `--overwrite` does.
+#[test]
+fn batch_into_its_input_folder_keeps_inputs_and_results_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    std::fs::create_dir(&videos).unwrap();
+    let inputs = [videos.join("a.mp4"), videos.join("a.mkv")];
+    make_clip(&inputs[0], 6);
+    make_clip(&inputs[1], 9);
+    let before: Vec<String> = inputs.iter().map(|p| sha256(p)).collect();
+    let batch = || {
+        let mut c = maskstream();
+        c.env("RUST_LOG", "maskstream=info")
+            .args(["batch", "--backend", "cpu"])
+            .arg(&videos)
+            .arg("--out-dir")
+            .arg(&videos);
+        c
+    };
+    let out = batch().bounded();
+    let err = stderr_text(&out);
+    assert!(out.status.success(), "{err}");
+    let after: Vec<String> = inputs.iter().map(|p| sha256(p)).collect();
+    assert_eq!(before, after, "an input was changed");
+    assert_eq!(
+        err.matches("engine loaded").count(),
+        1,
+        "the engine must be loaded once for the whole batch: {err}"
+    );
+    for (input, frames) in inputs.iter().zip([6, 9]) {
+        let name = input.file_name().unwrap().to_string_lossy();
+        let json = videos.join(format!("{name}.jsonl"));
+        let video = videos.join(format!("{name}.annotated.mp4"));
+        assert_eq!(jsonl_frames(&json).len(), frames, "{}", json.display());
+        assert_eq!(playable_frames(&video), frames, "{}", video.display());
+        let first = std::fs::read_to_string(&json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+        let ts = v["ts"].as_str().expect("every frame record carries ts");
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z'),
+            "ts {ts:?} is not RFC 3339 UTC with ms"
+        );
+    }
+    let outputs: Vec<PathBuf> = ["a.mp4.jsonl", "a.mkv.annotated.mp4"]
+        .iter()
+        .map(|n| videos.join(n))
+        .collect();
+    let results: Vec<String> = outputs.iter().map(|p| sha256(p)).collect();
+
+    // a re-run must not replace the results silently; the annotated videos are not taken for inputs
+    let again = batch().bounded();
+    let err = stderr_text(&again);
+    assert!(
+        !again.status.success(),
+        "a re-run replaced existing outputs: {err}"
+    );
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
+    let unchanged: Vec<String> = outputs.iter().map(|p| sha256(p)).collect();
+    assert_eq!(results, unchanged);
+
+    let forced = batch().arg("--overwrite").bounded();
+    let err = stderr_text(&forced);
+    assert!(forced.status.success(), "{err}");
+    assert!(err.contains("batch: 2 files"), "{err}");
+    let after: Vec<String> = inputs.iter().map(|p| sha256(p)).collect();
+    assert_eq!(before, after, "an input was changed by --overwrite");
+}
+
+/// Inputs with the same file name in different folders (through a glob) keep their sub-paths.
+#[test]
+fn batch_glob_keeps_same_named_inputs_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cam, frames) in [("cam1", 4), ("cam2", 7)] {
+        std::fs::create_dir(dir.path().join(cam)).unwrap();
+        make_clip(&dir.path().join(cam).join("x.mp4"), frames);
+    }
+    let out_dir = dir.path().join("out");
+    let glob = format!("{}/cam*/x.mp4", dir.path().display());
+    let out = maskstream()
+        .args(["batch", "--backend", "cpu", "--json-only", &glob])
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .bounded();
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    for (cam, frames) in [("cam1", 4), ("cam2", 7)] {
+        let json = out_dir.join(cam).join("x.mp4.jsonl");
+        assert_eq!(jsonl_frames(&json).len(), frames, "{}", json.display());
+    }
+}
+
+/// An output that names the input is refused before anything is written, even with --overwrite.
+#[test]
+fn run_and_detect_never_write_over_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("a.mp4");
+    make_clip(&clip, 4);
+    let hash = sha256(&clip);
+    for (flag, extra) in [("--output", "--overwrite"), ("--json", "--threads=1")] {
+        let out = maskstream()
+            .args(["run", "--backend", "cpu", "--input"])
+            .arg(&clip)
+            .arg(flag)
+            .arg(dir.path().join("./a.mp4"))
+            .arg(extra)
+            .bounded();
+        let err = stderr_text(&out);
+        assert!(!out.status.success(), "{flag}: {err}");
+        assert!(err.contains("would overwrite the input"), "{flag}: {err}");
+        assert_eq!(sha256(&clip), hash, "{flag}: the input was changed");
+    }
+
+    // detect next to the photo: the annotated image gets its own name
+    let photo = dir.path().join("photo.png");
+    std::fs::copy(
+        common::fixtures().join("detect/landscape_640x360/image.png"),
+        &photo,
+    )
+    .unwrap();
+    let hash = sha256(&photo);
+    let out = maskstream()
+        .current_dir(dir.path())
+        .args(["detect", "--backend", "cpu", "photo.png", "--out-dir", "."])
+        .arg("--engine")
+        .arg(common::engine_dir())
+        .bounded();
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    assert_eq!(sha256(&photo), hash, "detect overwrote the photo");
+    let annotated = dir.path().join("photo.png.annotated.png");
+    assert!(image::open(&annotated).is_ok(), "{}", annotated.display());
+    let again = maskstream()
+        .current_dir(dir.path())
+        .args(["detect", "--backend", "cpu", "photo.png", "--out-dir", "."])
+        .arg("--engine")
+        .arg(common::engine_dir())
+        .bounded();
+    assert!(!again.status.success());
+    assert!(stderr_text(&again).contains("already exists"));
+}
+
+/// SIGKILL (the OOM killer, a power cut) mid-recording: the MP4 still plays and holds every frame
+/// the JSON Lines hold except, at most, those of the last 2 s.
+#[test]
+fn a_killed_recording_still_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("rec.mp4");
+    let json = dir.path().join("rec.jsonl");
+    let child = maskstream()
+        .args(["run", "--backend", "cpu", "--input", "test://ball?fps=30"])
+        .arg("--output")
+        .arg(&video)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reap(child);
+    wait_lines(&json, 45, &mut child);
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.0.wait();
+    let discover = Command::new("gst-discoverer-1.0").arg(&video).bounded();
+    let report = String::from_utf8_lossy(&discover.stdout).into_owned();
+    assert!(
+        discover.status.success() && report.contains("video"),
+        "gst-discoverer-1.0 cannot read the killed recording: {report}"
+    );
+    let pts: Vec<u64> = jsonl_pts(&json).into_iter().map(|(_, p)| p).collect();
+    let last = *pts.iter().max().unwrap();
+    let must = pts.iter().filter(|&&p| p + 2_000_000_000 <= last).count();
+    let played = playable_frames(&video);
+    println!(
+        "killed after {} JSON lines ({:.1} s of stream): the MP4 plays {played} frames; {must} were \
+         required (all but the last 2 s)",
+        pts.len(),
+        (last - pts[0]) as f64 / 1e9
+    );
+    assert!(played >= must, "{played} frames play, {must} required");
+}
+
+/// Frames larger than the source's max_width/max_height are scaled down in GStreamer, aspect kept.
+#[test]
+fn large_frames_are_scaled_down_before_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("big.toml");
+    let json = dir.path().join("big.jsonl");
+    std::fs::write(
+        &toml,
+        format!(
+            "engine = {:?}\nbackend = \"cpu\"\n[[source]]\nuri = \"test://ball?width=1280&height=720&frames=3\"\n\
+             max_width = 640\nmax_height = 640\n[output]\njsonl = {:?}\n",
+            common::engine_dir().display().to_string(),
+            json.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = maskstream().arg("run").arg(&toml).bounded();
+    assert!(out.status.success(), "{}", stderr_text(&out));
+    let text = std::fs::read_to_string(&json).unwrap();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(640), Some(360))
+        );
+    }
 }

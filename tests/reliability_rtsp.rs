@@ -125,6 +125,7 @@ fn camera_config(url: &str, jsonl: &Path) -> PipelineConfig {
         uri: url.to_string(),
         name: Some("cam".into()),
         max_frames: None,
+        ..SourceConfig::new("")
     }];
     cfg.output.jsonl = Some(jsonl.display().to_string());
     cfg.queue.capacity = Some(2);
@@ -175,13 +176,28 @@ fn jsonl_pts(path: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// JSON lines after the last point where the timestamps start again (a new RTSP session); 0 while
-/// there is none.
+/// JSON lines after the last gap of over a second in the timestamps (the camera was away: a new
+/// RTSP session continues the timeline after the time that passed); 0 while there is none.
 fn new_session_frames(path: &Path) -> usize {
     let pts = jsonl_pts(path);
     pts.windows(2)
-        .rposition(|w| w[1] < w[0])
+        .rposition(|w| w[1] < w[0] || w[1] - w[0] > 1_000_000_000)
         .map_or(0, |r| pts.len() - r - 1)
+}
+
+/// (pts_ns, ts in ms since the epoch) of every line.
+fn jsonl_times(path: &Path) -> Vec<(u64, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v = serde_json::from_str::<serde_json::Value>(l).unwrap();
+            let ts = v["ts"].as_str().expect("ts on every frame record");
+            let t = humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("ts {ts:?}: {e}"));
+            let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            (v["pts_ns"].as_u64().unwrap(), ms)
+        })
+        .collect()
 }
 
 /// Every line is whole and parses; returns the frame indices.
@@ -198,12 +214,17 @@ fn frame_indices(path: &Path) -> Vec<u64> {
 }
 
 /// The camera goes down for 2.5 s and comes back on the same port: the source reconnects with
-/// back-off, frames resume and their indices keep increasing.
+/// back-off, frames resume and their indices keep increasing; the recording (MP4) and the served
+/// stream run across the drop on one timeline: pts strictly increasing, the MP4's duration equal to
+/// the wall-clock span of the frames, as many frames in the MP4 as in the JSON Lines.
 fn reconnects_when_the_camera_comes_back(tcp: bool) {
     let mut camera = Camera::start();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
+    let video = dir.path().join("cam.mp4");
     let mut cfg = camera_config(&camera.url(), &jsonl);
+    cfg.output.video = Some(video.display().to_string());
+    cfg.output.rtsp = Some("rtsp://127.0.0.1:0/{name}".into());
     cfg.rtsp_input.tcp = tcp;
     cfg.rtsp_input.reconnect_attempts = 20;
     cfg.rtsp_input.reconnect_interval_ms = 250;
@@ -254,6 +275,31 @@ fn reconnects_when_the_camera_comes_back(tcp: bool) {
     assert!(
         idx.windows(2).all(|w| w[1] > w[0]),
         "frame indices must keep increasing across the gap: {idx:?}"
+    );
+    let times = jsonl_times(&jsonl);
+    assert!(
+        times.windows(2).all(|w| w[1].0 > w[0].0),
+        "pts must increase strictly across the reconnect"
+    );
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let pts_span = (last.0 - first.0) as f64 / 1e9;
+    let ts_span = (last.1 - first.1) as f64 / 1e3;
+    let mp4 = common::gst_util::decode_file(&video, false).expect("the recording plays");
+    let mp4_span = mp4.last_pts.unwrap_or(0) as f64 / 1e9 - mp4.first_pts.unwrap_or(0) as f64 / 1e9;
+    println!(
+        "tcp={tcp}: {} frames; pts span {pts_span:.2} s, wall-clock span {ts_span:.2} s, MP4 {} \
+         frames spanning {mp4_span:.2} s",
+        times.len(),
+        mp4.frames.len()
+    );
+    assert_eq!(mp4.frames.len(), times.len(), "MP4 frames vs JSON lines");
+    assert!(
+        (pts_span - ts_span).abs() < 1.0,
+        "the timeline ({pts_span:.2} s) must span the wall-clock time ({ts_span:.2} s)"
+    );
+    assert!(
+        (mp4_span - pts_span).abs() < 0.1,
+        "the MP4 ({mp4_span:.2} s) must span the frames ({pts_span:.2} s)"
     );
 }
 
@@ -843,6 +889,7 @@ fn a_live_source_drops_and_counts_frames_when_inference_lags() {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),
         max_frames: Some(120),
+        ..SourceConfig::new("")
     }];
     cfg.queue.capacity = Some(2);
     cfg.output.jsonl = Some(jsonl.display().to_string());

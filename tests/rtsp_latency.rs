@@ -77,6 +77,7 @@ fn rtsp_round_trip_latency() {
         uri: "test://ball?width=640&height=360&fps=30".into(),
         name: Some("lat".into()),
         max_frames: None,
+        ..SourceConfig::new("")
     }];
     cfg.queue.capacity = Some(2);
     cfg.overlay.alpha = 0.0;

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::outputs::OutputPlan;
 use maskstream::pipeline::{self, is_video_file, RunContext};
 
 use super::progress::{overall_style, Bars};
@@ -12,9 +13,13 @@ use super::progress::{overall_style, Bars};
 pub struct Args {
     /// A folder of videos, or a glob such as "videos/*.mp4".
     pub input: String,
-    /// Where <stem>.mp4 and <stem>.jsonl go.
+    /// Where the outputs go: for an input <sub>/<file> (its path below the folder or the glob's
+    /// fixed part), <out-dir>/<sub>/<file>.jsonl and <out-dir>/<sub>/<file>.annotated.mp4.
     #[arg(long)]
     pub out_dir: PathBuf,
+    /// Replace outputs that already exist (inputs are never replaced).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Only write JSON Lines (no annotated videos).
     #[arg(long)]
     pub json_only: bool,
@@ -25,13 +30,18 @@ pub struct Args {
     pub pipeline: Option<PathBuf>,
 }
 
-pub fn list_inputs(input: &str) -> anyhow::Result<Vec<PathBuf>> {
+/// The suffix of annotated videos: a folder listing skips them, so a batch whose outputs go next to
+/// its inputs does not take yesterday's results for new inputs.
+pub const ANNOTATED_SUFFIX: &str = ".annotated.mp4";
+
+/// The input files and the folder their output names are taken relative to.
+pub fn list_inputs(input: &str) -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
     let p = Path::new(input);
     let mut files: Vec<PathBuf> = if p.is_dir() {
         std::fs::read_dir(p)
             .with_context(|| format!("{input}: cannot list the folder"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_video_file(p))
+            .filter(|p| p.is_file() && is_video_file(p) && !is_annotated(p))
             .collect()
     } else if input.contains(['*', '?', '[']) {
         glob::glob(input)
@@ -48,11 +58,51 @@ pub fn list_inputs(input: &str) -> anyhow::Result<Vec<PathBuf>> {
     if files.is_empty() {
         bail!("{input}: no video files found");
     }
-    Ok(files)
+    Ok((files, base_dir(input)))
+}
+
+fn is_annotated(p: &Path) -> bool {
+    p.to_string_lossy()
+        .to_ascii_lowercase()
+        .ends_with(ANNOTATED_SUFFIX)
+}
+
+/// The folder output names are relative to: the folder itself, a glob's part before its first
+/// wildcard, or a file's folder.
+fn base_dir(input: &str) -> PathBuf {
+    let p = Path::new(input);
+    if p.is_dir() {
+        return p.to_path_buf();
+    }
+    let mut base = PathBuf::new();
+    for c in p.components() {
+        if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+            return base;
+        }
+        base.push(c);
+    }
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Output paths of one input: (JSON Lines, annotated video). Distinct inputs never share them: the
+/// sub-path and the whole file name (extension included) are kept.
+pub fn output_paths(file: &Path, base: &Path, out_dir: &Path) -> (PathBuf, PathBuf) {
+    let rel = file.strip_prefix(base).unwrap_or(file);
+    // an absolute or upward path (a glob like ../x/*.mp4) keeps only its normal parts
+    let rel: PathBuf = rel
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    let with = |suffix: &str| {
+        let mut name = rel.clone().into_os_string();
+        name.push(suffix);
+        out_dir.join(name)
+    };
+    (with(".jsonl"), with(ANNOTATED_SUFFIX))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let files = list_inputs(&args.input)?;
+    let (files, base_dir) = list_inputs(&args.input)?;
     let mut base = match &args.pipeline {
         Some(p) => PipelineConfig::load(p)?,
         None => PipelineConfig {
@@ -61,8 +111,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     args.model.apply(&mut base);
+    base.output.overwrite |= args.overwrite;
+    let configs: Vec<PipelineConfig> = files
+        .iter()
+        .map(|f| file_config(&base, f, &base_dir, &args))
+        .collect();
+    // every input against every output of the whole batch, before any file is touched
+    let mut plan = OutputPlan::default();
+    for cfg in &configs {
+        pipeline::plan_outputs(cfg, &mut plan)?;
+    }
+    plan.check(base.output.overwrite)?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let loading = std::time::Instant::now();
+    let mut model = Some(
+        pipeline::load_model(&base)
+            .with_context(|| format!("loading engine {}", base.engine.display()))?,
+    );
+    eprintln!(
+        "batch: model ready in {:.2} s, shared by {} files",
+        loading.elapsed().as_secs_f64(),
+        files.len()
+    );
     let stop = super::run::install_signal_handler();
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let overall = multi
@@ -72,40 +143,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut frames = 0u64;
     let started = std::time::Instant::now();
-    for file in &files {
+    for (file, cfg) in files.iter().zip(&configs) {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let stem = file
-            .file_stem()
-            .map_or("video".into(), |s| s.to_string_lossy().into_owned());
-        let mut cfg = base.clone();
-        cfg.sources = vec![SourceConfig {
-            uri: file.display().to_string(),
-            name: Some(stem.clone()),
-            max_frames: None,
-        }];
-        cfg.output.video = (!args.json_only).then(|| {
-            args.out_dir
-                .join(format!("{stem}.mp4"))
-                .display()
-                .to_string()
-        });
-        cfg.output.jsonl = Some(
-            args.out_dir
-                .join(format!("{stem}.jsonl"))
-                .display()
-                .to_string(),
-        );
-        cfg.output.rtsp = None;
-        cfg.output.preview = false;
+        let Some(m) = model.take() else {
+            break;
+        };
         let ctx = RunContext {
             stop: stop.clone(),
             progress: Box::new(Bars::new(multi.clone(), Some(overall.clone()))),
             on_rtsp_ready: None,
         };
-        match pipeline::run(&cfg, ctx) {
-            Ok(summary) => {
+        match pipeline::run_with(cfg, m, ctx) {
+            Ok((summary, m)) => {
+                model = Some(m);
                 frames += summary.frames;
                 for s in summary.failed() {
                     failures.push(format!(
@@ -116,6 +168,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
+                // the model went down with the run (it failed before handing it back): load it anew
+                match pipeline::load_model(&base) {
+                    Ok(m) => model = Some(m),
+                    Err(le) => failures.push(format!("reloading the engine: {le}")),
+                }
                 // most errors already name the file; name it once
                 let e = format!("{e}");
                 let shown = file.display().to_string();
@@ -129,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         overall.inc(1);
     }
     overall.finish();
+    let _ = model;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "batch: {} files, {frames} frames in {secs:.1} s ({:.1} frames/s), {} failed",
@@ -143,4 +201,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} of {} files failed", failures.len(), files.len());
     }
     Ok(())
+}
+
+/// The pipeline of one input file: the batch's settings, this file as the only source, its own
+/// outputs.
+fn file_config(base: &PipelineConfig, file: &Path, base_dir: &Path, args: &Args) -> PipelineConfig {
+    let (jsonl, video) = output_paths(file, base_dir, &args.out_dir);
+    let mut cfg = base.clone();
+    let name = file
+        .file_stem()
+        .map_or("video".into(), |s| s.to_string_lossy().into_owned());
+    cfg.sources = vec![SourceConfig {
+        name: Some(name),
+        ..SourceConfig::new(file.display().to_string())
+    }];
+    cfg.output.video = (!args.json_only).then(|| video.display().to_string());
+    cfg.output.jsonl = Some(jsonl.display().to_string());
+    cfg.output.rtsp = None;
+    cfg.output.preview = false;
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_inputs_get_distinct_outputs() {
+        let out = Path::new("out");
+        let a = output_paths(Path::new("v/cam1/x.mp4"), Path::new("v"), out);
+        let b = output_paths(Path::new("v/cam2/x.mp4"), Path::new("v"), out);
+        let c = output_paths(Path::new("v/cam1/x.mkv"), Path::new("v"), out);
+        assert_eq!(a.0, Path::new("out/cam1/x.mp4.jsonl"));
+        assert_eq!(a.1, Path::new("out/cam1/x.mp4.annotated.mp4"));
+        assert!(a != b && a != c && b != c);
+        assert_eq!(base_dir("v/cam*/x.mp4"), Path::new("v"));
+        assert_eq!(base_dir("*.mp4"), Path::new(""));
+    }
 }

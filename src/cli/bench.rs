@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
-use maskstream::pipeline::config::{
-    InferenceConfig, PipelineConfig, RtspInputConfig, SourceConfig, SourceKind,
-};
+use maskstream::pipeline::config::{InferenceConfig, PipelineConfig, SourceConfig, SourceKind};
 use maskstream::pipeline::source::{self, SourceEvent};
 use maskstream::pipeline::{self, RunContext};
 use maskstream::{BackendKind, BackendOptions, Detection, MaskRcnn, RgbFrame, StageTimes};
@@ -72,15 +70,17 @@ pub fn decode_frames(
 ) -> anyhow::Result<Vec<(usize, usize, Vec<u8>)>> {
     gstreamer::init()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let h = source::spawn(
-        0,
-        "bench".into(),
-        SourceKind::File(video.to_path_buf()),
-        Some(n as u64),
-        8,
-        RtspInputConfig::default(),
-        stop,
-    )?;
+    let spec = source::SourceSpec {
+        max_frames: Some(n as u64),
+        capacity: 8,
+        ..source::SourceSpec::new(
+            0,
+            "bench".into(),
+            SourceKind::File(video.to_path_buf()),
+            &SourceConfig::new(video.display().to_string()),
+        )
+    };
+    let h = source::spawn(spec, stop)?;
     let mut frames = Vec::with_capacity(n);
     for ev in h.rx.iter() {
         match ev {
@@ -205,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             uri: args.video.display().to_string(),
             name: Some("bench".into()),
             max_frames: Some(frames.len() as u64),
+            ..SourceConfig::new("")
         }];
         cfg.inference.max_batch = Some(batch);
         let summary = pipeline::run(&cfg, RunContext::default())?;

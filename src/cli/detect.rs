@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use maskstream::output::FrameRecord;
 use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
+use maskstream::pipeline::outputs::OutputPlan;
 use maskstream::{BackendKind, BackendOptions, MaskRcnn, RgbFrame};
 
 #[derive(clap::Args)]
@@ -17,9 +18,12 @@ pub struct Args {
     /// JSON Lines output file, or - for stdout (the default).
     #[arg(long, default_value = "-")]
     pub json: String,
-    /// Write an annotated PNG per image here.
+    /// Write an annotated PNG per image here, named <image file name>.annotated.png.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Replace output files that already exist (inputs are never replaced).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Report only instances scoring at least this.
     #[arg(long, default_value_t = 0.5)]
     pub score_threshold: f32,
@@ -30,7 +34,28 @@ pub struct Args {
     pub threads: usize,
 }
 
+/// The annotated image of an input: its whole file name kept, so `a.png` and `a.jpg` never share one
+/// and an input is never its own output.
+fn annotated_path(dir: &Path, image: &Path) -> PathBuf {
+    let mut name = image
+        .file_name()
+        .map_or_else(|| "image".into(), |n| n.to_os_string());
+    name.push(".annotated.png");
+    dir.join(name)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut plan = OutputPlan::default();
+    for image in &args.images {
+        plan.input(image);
+        if let Some(dir) = &args.out_dir {
+            plan.output(&annotated_path(dir, image), "annotated image");
+        }
+    }
+    if args.json != "-" {
+        plan.output(Path::new(&args.json), "JSON Lines");
+    }
+    plan.check(args.overwrite)?;
     let engine = args.engine.clone().unwrap_or_else(super::default_engine);
     let opts = BackendOptions {
         kind: args.backend,
@@ -114,10 +139,7 @@ fn detect_one(
             stride: w * 3,
         };
         compositor.draw(&mut canvas, &result.detections, model.classes());
-        let stem = path
-            .file_stem()
-            .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-        let dest = dir.join(format!("{stem}.png"));
+        let dest = annotated_path(dir, path);
         out.save(&dest)
             .with_context(|| format!("writing {}", dest.display()))?;
     }

@@ -28,6 +28,9 @@ pub struct Args {
     /// Show a preview window.
     #[arg(long)]
     pub preview: bool,
+    /// Replace output files that already exist (inputs are never replaced).
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub model: super::ModelFlags,
     /// Inference threads (0 = all cores).
@@ -56,6 +59,7 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
                 uri: u.clone(),
                 name: None,
                 max_frames: None,
+                ..SourceConfig::new("")
             })
             .collect();
     }
@@ -69,6 +73,7 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
         cfg.output.rtsp = args.serve.clone();
     }
     cfg.output.preview |= args.preview;
+    cfg.output.overwrite |= args.overwrite;
     args.model.apply(&mut cfg);
     if let Some(t) = args.threads {
         cfg.threads = t;

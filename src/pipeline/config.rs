@@ -52,6 +52,12 @@ pub struct SourceConfig {
     pub name: Option<String>,
     /// Stop after this many frames (all when absent).
     pub max_frames: Option<u64>,
+    /// Frames larger than this are scaled down (aspect kept) in GStreamer before conversion; this
+    /// bounds memory per frame and saves the conversion's CPU.
+    #[serde(default = "SourceConfig::default_max_width")]
+    pub max_width: u32,
+    #[serde(default = "SourceConfig::default_max_height")]
+    pub max_height: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +130,11 @@ pub struct RtspInputConfig {
     /// A stream that delivers no frame for this long (no EOS, no error either: a frozen camera, a
     /// half-open connection) counts as dropped and is reconnected (0 = wait forever).
     pub stall_timeout_ms: u64,
+    /// Environment variable holding the cameras' `user:password` (kept off the command line and
+    /// out of the URI, which then needs none).
+    pub credentials_env: Option<String>,
+    /// File holding the cameras' `user:password` (a warning is printed when others can read it).
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for RtspInputConfig {
@@ -134,12 +145,14 @@ impl Default for RtspInputConfig {
             reconnect_attempts: 5,
             reconnect_interval_ms: 1000,
             stall_timeout_ms: 10_000,
+            credentials_env: None,
+            credentials_file: None,
         }
     }
 }
 
 /// Sinks: any combination. `{name}` in paths and mount points is replaced by the source's name.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// Annotated video file (.mp4 or .mkv, H.264).
@@ -156,6 +169,34 @@ pub struct OutputConfig {
     pub preview: bool,
     /// x264 bitrate of encoded outputs, kbit/s.
     pub bitrate_kbps: Option<u32>,
+    /// Replace output files that already exist (never an input of the run).
+    pub overwrite: bool,
+    /// MP4 recordings of live sources are written as fragments of this many milliseconds, so a
+    /// killed run leaves a playable file holding all but the last fragment (0: one classic MP4 whose
+    /// index is written at the end, unplayable if the process dies first). Outputs of files are
+    /// classic MP4s: a crashed file run is redone from its input.
+    pub fragment_ms: u32,
+    /// PEM certificate (chain) and key: serve RTSPS (RTSP over TLS) instead of plain RTSP.
+    pub rtsp_tls_cert: Option<PathBuf>,
+    pub rtsp_tls_key: Option<PathBuf>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            video: None,
+            jsonl: None,
+            rtsp: None,
+            rtsp_credentials_env: None,
+            rtsp_credentials_file: None,
+            preview: false,
+            bitrate_kbps: None,
+            overwrite: false,
+            fragment_ms: 1000,
+            rtsp_tls_cert: None,
+            rtsp_tls_key: None,
+        }
+    }
 }
 
 /// What a source URI names.
@@ -179,10 +220,28 @@ pub enum SourceKind {
 impl SourceKind {
     /// Live sources drop their oldest queued frame when inference lags; files never drop.
     pub fn is_live(&self) -> bool {
-        matches!(
-            self,
-            SourceKind::Rtsp(_) | SourceKind::V4l2(_) | SourceKind::Test { .. }
-        )
+        match self {
+            SourceKind::Rtsp(_) | SourceKind::V4l2(_) | SourceKind::Test { .. } => true,
+            SourceKind::Uri(_) => self.is_network(),
+            SourceKind::File(_) => false,
+        }
+    }
+
+    /// Streams from the network (RTSP, HTTP(S) progressive, HLS, MJPEG): live, and reconnected when
+    /// they drop.
+    pub fn is_network(&self) -> bool {
+        match self {
+            SourceKind::Rtsp(_) => true,
+            SourceKind::Uri(u) => {
+                let lower = u.to_ascii_lowercase();
+                [
+                    "http://", "https://", "hls://", "srt://", "udp://", "rtmp://", "rtp://",
+                ]
+                .iter()
+                .any(|p| lower.starts_with(p))
+            }
+            _ => false,
+        }
     }
 
     pub fn default_name(&self) -> String {
@@ -337,6 +396,35 @@ impl PipelineConfig {
                 format!("{} is over 3600000 (1 hour)", r.stall_timeout_ms),
             );
         }
+        for (i, s) in self.sources.iter().enumerate() {
+            for (key, v) in [("max_width", s.max_width), ("max_height", s.max_height)] {
+                if !(16..=SourceConfig::MAX_SIDE).contains(&v) {
+                    return bad(
+                        &format!("source[{i}].{key}"),
+                        format!("{v} is outside 16..{}", SourceConfig::MAX_SIDE),
+                    );
+                }
+            }
+        }
+        if r.credentials_env.is_some() && r.credentials_file.is_some() {
+            return bad(
+                "rtsp_input.credentials_env",
+                "give credentials_env or credentials_file, not both".into(),
+            );
+        }
+        let o = &self.output;
+        if o.rtsp_tls_cert.is_some() != o.rtsp_tls_key.is_some() {
+            return bad(
+                "output.rtsp_tls_cert",
+                "RTSPS needs both rtsp_tls_cert and rtsp_tls_key".into(),
+            );
+        }
+        if o.fragment_ms > 60_000 {
+            return bad(
+                "output.fragment_ms",
+                format!("{} is over 60000 (1 minute)", o.fragment_ms),
+            );
+        }
         if let Some(n) = self.queue.capacity.filter(|&n| n == 0 || n > 1024) {
             return bad("queue.capacity", format!("{n} is outside 1..1024"));
         }
@@ -356,6 +444,12 @@ impl PipelineConfig {
         if let Some(url) = &self.output.rtsp {
             crate::pipeline::rtsp::ServeAddress::parse(url)
                 .map_err(|e| Error::Config(format!("output.rtsp: {e}")))?;
+            if url.starts_with("rtsps://") && self.output.rtsp_tls_cert.is_none() {
+                return bad(
+                    "output.rtsp",
+                    "rtsps:// needs output.rtsp_tls_cert and rtsp_tls_key".into(),
+                );
+            }
         }
         for (key, v) in [
             ("output.video", &self.output.video),
@@ -406,6 +500,27 @@ impl PipelineConfig {
 }
 
 impl SourceConfig {
+    pub const MAX_SIDE: u32 = 16384;
+
+    /// A source with every optional setting at its default.
+    pub fn new(uri: impl Into<String>) -> Self {
+        SourceConfig {
+            uri: uri.into(),
+            name: None,
+            max_frames: None,
+            max_width: Self::default_max_width(),
+            max_height: Self::default_max_height(),
+        }
+    }
+
+    fn default_max_width() -> u32 {
+        3840
+    }
+
+    fn default_max_height() -> u32 {
+        2160
+    }
+
     pub fn kind(&self) -> Result<SourceKind> {
         self.uri.parse()
     }
@@ -471,6 +586,34 @@ mod tests {
         assert!(e.to_string().contains("source"), "{e}");
         let e = PipelineConfig::parse("[[source]]\nuri = \"test://x?fps=0\"\n").unwrap_err();
         assert!(e.to_string().contains("source[0].uri"), "{e}");
+    }
+
+    #[test]
+    fn network_streams_are_live_and_limits_are_checked() {
+        for u in [
+            "http://cam.local/mjpeg",
+            "https://cdn.example/live.m3u8",
+            "rtsp://h:1/x",
+        ] {
+            let k = u.parse::<SourceKind>().unwrap();
+            assert!(k.is_live() && k.is_network(), "{u}");
+        }
+        let f = "file:///v/a.mp4".parse::<SourceKind>().unwrap();
+        assert!(!f.is_live() && !f.is_network());
+        let e =
+            PipelineConfig::parse("[[source]]\nuri = \"a.mp4\"\nmax_width = 100000\n").unwrap_err();
+        assert!(e.to_string().contains("source[0].max_width"), "{e}");
+        let c = PipelineConfig::parse("[[source]]\nuri = \"a.mp4\"\n").unwrap();
+        assert_eq!(
+            (c.sources[0].max_width, c.sources[0].max_height),
+            (3840, 2160)
+        );
+        assert_eq!(c.output.fragment_ms, 1000);
+        let e = PipelineConfig::parse(
+            "[[source]]\nuri = \"a.mp4\"\n[output]\nrtsp = \"rtsps://127.0.0.1:0/x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rtsp_tls_cert"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! thread, joined by bounded crossbeam channels.
 
 pub mod config;
+pub mod outputs;
 pub mod rtsp;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod timeline;
 mod witness;
 
 use std::collections::HashMap;
@@ -24,7 +26,8 @@ use crate::model::{Detection, MaskRcnn, StageTimes};
 use crate::output::FrameRecord;
 use crate::overlay::{Canvas, Compositor};
 use config::{expand, PipelineConfig, SourceKind};
-use source::{Frame, SourceEvent, SourceHandle};
+use outputs::OutputPlan;
+use source::{Frame, SourceEvent, SourceHandle, SourceSpec};
 use stats::{SourceSummary, StageStats, Summary};
 
 /// Progress reporting hooks (the CLI draws indicatif bars with them).
@@ -74,28 +77,92 @@ enum Work {
     },
 }
 
-/// Runs a pipeline to the end of all its sources (or until `stop`), then reports.
-pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
-    cfg.validate()?;
-    gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
-    witness::install();
-    let loading = Instant::now();
+/// Loads the pipeline's engine (ONNX sessions, warm-up) for `run_with`.
+pub fn load_model(cfg: &PipelineConfig) -> Result<MaskRcnn> {
     let opts = BackendOptions {
         kind: cfg.backend,
         threads: cfg.threads,
         ..Default::default()
     };
-    let model = MaskRcnn::load(&cfg.engine, &opts)?;
+    MaskRcnn::load(&cfg.engine, &opts)
+}
+
+/// Runs a pipeline to the end of all its sources (or until `stop`), then reports.
+pub fn run(cfg: &PipelineConfig, ctx: RunContext) -> Result<Summary> {
+    cfg.validate()?;
+    check_outputs(cfg)?;
+    let loading = Instant::now();
+    let model = load_model(cfg)?;
+    let load = loading.elapsed();
+    let (mut summary, _) = run_with(cfg, model, ctx)?;
+    summary.load = load;
+    Ok(summary)
+}
+
+/// Every file the run writes, resolved against its inputs and each other before anything is
+/// written (see `outputs`).
+pub fn check_outputs(cfg: &PipelineConfig) -> Result<()> {
+    let mut plan = OutputPlan::default();
+    plan_outputs(cfg, &mut plan)?;
+    plan.check(cfg.output.overwrite)
+}
+
+/// Adds a pipeline's inputs and outputs to a plan (a batch checks all its runs together).
+pub fn plan_outputs(cfg: &PipelineConfig, plan: &mut OutputPlan) -> Result<()> {
+    for s in &cfg.sources {
+        if let SourceKind::File(p) = s.kind()? {
+            plan.input(&p);
+        }
+    }
+    for s in &cfg.sources {
+        let name = s.resolved_name();
+        if let Some(t) = &cfg.output.video {
+            plan.output(&PathBuf::from(expand(t, &name)), "video");
+        }
+        if let Some(t) = &cfg.output.jsonl {
+            plan.output(&PathBuf::from(expand(t, &name)), "JSON Lines");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a pipeline on a loaded model (a batch loads it once for all its files); hands the model back.
+pub fn run_with(
+    cfg: &PipelineConfig,
+    model: MaskRcnn,
+    mut ctx: RunContext,
+) -> Result<(Summary, MaskRcnn)> {
+    cfg.validate()?;
+    check_outputs(cfg)?;
+    gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
+    witness::install();
     let provider = model.provider().to_string();
     let classes = model.classes().to_vec();
-    let load = loading.elapsed();
+    let camera_credentials = credentials_from(
+        cfg.rtsp_input.credentials_env.as_deref(),
+        cfg.rtsp_input.credentials_file.as_deref(),
+        "rtsp_input",
+    )?;
 
     // RTSP server first: a bad address or credentials fail before any decoding starts
-    let server = match &cfg.output.rtsp {
-        Some(url) => {
-            let addr = rtsp::ServeAddress::parse(url)?;
-            let creds = credentials(cfg)?;
-            Some(rtsp::RtspServer::start(&addr.host, addr.port, creds)?)
+    let serve = cfg
+        .output
+        .rtsp
+        .as_deref()
+        .map(rtsp::ServeAddress::parse)
+        .transpose()?;
+    let server = match &serve {
+        Some(addr) => {
+            let creds = credentials_from(
+                cfg.output.rtsp_credentials_env.as_deref(),
+                cfg.output.rtsp_credentials_file.as_deref(),
+                "output.rtsp",
+            )?;
+            let tls = match (&cfg.output.rtsp_tls_cert, &cfg.output.rtsp_tls_key) {
+                (Some(c), Some(k)) => Some(rtsp::Tls::load(c, k)?),
+                _ => None,
+            };
+            Some(rtsp::RtspServer::start(addr, creds, tls)?)
         }
         None => None,
     };
@@ -104,8 +171,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     let names: Vec<String> = cfg.sources.iter().map(|s| s.resolved_name()).collect();
     // mounts exist before any frame, so clients may connect at once
     let mut mounts: Vec<Option<rtsp::Mount>> = Vec::new();
-    if let (Some(server), Some(url)) = (&server, &cfg.output.rtsp) {
-        let addr = rtsp::ServeAddress::parse(url)?;
+    if let (Some(server), Some(addr)) = (&server, &serve) {
         let auth =
             cfg.output.rtsp_credentials_env.is_some() || cfg.output.rtsp_credentials_file.is_some();
         for n in &names {
@@ -119,16 +185,13 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     for (i, s) in cfg.sources.iter().enumerate() {
         let kind = s.kind()?;
         let name = names[i].clone();
-        let handle = source::spawn(
-            i,
-            name.clone(),
-            kind.clone(),
-            s.max_frames,
-            cfg.queue.capacity_for(kind.is_live()),
-            cfg.rtsp_input.clone(),
-            ctx.stop.clone(),
-        )
-        .map_err(|e| match &kind {
+        let spec = SourceSpec {
+            capacity: cfg.queue.capacity_for(kind.is_live()),
+            rtsp: cfg.rtsp_input.clone(),
+            credentials: camera_credentials.clone(),
+            ..SourceSpec::new(i, name.clone(), kind.clone(), s)
+        };
+        let handle = source::spawn(spec, ctx.stop.clone()).map_err(|e| match &kind {
             // check_file's errors already name the file
             SourceKind::File(_) => e,
             _ => Error::Input(format!("source {name} ({}): {e}", kind.describe())),
@@ -155,16 +218,14 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     let mut frames = 0u64;
     let mut errors: HashMap<usize, String> = HashMap::new();
     let mut on_ready = ctx.on_rtsp_ready.take();
-    if let (Some(server), Some(url)) = (&server, &cfg.output.rtsp) {
+    if let (Some(server), Some(addr)) = (&server, &serve) {
         // mounts are known up front; announce before the first frame so clients can connect early
-        if let Ok(addr) = rtsp::ServeAddress::parse(url) {
-            let urls = names
-                .iter()
-                .map(|n| server.url(&expand(&addr.path, n)))
-                .collect();
-            if let Some(cb) = on_ready.take() {
-                cb(urls);
-            }
+        let urls = names
+            .iter()
+            .map(|n| server.url(&expand(&addr.path, n)))
+            .collect();
+        if let Some(cb) = on_ready.take() {
+            cb(urls);
         }
     }
     let mut sink_error: Option<Error> = None;
@@ -206,7 +267,8 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                     .collect();
                 let record =
                     FrameRecord::new(&names[sid], frame.width, frame.height, &kept, &classes)
-                        .with_frame(frame.index, frame.pts_ns);
+                        .with_frame(frame.index, frame.pts_ns)
+                        .with_ts(timeline::rfc3339_ms(frame.ts));
                 // JSON-only runs (analytics) never draw: no sink would show the pixels
                 if out.shows_pixels() {
                     let (w, h) = (frame.width, frame.height);
@@ -259,7 +321,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
             errors.entry(sid).or_insert_with(|| e.to_string());
         }
     }
-    let infer_result = infer
+    let (model, infer_result) = infer
         .join()
         .map_err(|_| Error::Pipeline("inference thread panicked".into()))?;
     let mut sources = Vec::new();
@@ -281,36 +343,78 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
         return Err(e);
     }
     infer_result?;
-    Ok(Summary {
+    let summary = Summary {
         frames,
-        load,
+        load: Duration::ZERO,
         elapsed: started.elapsed(),
         stages,
         sources,
         provider,
-    })
+    };
+    Ok((summary, model))
 }
 
-fn credentials(cfg: &PipelineConfig) -> Result<Option<rtsp::Credentials>> {
-    if let Some(var) = &cfg.output.rtsp_credentials_env {
+/// `user:password` from an environment variable or a file (`what` names the section in errors).
+fn credentials_from(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<Option<rtsp::Credentials>> {
+    if let Some(var) = env {
         let v = std::env::var(var).map_err(|_| {
             Error::Config(format!(
-                "output.rtsp_credentials_env: environment variable {var} is not set"
+                "{what} credentials: environment variable {var} is not set"
             ))
         })?;
         return rtsp::Credentials::parse(&v, &format!("environment variable {var}")).map(Some);
     }
-    if let Some(path) = &cfg.output.rtsp_credentials_file {
+    if let Some(path) = file {
+        warn_if_others_can_read(path);
         let v = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         return rtsp::Credentials::parse(&v, &path.display().to_string()).map(Some);
     }
     Ok(None)
 }
 
+/// A password file that group or others can read is a leak waiting to happen: say so.
+fn warn_if_others_can_read(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "credentials file is readable by other users: chmod 600 it"
+                );
+                eprintln!(
+                    "warning: credentials file {} is readable by other users (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+    }
+}
+
 /// The inference stage: gathers up to `max_batch` frames across sources (waiting at most `max_wait_ms`
 /// after the first), runs the model once, forwards results in order.
 fn infer_loop(
     mut model: MaskRcnn,
+    receivers: Vec<Receiver<SourceEvent>>,
+    out: Sender<Work>,
+    cfg: config::InferenceConfig,
+    max_batch: usize,
+    stop: Arc<AtomicBool>,
+) -> (MaskRcnn, Result<()>) {
+    let result = infer_batches(&mut model, receivers, out, cfg, max_batch, stop);
+    (model, result)
+}
+
+fn infer_batches(
+    model: &mut MaskRcnn,
     receivers: Vec<Receiver<SourceEvent>>,
     out: Sender<Work>,
     cfg: config::InferenceConfig,
@@ -436,6 +540,7 @@ impl SourceSinks {
                 fps,
                 o.bitrate_kbps,
                 live,
+                o.fragment_ms,
             )?),
             None => None,
         };

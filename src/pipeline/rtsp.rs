@@ -7,6 +7,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp;
+use gstreamer_rtsp_server::gio;
 use gstreamer_rtsp_server::prelude::*;
 
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ impl ServeAddress {
             |why: &str| Error::Config(format!("{url:?}: {why} (expected rtsp://HOST:PORT/PATH)"));
         let rest = url
             .strip_prefix("rtsp://")
+            .or_else(|| url.strip_prefix("rtsps://"))
             .ok_or_else(|| bad("not an rtsp:// URL"))?;
         let (hostport, path) = rest.split_once('/').ok_or_else(|| bad("no mount path"))?;
         let (host, port) = hostport.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -37,6 +39,35 @@ impl ServeAddress {
             port,
             path: format!("/{path}"),
         })
+    }
+
+    /// Loopback addresses are reachable from this machine only.
+    pub fn is_loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// The server's certificate and key (PEM) for RTSPS.
+pub struct Tls {
+    certificate: gio::TlsCertificate,
+}
+
+impl Tls {
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        for p in [cert, key] {
+            std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        }
+        let certificate = gio::TlsCertificate::from_files(cert, key).map_err(|e| {
+            Error::Config(format!(
+                "output.rtsp_tls_cert {} / rtsp_tls_key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+        Ok(Tls { certificate })
     }
 }
 
@@ -77,6 +108,7 @@ pub struct RtspServer {
     _source_id: Option<gst::glib::SourceId>,
     pub port: u16,
     pub host: String,
+    tls: bool,
 }
 
 /// Frames for one mount: pushed into every live media of that mount.
@@ -87,17 +119,41 @@ pub struct Mount {
 }
 
 impl RtspServer {
-    pub fn start(host: &str, port: u16, credentials: Option<Credentials>) -> Result<Self> {
+    pub fn start(
+        addr: &ServeAddress,
+        credentials: Option<Credentials>,
+        tls: Option<Tls>,
+    ) -> Result<Self> {
+        let (host, port) = (addr.host.as_str(), addr.port);
+        if !addr.is_loopback() && credentials.is_none() {
+            tracing::warn!(%host, "serving RTSP beyond this machine without credentials");
+            eprintln!(
+                "warning: serving RTSP on {host} without credentials: anyone who can reach it can \
+                 watch (set output.rtsp_credentials_env or _file)"
+            );
+        }
+        if !addr.is_loopback() && credentials.is_some() && tls.is_none() {
+            tracing::warn!("basic auth over plain RTSP sends the password in cleartext");
+        }
         let server = rtsp::RTSPServer::new();
         server.set_address(host);
         server.set_service(&port.to_string());
-        if let Some(c) = &credentials {
+        if credentials.is_some() || tls.is_some() {
             let auth = rtsp::RTSPAuth::new();
-            let token = rtsp::RTSPToken::builder()
+            let mut token = rtsp::RTSPToken::builder()
                 .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
                 .build();
-            let basic = rtsp::RTSPAuth::make_basic(&c.user, &c.password);
-            auth.add_basic(basic.as_str(), &token);
+            match &credentials {
+                Some(c) => {
+                    let basic = rtsp::RTSPAuth::make_basic(&c.user, &c.password);
+                    auth.add_basic(basic.as_str(), &token);
+                }
+                // TLS alone: every client that completes the handshake may watch
+                None => auth.set_default_token(Some(&mut token)),
+            }
+            if let Some(t) = &tls {
+                auth.set_tls_certificate(Some(&t.certificate));
+            }
             server.set_auth(Some(&auth));
         }
         let ctx = gst::glib::MainContext::new();
@@ -119,7 +175,7 @@ impl RtspServer {
                 ml.run();
             })
             .map_err(|e| Error::Pipeline(format!("RTSP server thread: {e}")))?;
-        tracing::info!(address = %format!("rtsp://{host}:{bound}"), auth = credentials.is_some(), "RTSP server listening");
+        tracing::info!(address = %format!("rtsp://{host}:{bound}"), auth = credentials.is_some(), tls = tls.is_some(), "RTSP server listening");
         Ok(RtspServer {
             server,
             main_loop,
@@ -127,12 +183,15 @@ impl RtspServer {
             _source_id: Some(source_id),
             port: bound as u16,
             host: host.to_string(),
+            tls: tls.is_some(),
         })
     }
 
     /// Adds a mount. It can be played from now on; media start once the first frame is pushed (the
-    /// frame size and rate are only known then).
+    /// frame size and rate are only known then). `auth`: viewers need the credentials' role (always
+    /// the case on a TLS server, whose default token carries it).
     pub fn mount(&self, path: &str, auth: bool) -> Result<Mount> {
+        let auth = auth || self.tls;
         let mounts = self
             .server
             .mount_points()
@@ -151,6 +210,10 @@ impl RtspServer {
              ! rtph264pay name=pay0 pt=96 config-interval=1 )",
         );
         factory.set_shared(true);
+        if self.tls {
+            // RTP over the TLS connection itself: plain UDP would carry the video unencrypted
+            factory.set_protocols(gstreamer_rtsp::RTSPLowerTrans::TCP);
+        }
         if auth {
             let perms = gst::Structure::builder("viewer")
                 .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
@@ -183,7 +246,8 @@ impl RtspServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("rtsp://{}:{}{}", self.host, self.port, path)
+        let scheme = if self.tls { "rtsps" } else { "rtsp" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, path)
     }
 }
 

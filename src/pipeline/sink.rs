@@ -13,7 +13,8 @@ use gstreamer_app as gst_app;
 use crate::error::{Error, Result};
 use crate::output::FrameRecord;
 
-fn make(name: &str) -> Result<gst::Element> {
+/// A GStreamer element by factory name; a missing plugin is an error that says so.
+pub(super) fn make(name: &str) -> Result<gst::Element> {
     gst::ElementFactory::make(name).build().map_err(|_| {
         Error::Pipeline(format!(
             "GStreamer element {name} is missing (install the plugins)"
@@ -58,6 +59,10 @@ impl AppSrcPipeline {
             .block(!live)
             .max_bytes(caps_frame_bytes(&caps) * 4)
             .build();
+        if live {
+            // a window that lags (or is covered) must not queue frames without bound: drop the oldest
+            src.set_property_from_str("leaky-type", "downstream");
+        }
         let convert = make("videoconvert")?;
         let mut all: Vec<&gst::Element> = vec![src.upcast_ref(), &convert];
         all.extend(chain.iter());
@@ -138,6 +143,7 @@ pub fn video_file(
     fps: (i32, i32),
     bitrate_kbps: Option<u32>,
     live: bool,
+    fragment_ms: u32,
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -151,33 +157,58 @@ pub fn video_file(
     );
     let enc = make("x264enc")?;
     enc.set_property_from_str("speed-preset", "veryfast");
+    // Live recordings are fragmented: their frames exist nowhere else. A file's output is redone
+    // from its input after a crash, and a classic MP4 keeps B-frames and the input's exact
+    // timestamps (mp4mux's fragments start the timeline at 0, dropping the B-frame delay).
+    let fragment_ms = if live { fragment_ms } else { 0 };
+    let fragmented = fragment_ms > 0 && !lower_ext(path).ends_with(".mkv");
     if live {
-        // Live sources drop frames, so their timestamps have gaps. With B-frames the muxer's timeline
-        // (built from x264's DTS, which follow the frame count, not the gaps) can end before the last
-        // frame, and players skip that frame; it also shifts the start by the B-frame delay. Without
-        // B-frames decode order is presentation order and every timestamp is kept as it came.
-        // (Files keep B-frames: no gaps there, and an input encoded with the same delay keeps its
-        // timestamps exactly, as the demo does.)
+        // A live recording must lose as little as possible when the process dies: x264 holds no
+        // frame back (no look-ahead, no B-frames, no frame threads), so what was handed over is in
+        // the file's next fragment.
+        enc.set_property_from_str("tune", "zerolatency");
+    }
+    if live || fragmented {
+        // mp4mux's fragments lose the frames that B-frames reorder past a fragment's end (4 of 6
+        // frames of a short clip played back); and live sources drop frames, so their timestamps
+        // have gaps: with B-frames the muxer's timeline (built from x264's DTS, which follow the
+        // frame count, not the gaps) can end before the last frame, and players skip that frame.
+        // Without B-frames decode order is presentation order and every timestamp is kept as it came.
+        // (Classic MP4 and MKV of files keep B-frames.)
         enc.set_property("bframes", 0u32);
     }
     let bitrate = bitrate_kbps
         .unwrap_or_else(|| ((width * height) as f64 / 230.0).clamp(500.0, 20_000.0) as u32);
     enc.set_property("bitrate", bitrate);
     let parse = make("h264parse")?;
-    let lower = path.to_string_lossy().to_ascii_lowercase();
+    let lower = lower_ext(path);
     let mux = if lower.ends_with(".mkv") {
+        // Matroska is written front to back: a killed run leaves a file that plays to its last cluster
         make("matroskamux")?
     } else {
-        make("mp4mux")?
+        let mux = make("mp4mux")?;
+        if fragment_ms > 0 {
+            // a classic MP4 writes its index (moov) at the end, so a killed run leaves nothing playable;
+            // fragments (moof+mdat) each carry their own index: all but the last one survive a kill
+            mux.set_property("fragment-duration", fragment_ms);
+        }
+        mux
     };
     let sink = make("filesink")?;
     sink.set_property("location", path.to_string_lossy().as_ref());
+    // filesink's stdio buffer (64 KiB) dies with the process: at a few frames/s that is several
+    // fragments. Unbuffered, each fragment is in the kernel's page cache once written.
+    sink.set_property_from_str("buffer-mode", "unbuffered");
     AppSrcPipeline::new(
         format!("video output {}", path.display()),
         raw_caps(width, height, fps),
         false,
         vec![i420, enc, parse, mux, sink],
     )
+}
+
+fn lower_ext(path: &Path) -> String {
+    path.to_string_lossy().to_ascii_lowercase()
 }
 
 /// A window showing the annotated stream.

@@ -4,8 +4,8 @@
 //! RTSP sources reconnect with back-off when the stream drops.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use gstreamer as gst;
@@ -13,7 +13,10 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use super::config::{RtspInputConfig, SourceKind};
+use super::config::{RtspInputConfig, SourceConfig, SourceKind};
+use super::rtsp::Credentials;
+use super::sink::make;
+use super::timeline::Timeline;
 use crate::error::{Error, Result};
 
 /// One decoded frame, packed RGB8 (stride = 3 * width).
@@ -29,6 +32,9 @@ pub struct Frame {
     pub fps: (i32, i32),
     pub data: Vec<u8>,
     pub decoded_at: Instant,
+    /// Wall-clock time of capture: the sender's NTP clock when the stream carries it (RTCP), else the
+    /// arrival time; for files, the run's start plus the frame's position in the file.
+    pub ts: SystemTime,
 }
 
 /// What a source thread sends downstream.
@@ -58,32 +64,51 @@ pub struct SourceHandle {
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the source thread. Frames go into a bounded queue of `capacity`.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    id: usize,
-    name: String,
-    kind: SourceKind,
-    max_frames: Option<u64>,
-    capacity: usize,
-    rtsp: RtspInputConfig,
-    stop: Arc<AtomicBool>,
-) -> Result<SourceHandle> {
-    if let SourceKind::File(p) = &kind {
+/// What a source thread is started with.
+pub struct SourceSpec {
+    pub id: usize,
+    pub name: String,
+    pub kind: SourceKind,
+    pub max_frames: Option<u64>,
+    /// Largest frame handed on; larger input is scaled down in GStreamer, aspect kept.
+    pub max_size: (u32, u32),
+    /// Frames queued towards inference.
+    pub capacity: usize,
+    pub rtsp: RtspInputConfig,
+    /// For the camera (rtspsrc / souphttpsrc user-id and user-pw).
+    pub credentials: Option<Credentials>,
+}
+
+impl SourceSpec {
+    pub fn new(id: usize, name: String, kind: SourceKind, cfg: &SourceConfig) -> Self {
+        SourceSpec {
+            id,
+            name,
+            kind,
+            max_frames: cfg.max_frames,
+            max_size: (cfg.max_width, cfg.max_height),
+            capacity: 2,
+            rtsp: RtspInputConfig::default(),
+            credentials: None,
+        }
+    }
+}
+
+/// Starts the source thread. Frames go into a bounded queue of `spec.capacity`.
+pub fn spawn(spec: SourceSpec, stop: Arc<AtomicBool>) -> Result<SourceHandle> {
+    if let SourceKind::File(p) = &spec.kind {
         check_file(p)?;
     }
-    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (tx, rx) = crossbeam_channel::bounded(spec.capacity);
     let stats = Arc::new(SourceStats::default());
+    let name = spec.name.clone();
     let ctx = SourceCtx {
-        id,
-        name: name.clone(),
-        kind,
-        max_frames,
+        spec,
         tx,
         drain: rx.clone(),
         stats: stats.clone(),
-        rtsp,
         stop,
+        oversize: Arc::new(Mutex::new(None)),
     };
     let thread = std::thread::Builder::new()
         .name(format!("source-{name}"))
@@ -127,16 +152,15 @@ fn failed(message: &str, debug: &str, index: u64, missing_decoder: &Option<Strin
 }
 
 struct SourceCtx {
-    id: usize,
-    name: String,
-    kind: SourceKind,
-    max_frames: Option<u64>,
+    spec: SourceSpec,
     tx: Sender<SourceEvent>,
     /// Our own receiver end, used to drop the oldest frame of a live source.
     drain: Receiver<SourceEvent>,
     stats: Arc<SourceStats>,
-    rtsp: RtspInputConfig,
     stop: Arc<AtomicBool>,
+    /// Set when the decoder announces a frame size no camera or file has (a corrupt or hostile
+    /// stream): the source fails instead of allocating it.
+    oversize: Arc<Mutex<Option<String>>>,
 }
 
 enum Outcome {
@@ -149,22 +173,25 @@ enum Outcome {
 
 impl SourceCtx {
     fn run(self) {
-        let _span = tracing::info_span!("source", name = %self.name).entered();
+        let _span = tracing::info_span!("source", name = %self.spec.name).entered();
         let mut index = 0u64;
         let mut attempt = 0u32;
+        let mut timeline = Timeline::new(self.spec.kind.is_live());
         let error = loop {
             let before = index;
-            let outcome = match self.build() {
+            timeline.new_session();
+            // after a reconnect the stream may come back at another size: the outputs keep the first
+            let fixed = timeline.size();
+            let outcome = match self.build(fixed) {
                 Ok((pipeline, sink)) => {
-                    let o = self.pump(&pipeline, &sink, &mut index);
+                    let o = self.pump(&pipeline, &sink, &mut index, &mut timeline);
                     let _ = pipeline.set_state(gst::State::Null);
                     super::witness::unwatch(&pipeline);
                     o
                 }
                 Err(e) => Outcome::Failed(e.to_string()),
             };
-            let retry =
-                matches!(self.kind, SourceKind::Rtsp(_)) && !self.stop.load(Ordering::Relaxed);
+            let retry = self.spec.kind.is_network() && !self.stop.load(Ordering::Relaxed);
             match outcome {
                 Outcome::Stopped | Outcome::Done => break None,
                 Outcome::Eos if !retry => break None,
@@ -177,19 +204,20 @@ impl SourceCtx {
                     if index > before {
                         attempt = 0; // the stream ran: start the back-off afresh
                     }
-                    if attempt >= self.rtsp.reconnect_attempts {
+                    if attempt >= self.spec.rtsp.reconnect_attempts {
                         break Some(format!(
                             "stream lost; gave up after {} reconnect attempts (last: {why})",
-                            self.rtsp.reconnect_attempts
+                            self.spec.rtsp.reconnect_attempts
                         ));
                     }
                     // the interval is validated (<= 10 min), so 8x of it cannot overflow
-                    let wait =
-                        Duration::from_millis(self.rtsp.reconnect_interval_ms << attempt.min(3));
+                    let wait = Duration::from_millis(
+                        self.spec.rtsp.reconnect_interval_ms << attempt.min(3),
+                    );
                     attempt += 1;
                     tracing::warn!(
                         attempt,
-                        of = self.rtsp.reconnect_attempts,
+                        of = self.spec.rtsp.reconnect_attempts,
                         wait_ms = wait.as_millis() as u64,
                         reason = why,
                         "stream dropped, reconnecting"
@@ -207,24 +235,17 @@ impl SourceCtx {
         }
         // the End goes to the inference thread, or nowhere once it and the run's handle are gone:
         // our own `drain` receiver must not keep the queue open, or a full queue would block here
-        let (tx, id) = (self.tx.clone(), self.id);
+        let (tx, id) = (self.tx.clone(), self.spec.id);
         drop(self);
         let _ = tx.send(SourceEvent::End { source: id, error });
     }
 
-    fn build(&self) -> Result<(gst::Pipeline, gst_app::AppSink)> {
-        let make = |name: &str| {
-            gst::ElementFactory::make(name).build().map_err(|_| {
-                Error::Pipeline(format!(
-                    "GStreamer element {name} is missing (install the plugins)"
-                ))
-            })
-        };
+    fn build(&self, fixed: Option<(usize, usize)>) -> Result<(gst::Pipeline, gst_app::AppSink)> {
         let pipeline = gst::Pipeline::new();
+        // scale before converting: cheaper on the smaller frame, and memory per frame is bounded
+        let scale = make("videoscale")?;
         let convert = make("videoconvert")?;
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .build();
+        let caps = output_caps(self.spec.max_size, fixed);
         let sink = gst_app::AppSink::builder()
             .caps(&caps)
             .max_buffers(2)
@@ -232,12 +253,11 @@ impl SourceCtx {
             .sync(false)
             .build();
         pipeline
-            .add_many([&convert, sink.upcast_ref()])
+            .add_many([&scale, &convert, sink.upcast_ref()])
             .map_err(|e| Error::Pipeline(e.to_string()))?;
-        convert
-            .link(&sink)
+        gst::Element::link_many([&scale, &convert, sink.upcast_ref()])
             .map_err(|e| Error::Pipeline(e.to_string()))?;
-        match &self.kind {
+        match &self.spec.kind {
             SourceKind::Test {
                 pattern,
                 width,
@@ -263,7 +283,7 @@ impl SourceCtx {
                 pipeline
                     .add_many([&src, &filter])
                     .map_err(|e| Error::Pipeline(e.to_string()))?;
-                gst::Element::link_many([&src, &filter, &convert])
+                gst::Element::link_many([&src, &filter, &scale])
                     .map_err(|e| Error::Pipeline(e.to_string()))?;
             }
             kind => {
@@ -280,29 +300,35 @@ impl SourceCtx {
                 };
                 let decode = make("uridecodebin")?;
                 decode.set_property("uri", &uri);
-                let rtsp = self.rtsp.clone();
+                let rtsp = self.spec.rtsp.clone();
+                let creds = self.spec.credentials.clone();
                 decode.connect("source-setup", false, move |args| {
                     if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
-                        if src.has_property("latency") && src.has_property("protocols") {
-                            src.set_property("latency", rtsp.latency_ms);
-                            if rtsp.tcp {
-                                src.set_property_from_str("protocols", "tcp");
-                            }
-                        }
+                        configure_network_source(&src, &rtsp, creds.as_ref());
                     }
                     None
                 });
-                let convert_weak = convert.downgrade();
+                let scale_weak = scale.downgrade();
+                let oversize = self.oversize.clone();
                 decode.connect_pad_added(move |_, pad| {
-                    let Some(convert) = convert_weak.upgrade() else {
+                    let Some(scale) = scale_weak.upgrade() else {
                         return;
                     };
-                    let is_video = pad
-                        .current_caps()
-                        .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                        .unwrap_or(false);
-                    if let Some(sinkpad) = convert.static_pad("sink") {
-                        if is_video && !sinkpad.is_linked() {
+                    let caps = pad.current_caps();
+                    let Some(st) = caps.as_ref().and_then(|c| c.structure(0)) else {
+                        return;
+                    };
+                    if !st.name().starts_with("video/") {
+                        return;
+                    }
+                    if let Some(why) = absurd_size(st) {
+                        if let Ok(mut o) = oversize.lock() {
+                            o.get_or_insert(why);
+                        }
+                        return;
+                    }
+                    if let Some(sinkpad) = scale.static_pad("sink") {
+                        if !sinkpad.is_linked() {
                             let _ = pad.link(&sinkpad);
                         }
                     }
@@ -320,16 +346,20 @@ impl SourceCtx {
     }
 
     /// Pulls frames until EOS, an error or stop.
-    fn pump(&self, pipeline: &gst::Pipeline, sink: &gst_app::AppSink, index: &mut u64) -> Outcome {
+    fn pump(
+        &self,
+        pipeline: &gst::Pipeline,
+        sink: &gst_app::AppSink,
+        index: &mut u64,
+        timeline: &mut Timeline,
+    ) -> Outcome {
         let Some(bus) = pipeline.bus() else {
             return Outcome::Failed("pipeline has no bus".into());
         };
-        let live = self.kind.is_live();
+        let live = self.spec.kind.is_live();
         // a stream that neither sends frames nor ends (frozen camera, half-open connection)
-        let stall = match self.kind {
-            SourceKind::Rtsp(_) if self.rtsp.stall_timeout_ms > 0 => {
-                Some(Duration::from_millis(self.rtsp.stall_timeout_ms))
-            }
+        let stall = match self.spec.rtsp.stall_timeout_ms {
+            ms if ms > 0 && self.spec.kind.is_network() => Some(Duration::from_millis(ms)),
             _ => None,
         };
         let first = *index;
@@ -361,8 +391,11 @@ impl SourceCtx {
             if self.stop.load(Ordering::Relaxed) {
                 return Outcome::Stopped;
             }
-            if self.max_frames.is_some_and(|m| *index >= m) {
+            if self.spec.max_frames.is_some_and(|m| *index >= m) {
                 return Outcome::Done;
+            }
+            if let Some(why) = self.oversize.lock().ok().and_then(|mut o| o.take()) {
+                return Outcome::Failed(why);
             }
             while let Some(msg) = bus.pop_filtered(&[
                 gst::MessageType::Error,
@@ -408,7 +441,7 @@ impl SourceCtx {
                 continue;
             };
             last_frame_at = Instant::now();
-            let Some(frame) = self.to_frame(&sample, *index) else {
+            let Some(frame) = self.to_frame(&sample, *index, timeline) else {
                 continue;
             };
             if !queried_duration && !live {
@@ -468,7 +501,7 @@ impl SourceCtx {
         }
     }
 
-    fn to_frame(&self, sample: &gst::Sample, index: u64) -> Option<Frame> {
+    fn to_frame(&self, sample: &gst::Sample, index: u64, timeline: &mut Timeline) -> Option<Frame> {
         let caps = sample.caps()?;
         let info = gst_video::VideoInfo::from_caps(caps).ok()?;
         let buffer = sample.buffer()?;
@@ -484,18 +517,92 @@ impl SourceCtx {
             data.extend_from_slice(&map[y * stride..y * stride + row]);
         }
         let fps = info.fps();
+        let now = Instant::now();
+        let duration_ns = buffer.duration().map(|t| t.nseconds());
+        let stamp = timeline.map(
+            buffer.pts().map(|t| t.nseconds()),
+            duration_ns,
+            sender_clock(buffer),
+            (w, h),
+            now,
+        );
         Some(Frame {
-            source: self.id,
+            source: self.spec.id,
             index,
-            pts_ns: buffer.pts().map(|t| t.nseconds()),
-            duration_ns: buffer.duration().map(|t| t.nseconds()),
+            pts_ns: stamp.pts_ns,
+            duration_ns,
             width: w,
             height: h,
             fps: (fps.numer(), fps.denom()),
             data,
-            decoded_at: Instant::now(),
+            decoded_at: now,
+            ts: stamp.ts,
         })
     }
+}
+
+/// RGB frames no larger than `max` (aspect kept, square pixels), or exactly `fixed` (letterboxed) once
+/// the first session of a source set the outputs' size.
+fn output_caps(max: (u32, u32), fixed: Option<(usize, usize)>) -> gst::Caps {
+    let b = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+    match fixed {
+        Some((w, h)) => b.field("width", w as i32).field("height", h as i32),
+        None => b
+            .field("width", gst::IntRange::new(16, max.0 as i32))
+            .field("height", gst::IntRange::new(16, max.1 as i32)),
+    }
+    .build()
+}
+
+/// A decoded size no real stream has: refused before a frame of it is allocated.
+fn absurd_size(s: &gst::StructureRef) -> Option<String> {
+    let w = s.get::<i32>("width").ok()?;
+    let h = s.get::<i32>("height").ok()?;
+    let limit = SourceConfig::MAX_SIDE as i32;
+    (w > limit || h > limit || w <= 0 || h <= 0).then(|| {
+        format!("the stream declares frames of {w}x{h} pixels, beyond {limit}x{limit}: refusing it")
+    })
+}
+
+/// rtspsrc / souphttpsrc settings: latency and transport for RTSP; credentials for either.
+fn configure_network_source(
+    src: &gst::Element,
+    rtsp: &RtspInputConfig,
+    creds: Option<&Credentials>,
+) {
+    if src.has_property("latency") && src.has_property("protocols") {
+        src.set_property("latency", rtsp.latency_ms);
+        if rtsp.tcp {
+            src.set_property_from_str("protocols", "tcp");
+        }
+        // the sender's NTP wall clock (from RTCP sender reports) on each buffer, for "ts"
+        if src.has_property("add-reference-timestamp-meta") {
+            src.set_property("add-reference-timestamp-meta", true);
+        }
+    }
+    if let Some(c) = creds {
+        if src.has_property("user-id") && src.has_property("user-pw") {
+            src.set_property("user-id", &c.user);
+            src.set_property("user-pw", &c.password);
+        }
+    }
+}
+
+/// The sender's wall clock for this buffer (NTP, from RTCP), when the stream carries it.
+fn sender_clock(buffer: &gst::BufferRef) -> Option<SystemTime> {
+    // seconds from 1900 (NTP) to 1970 (Unix)
+    const NTP_TO_UNIX_NS: u64 = 2_208_988_800 * 1_000_000_000;
+    buffer
+        .iter_meta::<gst::meta::ReferenceTimestampMeta>()
+        .find(|m| {
+            m.reference()
+                .structure(0)
+                .is_some_and(|s| s.name() == "timestamp/x-ntp")
+        })
+        .and_then(|m| m.timestamp().nseconds().checked_sub(NTP_TO_UNIX_NS))
+        .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
 }
 
 /// The codec named by a `missing-plugin` element message (decodebin posts one when no decoder fits).

@@ -4,36 +4,58 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+
+/// Per-stage timings in fixed-size histograms (microseconds, 3 significant digits, up to an hour):
+/// memory stays the same whether a run lasts a minute or a month.
 #[derive(Debug, Default, Clone)]
 pub struct StageStats {
-    samples: BTreeMap<&'static str, Vec<f64>>,
+    samples: BTreeMap<&'static str, Histogram<u64>>,
     order: Vec<&'static str>,
 }
+
+const MAX_US: u64 = 3_600_000_000;
 
 impl StageStats {
     pub fn record(&mut self, stage: &'static str, d: Duration) {
         if !self.samples.contains_key(stage) {
+            // bounds are constants that are valid, so creation cannot fail; skip the stage if it did
+            let Ok(h) = Histogram::new_with_bounds(1, MAX_US, 3) else {
+                return;
+            };
+            self.samples.insert(stage, h);
             self.order.push(stage);
         }
-        self.samples
-            .entry(stage)
-            .or_default()
-            .push(d.as_secs_f64() * 1e3);
+        if let Some(h) = self.samples.get_mut(stage) {
+            h.saturating_record((d.as_micros() as u64).clamp(1, MAX_US));
+        }
     }
 
     /// (p50, p99) in milliseconds.
     pub fn percentiles(&self, stage: &str) -> Option<(f64, f64)> {
-        let mut v = self.samples.get(stage)?.clone();
-        if v.is_empty() {
+        let h = self.samples.get(stage)?;
+        if h.is_empty() {
             return None;
         }
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Some((at(0.5), at(0.99)))
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        Some((ms(0.5), ms(0.99)))
+    }
+
+    /// Samples recorded for a stage.
+    pub fn count(&self, stage: &str) -> u64 {
+        self.samples.get(stage).map_or(0, |h| h.len())
     }
 
     pub fn stages(&self) -> &[&'static str] {
         &self.order
+    }
+
+    /// Bytes the histograms hold: fixed per stage, whatever the number of samples.
+    pub fn footprint_bytes(&self) -> usize {
+        self.samples
+            .values()
+            .map(|h| h.distinct_values() * std::mem::size_of::<u64>())
+            .sum()
     }
 }
 
@@ -120,5 +142,19 @@ mod tests {
         let (p50, p99) = s.percentiles("backbone").unwrap();
         assert!((p50 - 50.0).abs() <= 1.0 && (p99 - 99.0).abs() <= 1.0);
         assert!(s.percentiles("nothing").is_none());
+    }
+
+    #[test]
+    fn memory_does_not_grow_with_the_run() {
+        let mut s = StageStats::default();
+        s.record("latency", Duration::from_micros(10));
+        let before = s.footprint_bytes();
+        for i in 0..1_000_000u64 {
+            s.record("latency", Duration::from_micros(1 + i % 500_000));
+        }
+        assert_eq!(s.count("latency"), 1_000_001);
+        assert_eq!(s.footprint_bytes(), before);
+        let (p50, _) = s.percentiles("latency").unwrap();
+        assert!((p50 - 250.0).abs() < 2.0, "{p50}");
     }
 }

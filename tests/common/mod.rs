@@ -78,6 +78,7 @@ pub mod gst_util {
         pub frames: Vec<Vec<u8>>,
         pub width: usize,
         pub height: usize,
+        pub first_pts: Option<u64>,
         pub last_pts: Option<u64>,
     }
 
@@ -108,6 +109,7 @@ pub mod gst_util {
             frames: Vec::new(),
             width: 0,
             height: 0,
+            first_pts: None,
             last_pts: None,
         };
         let mut count = 0usize;
@@ -128,6 +130,9 @@ pub mod gst_util {
                     out.height = st.get::<i32>("height").unwrap() as usize;
                     let b = s.buffer().unwrap();
                     out.last_pts = b.pts().map(|p| p.nseconds()).or(out.last_pts);
+                    if out.first_pts.is_none() {
+                        out.first_pts = out.last_pts;
+                    }
                     if keep {
                         let m = b.map_readable().unwrap();
                         out.frames
@@ -187,6 +192,28 @@ pub mod gst_util {
         let decode = gst::ElementFactory::make("decodebin").build().unwrap();
         let (p, s) = linked_pipeline(src, decode);
         pull_all(&p, &s, usize::MAX, Duration::from_secs(120), keep)
+    }
+
+    /// Receives up to `want` decoded frames from an rtsps:// URL, trusting only the certificates in
+    /// `ca` (PEM); the connection fails unless the server's certificate verifies against them.
+    pub fn rtsps_frames(
+        url: &str,
+        ca: &std::path::Path,
+        want: usize,
+        timeout: Duration,
+    ) -> Result<Decoded, String> {
+        use gstreamer_rtsp_server::gio;
+        gst::init().unwrap();
+        let db = gio::TlsFileDatabase::new(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        let src = gst::ElementFactory::make("rtspsrc")
+            .property("location", url)
+            .property("latency", 0u32)
+            .property("tls-database", db.upcast::<gio::TlsDatabase>())
+            .build()
+            .unwrap();
+        let decode = gst::ElementFactory::make("decodebin").build().unwrap();
+        let (p, s) = linked_pipeline(src, decode);
+        pull_all(&p, &s, want, timeout, true)
     }
 
     /// Receives up to `want` decoded frames from an RTSP URL.
