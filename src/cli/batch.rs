@@ -20,6 +20,11 @@ pub struct Args {
     /// Replace outputs that already exist (inputs are never replaced).
     #[arg(long)]
     pub overwrite: bool,
+    /// Process only shard K of N (K from 0): files are assigned by a stable hash of their path below
+    /// the input folder, so N machines (Kubernetes indexed jobs, Slurm arrays) given the same input
+    /// cover every file exactly once.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(u64, u64)>,
     /// Only write JSON Lines (no annotated videos).
     #[arg(long)]
     pub json_only: bool,
@@ -101,8 +106,37 @@ pub fn output_paths(file: &Path, base: &Path, out_dir: &Path) -> (PathBuf, PathB
     (with(".jsonl"), with(ANNOTATED_SUFFIX))
 }
 
+fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{text:?}: expected K/N with 0 <= K < N, e.g. 0/4");
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u64, u64) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if n == 0 || k >= n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+/// The shard a file belongs to: sha256 of its path below the input folder (stable across machines,
+/// runs and Rust versions, unlike std's hasher), modulo N.
+pub fn shard_of(file: &Path, base: &Path, n: u64) -> u64 {
+    use sha2::Digest;
+    let rel = file.strip_prefix(base).unwrap_or(file);
+    let digest = sha2::Sha256::digest(rel.to_string_lossy().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) % n
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (files, base_dir) = list_inputs(&args.input)?;
+    let (mut files, base_dir) = list_inputs(&args.input)?;
+    if let Some((k, n)) = args.shard {
+        let all = files.len();
+        files.retain(|f| shard_of(f, &base_dir, n) == k);
+        eprintln!("batch: shard {k}/{n}: {} of {all} files", files.len());
+        if files.is_empty() {
+            return Ok(());
+        }
+    }
     let mut base = match &args.pipeline {
         Some(p) => PipelineConfig::load(p)?,
         None => PipelineConfig {
@@ -237,5 +271,39 @@ mod tests {
         assert!(a != b && a != c && b != c);
         assert_eq!(base_dir("v/cam*/x.mp4"), Path::new("v"));
         assert_eq!(base_dir("*.mp4"), Path::new(""));
+    }
+
+    #[test]
+    fn shards_cover_every_file_once() {
+        let base = Path::new("/videos");
+        let files: Vec<PathBuf> = (0..200)
+            .map(|i| base.join(format!("cam{}/clip{i}.mp4", i % 7)))
+            .collect();
+        for n in [1, 2, 3, 8] {
+            let mut seen = vec![0u32; files.len()];
+            let mut sizes = Vec::new();
+            for k in 0..n {
+                let mine: Vec<usize> = (0..files.len())
+                    .filter(|&i| shard_of(&files[i], base, n) == k)
+                    .collect();
+                sizes.push(mine.len());
+                for i in mine {
+                    seen[i] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "n={n}");
+            // a hash, not a round-robin: still no shard is left nearly empty
+            assert!(
+                sizes.iter().all(|&s| s >= 200 / n as usize / 2),
+                "n={n}: {sizes:?}"
+            );
+        }
+        // the same file lands in the same shard wherever the folder is mounted
+        assert_eq!(
+            shard_of(Path::new("/a/cam1/x.mp4"), Path::new("/a"), 5),
+            shard_of(Path::new("/mnt/b/cam1/x.mp4"), Path::new("/mnt/b"), 5)
+        );
+        assert!(parse_shard("3/3").is_err() && parse_shard("1/0").is_err());
+        assert_eq!(parse_shard("2/4"), Ok((2, 4)));
     }
 }
