@@ -39,7 +39,7 @@ struct Running {
 
 impl Camera {
     fn start() -> Self {
-        let running = Self::serve(0);
+        let running = Self::serve(0, (320, 240));
         let port = running.server.bound_port() as u16;
         Camera {
             port,
@@ -47,17 +47,18 @@ impl Camera {
         }
     }
 
-    fn serve(port: u16) -> Running {
+    fn serve(port: u16, (width, height): (u32, u32)) -> Running {
         gst::init().unwrap();
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service(&port.to_string());
         let factory = rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(
-            "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 \
+        factory.set_launch(&format!(
+            "( videotestsrc is-live=true pattern=ball \
+             ! video/x-raw,width={width},height={height},framerate=15/1 \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 \
-             ! rtph264pay name=pay0 pt=96 config-interval=1 )",
-        );
+             ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        ));
         factory.set_shared(false);
         server.mount_points().unwrap().add_factory("/cam", factory);
         let ctx = gst::glib::MainContext::new();
@@ -97,8 +98,13 @@ impl Camera {
 
     /// The camera comes back on the same port.
     fn restart(&mut self) {
+        self.restart_at((320, 240));
+    }
+
+    /// The camera comes back on the same port, sending frames of another size.
+    fn restart_at(&mut self, size: (u32, u32)) {
         assert!(self.running.is_none());
-        let r = Self::serve(self.port);
+        let r = Self::serve(self.port, size);
         assert_eq!(r.server.bound_port() as u16, self.port);
         self.running = Some(r);
     }
@@ -1009,4 +1015,52 @@ fn a_server_that_accepts_but_never_answers_is_given_up_on() {
     assert!(err.contains("gave up after 2 reconnect attempts"), "{err}");
     assert_eq!(s.reconnects, 2);
     assert_eq!(held.lock().unwrap().len(), 3, "one connection per attempt");
+}
+
+/// A camera that comes back at another resolution: the outputs keep the size they started with (the
+/// new frames are scaled and letterboxed), so the recording never gets mismatched frames.
+#[test]
+fn a_camera_back_at_another_size_keeps_the_outputs_size() {
+    let mut camera = Camera::start();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("cam.jsonl");
+    let video = dir.path().join("cam.mp4");
+    let mut cfg = camera_config(&camera.url(), &jsonl);
+    cfg.output.video = Some(video.display().to_string());
+    cfg.rtsp_input.reconnect_attempts = 20;
+    cfg.rtsp_input.reconnect_interval_ms = 250;
+    cfg.rtsp_input.stall_timeout_ms = 3000;
+    let (stop, run) = spawn(cfg);
+    wait_lines(&jsonl, 3, Duration::from_secs(120), "before the drop", &run);
+    camera.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    camera.restart_at((640, 480));
+    let t0 = Instant::now();
+    while new_session_frames(&jsonl) < 3 {
+        assert!(!run.is_finished(), "the pipeline ended");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no frames after the camera came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let summary = run.join().unwrap().unwrap();
+    assert!(
+        summary.sources[0].error.is_none(),
+        "{:?}",
+        summary.sources[0].error
+    );
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let sizes: Vec<(u64, u64)> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["width"].as_u64().unwrap(), v["height"].as_u64().unwrap())
+        })
+        .collect();
+    assert!(sizes.iter().all(|&s| s == (320, 240)), "{sizes:?}");
+    let mp4 = common::gst_util::decode_file(&video, false).expect("the recording plays");
+    assert_eq!((mp4.width, mp4.height), (320, 240));
+    assert_eq!(mp4.frames.len(), sizes.len(), "MP4 frames vs JSON lines");
 }
