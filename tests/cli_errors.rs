@@ -78,7 +78,10 @@ fn detect_writes_parseable_json_lines() {
         assert_eq!(i.mask.size, [360, 640]);
         assert!(i.mask.decode().is_ok());
     }
-    assert!(dir.path().join("image.png").is_file(), "annotated PNG");
+    assert!(
+        dir.path().join("image.png.annotated.png").is_file(),
+        "annotated PNG"
+    );
 }
 
 #[test]
