@@ -312,17 +312,17 @@ fn batch_completes_good_files_among_bad_ones() {
         "{err}"
     );
     // the good file is complete
-    let good = jsonl_frames(&out_dir.join("good.jsonl"));
+    let good = jsonl_frames(&out_dir.join("good.mp4.jsonl"));
     assert_eq!(good, (0..20).collect::<Vec<u64>>());
-    assert_eq!(playable_frames(&out_dir.join("good.mp4")), 20);
+    assert_eq!(playable_frames(&out_dir.join("good.mp4.annotated.mp4")), 20);
     // the truncated one keeps what decoded, finalized
-    let part = jsonl_frames(&out_dir.join("truncated.jsonl"));
+    let part = jsonl_frames(&out_dir.join("truncated.mp4.jsonl"));
     assert!(!part.is_empty() && part.len() < 40, "{} frames", part.len());
-    let played = playable_frames(&out_dir.join("truncated.mp4"));
+    let played = playable_frames(&out_dir.join("truncated.mp4.annotated.mp4"));
     check_cut_output(
         "batch truncated.mp4",
         played,
-        &out_dir.join("truncated.jsonl"),
+        &out_dir.join("truncated.mp4.jsonl"),
     );
 }
 
