@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{maskstream, Bounded};
+use common::{jsonl_pts, line_count, maskstream, Bounded, Reap};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -119,18 +119,6 @@ fn jsonl_frames(path: &Path) -> Vec<u64> {
             let v: serde_json::Value = serde_json::from_str(l)
                 .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
             v["frame"].as_u64().expect("frame index")
-        })
-        .collect()
-}
-
-/// (frame, pts) of every line.
-fn jsonl_pts(path: &Path) -> Vec<(u64, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["frame"].as_u64().unwrap(), v["pts_ns"].as_u64().unwrap())
         })
         .collect()
 }
@@ -371,21 +359,6 @@ fn batch_missing_or_unreadable_inputs() {
         .bounded();
     let line = fails_naming(&out, &secret.display().to_string(), &["ermission denied"]);
     println!("unreadable file: {line}");
-}
-
-/// Kills the child on drop (a failed assertion never leaves a process behind).
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn line_count(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-        .unwrap_or(0)
 }
 
 /// Starts `maskstream run` on the demo with --output and --json; stderr is collected on a thread.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use maskstream::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
+use maskstream::model::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
 
 struct Set {
     features: Vec<ndarray::ArrayD<f32>>,

@@ -7,8 +7,12 @@
 
 use rayon::prelude::*;
 
-use crate::boxes::BoxF;
+use crate::engine::{Manifest, Pooler};
 use crate::error::{Error, Result};
+
+use super::backbone::Features;
+use super::boxes::BoxF;
+use super::device::Device;
 
 /// Pixels per block of the channels-last transpose in [`RoiAligner::prepare`].
 const TRANSPOSE_TILE: usize = 32;
@@ -61,6 +65,132 @@ pub fn map_level(
     let k = (canonical_level + (s / canonical_scale).log2() + 1e-6f32).floor();
     let k = k.clamp(k_min as f32, k_max as f32);
     (k as i32 - k_min) as usize
+}
+
+/// ROIAlign's output: [rois, channels, output_size, output_size].
+#[derive(Debug, Clone, Copy)]
+pub struct Pooled<'a> {
+    pub data: &'a [f32],
+    pub shape: [usize; 4],
+}
+
+impl Pooled<'_> {
+    pub fn rois(&self) -> usize {
+        self.shape[0]
+    }
+}
+
+/// torchvision's MultiScaleRoIAlign for one pooler of the manifest (box 7x7 or mask 14x14): the
+/// levels it reads with their inferred scales, the level mapper's range, the pooling parameters.
+#[derive(Debug)]
+pub struct MultiScaleRoiAlign<'a> {
+    /// Indices of the pooled levels among the backbone's.
+    levels: Vec<usize>,
+    maps: Vec<FeatureMap<'a>>,
+    k_min: i32,
+    k_max: i32,
+    canonical_scale: f32,
+    canonical_level: f32,
+    params: RoiAlignParams,
+    /// False where an earlier pooler of this batch already loaded the same levels onto the device.
+    load: bool,
+}
+
+impl<'a> MultiScaleRoiAlign<'a> {
+    /// Scales are inferred from the largest resized image of the batch (`image`, (h, w)), as
+    /// torchvision infers them from the padded batch's image sizes. `earlier`: a pooler of the same
+    /// batch that pools first; when it reads the same levels, this one reuses what it loaded.
+    pub fn new(
+        pooler: &Pooler,
+        m: &Manifest,
+        features: &Features<'a>,
+        image: (usize, usize),
+        earlier: Option<&MultiScaleRoiAlign<'a>>,
+    ) -> Result<Self> {
+        let graph = &m.graphs.backbone.file;
+        let mut levels = Vec::with_capacity(pooler.levels.len());
+        let mut maps = Vec::with_capacity(pooler.levels.len());
+        let mut ks = Vec::with_capacity(pooler.levels.len());
+        for name in &pooler.levels {
+            let index = m
+                .level_index(name)
+                .filter(|&i| i < features.levels.len())
+                .ok_or_else(|| Error::graph(graph, format!("no level {name}")))?;
+            let level = &features.levels[index];
+            levels.push(index);
+            let scale = infer_scale(level.height, image.0);
+            if infer_scale(level.width, image.1) != scale {
+                return Err(Error::graph(
+                    graph,
+                    format!(
+                        "level {name}: feature {}x{} gives different scales per axis",
+                        level.height, level.width
+                    ),
+                ));
+            }
+            ks.push(-scale.log2().round() as i32);
+            maps.push(FeatureMap {
+                data: level.features,
+                batch: features.batch,
+                channels: level.channels,
+                height: level.height,
+                width: level.width,
+                spatial_scale: scale,
+            });
+        }
+        Ok(MultiScaleRoiAlign {
+            load: earlier.is_none_or(|e| e.levels != levels),
+            levels,
+            maps,
+            k_min: ks.first().copied().unwrap_or(0),
+            k_max: ks.last().copied().unwrap_or(0),
+            canonical_scale: pooler.canonical_scale as f32,
+            canonical_level: pooler.canonical_level as f32,
+            params: RoiAlignParams {
+                output_size: pooler.output_size,
+                sampling_ratio: pooler.sampling_ratio,
+                aligned: pooler.aligned,
+            },
+        })
+    }
+
+    /// One ROI per box, image by image (`boxes[i]` are image i's, in resized-image pixels).
+    pub fn rois(&self, boxes: &[&[BoxF]]) -> Vec<Roi> {
+        let (k_min, k_max) = (self.k_min, self.k_max);
+        let (scale, level) = (self.canonical_scale, self.canonical_level);
+        boxes
+            .iter()
+            .enumerate()
+            .flat_map(|(batch, bs)| {
+                bs.iter().map(move |b| Roi {
+                    batch,
+                    level: map_level(b, k_min, k_max, scale, level),
+                    bbox: *b,
+                })
+            })
+            .collect()
+    }
+
+    /// Pools every box on `device` into `out` (resized as needed; its capacity is kept).
+    pub fn pool<'o>(
+        &self,
+        device: &mut dyn Device,
+        boxes: &[&[BoxF]],
+        out: &'o mut Vec<f32>,
+    ) -> Result<Pooled<'o>> {
+        let rois = self.rois(boxes);
+        let channels = self.maps.first().map_or(0, |l| l.channels);
+        let res = self.params.output_size;
+        out.resize(rois.len() * channels * res * res, 0.0);
+        if self.load {
+            device.load_features(&self.maps)?;
+        }
+        device.roi_align(&self.maps, &rois, &self.params, out)?;
+        Ok(Pooled {
+            data: out,
+            shape: [rois.len(), channels, res, res],
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -2,8 +2,12 @@
 //! per level top-n by objectness logit, decode against anchors, clip, drop tiny and low-score boxes,
 //! NMS per level, keep the best post_nms_top_n overall.
 
-use crate::boxes::{self, BoxF, Candidates};
 use crate::engine::Rpn as RpnConfig;
+
+use super::anchors::AnchorGenerator;
+use super::backbone::Features;
+use super::boxes::{self, BoxF, Candidates};
+use super::preprocess::Preprocessed;
 
 /// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW slices).
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +30,41 @@ pub struct Proposals {
 pub struct ProposalScratch {
     order: Vec<u32>,
     candidates: Candidates,
+}
+
+/// The region proposal network after its head: anchors, and the selection of proposals from them.
+#[derive(Debug)]
+pub struct RegionProposals {
+    anchors: AnchorGenerator,
+    scratch: ProposalScratch,
+}
+
+impl RegionProposals {
+    pub fn new(anchors: AnchorGenerator) -> Self {
+        RegionProposals {
+            anchors,
+            scratch: ProposalScratch::default(),
+        }
+    }
+
+    /// Proposals of every image of the batch, best first, in resized-image pixels: N of [P, 4].
+    pub fn forward(
+        &mut self,
+        features: &Features<'_>,
+        images: &Preprocessed<'_>,
+        cfg: &RpnConfig,
+    ) -> Vec<Proposals> {
+        let anchors = self.anchors.get(images.padded, &features.grids());
+        images
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let heads = features.rpn_heads(i);
+                propose(&heads, anchors, size.resized, cfg, &mut self.scratch)
+            })
+            .collect()
+    }
 }
 
 /// Selects proposals from the RPN head of one image. `anchors[l]` are the level's anchors in
