@@ -6,8 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use maskstream::output::RleRecord;
 use maskstream::model::paste::{self, PasteScratch};
+use maskstream::output::RleRecord;
 use maskstream::RgbFrame;
 
 fn cases() -> Vec<PathBuf> {
@@ -150,7 +150,8 @@ fn model_matches_torchvision() {
         // label, box IoU >= 0.99, at any of its scores, so a score just across 0.3 still matches)
         for d in result.detections.iter().filter(|d| d.score >= 0.3) {
             let found = (0..scores.len()).any(|i| {
-                labels[i] == d.class_id as i64 && common::iou(&boxes[i * 4..i * 4 + 4], &d.bbox) >= 0.99
+                labels[i] == d.class_id as i64
+                    && common::iou(&boxes[i * 4..i * 4 + 4], &d.bbox) >= 0.99
             });
             assert!(
                 found,

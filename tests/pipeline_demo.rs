@@ -6,7 +6,6 @@ mod common;
 
 use common::Bounded;
 
-
 use maskstream::eval::{self, GroundTruth};
 
 #[test]

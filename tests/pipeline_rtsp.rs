@@ -16,12 +16,7 @@ use maskstream::pipeline::{self, RunContext};
 const MAGENTA: [u8; 3] = [255, 0, 255];
 
 fn serving_config(creds_file: Option<std::path::PathBuf>) -> PipelineConfig {
-    let mut cfg = PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: common::root()
             .join("assets/shapes-demo.mp4")
@@ -137,12 +132,7 @@ fn reads_an_rtsp_camera_into_json_lines() {
     let camera = common::camera::Camera::demo_file();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
-    let mut cfg = PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: camera.url(),
         name: Some("cam".into()),

@@ -467,12 +467,7 @@ fn live_recording_keeps_every_inferred_frame_and_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("live.mp4");
     let json = dir.path().join("live.jsonl");
-    let mut cfg = maskstream::pipeline::config::PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![maskstream::pipeline::config::SourceConfig {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),

@@ -22,17 +22,8 @@ use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::stats::Summary;
 use maskstream::pipeline::{self, RunContext};
 
-fn cpu_config() -> PipelineConfig {
-    PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    }
-}
-
 fn camera_config(url: &str, jsonl: &Path) -> PipelineConfig {
-    let mut cfg = cpu_config();
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: url.to_string(),
         name: Some("cam".into()),
@@ -219,10 +210,7 @@ fn binary_exits_non_zero_when_the_camera_never_answers() {
         ),
     )
     .unwrap();
-    let out = common::maskstream()
-        .arg("run")
-        .arg(&toml)
-        .bounded();
+    let out = common::maskstream().arg("run").arg(&toml).bounded();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert_ne!(out.status.code(), Some(101), "panicked: {err}");
@@ -732,7 +720,7 @@ fn a_stalled_viewer_neither_grows_memory_nor_stalls_others() {
 fn a_live_source_drops_and_counts_frames_when_inference_lags() {
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("live.jsonl");
-    let mut cfg = cpu_config();
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),

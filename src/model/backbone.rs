@@ -119,7 +119,9 @@ impl Backbone {
         let (h, w) = images.padded;
         let n = images.sizes.len();
         if images.tensor.len() != n * 3 * h * w {
-            return Err(Error::Input("backbone: input does not match its shape".into()));
+            return Err(Error::Input(
+                "backbone: input does not match its shape".into(),
+            ));
         }
         self.graph.run(&self.input, [n, 3, h, w], images.tensor)
     }

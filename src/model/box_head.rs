@@ -7,7 +7,7 @@ use crate::engine::{Engine, Manifest, RoiHeads};
 use crate::error::Result;
 
 use super::boxes::{self, BoxF, Candidates};
-use super::graph::{self, Contract, Graph};
+use super::graph::{self, Head};
 use super::preprocess::Preprocessed;
 use super::roi_align::Pooled;
 use super::rpn::Proposals;
@@ -31,32 +31,23 @@ pub struct DetectionScratch {
 /// The box head graph and the buffers of its post-processing.
 #[derive(Debug)]
 pub struct BoxHead {
-    graph: Graph,
+    head: Head,
     scratch: DetectionScratch,
 }
 
 impl BoxHead {
     pub fn load(engine: &Engine, opts: &BackendOptions) -> Result<(Self, Provider)> {
         let g = &engine.manifest.graphs.box_head;
-        let contract = Contract {
-            inputs: &[&g.input],
-            outputs: &[&g.class_logits, &g.box_deltas],
-            with_channels: &[&g.input],
-            channels: engine.manifest.model.fpn_channels,
-        };
-        let (graph, provider) = Graph::open(&engine.dir, &g.file, "box_head", opts, &contract)?;
+        let outputs = [g.class_logits.as_str(), &g.box_deltas];
+        let (head, provider) = Head::open(engine, (&g.file, &g.input), &outputs, "box_head", opts)?;
         let scratch = DetectionScratch::default();
-        Ok((BoxHead { graph, scratch }, provider))
+        Ok((BoxHead { head, scratch }, provider))
     }
 
-    /// Runs the graph once at `n` ROIs of zeros (ONNX Runtime's arena then holds that much).
-    pub fn warm(&mut self, m: &Manifest, n: usize, buffer: &mut Vec<f32>) -> Result<()> {
+    /// Runs the graph at the most ROIs a frame brings (every proposal).
+    pub fn warm(&mut self, m: &Manifest, buffer: &mut Vec<f32>) -> Result<()> {
         let (c, s) = (m.model.fpn_channels, m.box_roi_pool.output_size);
-        buffer.clear();
-        buffer.resize(n * c * s * s, 0.0);
-        self.graph
-            .run(&m.graphs.box_head.input, [n, c, s, s], buffer)
-            .map(drop)
+        self.head.warm([m.rpn.post_nms_top_n, c, s, s], buffer)
     }
 
     /// Pooled proposals [ΣP, C, 7, 7] → class logits [ΣP, K] and deltas [ΣP, 4K] (timed as
@@ -74,11 +65,9 @@ impl BoxHead {
             // nothing to classify: the graph is not run on an empty batch
             return Ok(vec![Detections::default(); n]);
         }
-        let Self { graph, scratch } = self;
+        let Self { head, scratch } = self;
         let g = &m.graphs.box_head;
-        let outputs = times.time(Stage::BoxHead, || {
-            graph.run(&g.input, pooled.shape, pooled.data)
-        })?;
+        let outputs = times.time(Stage::BoxHead, || head.forward(pooled))?;
         times.time(Stage::Detections, || {
             let (r, k) = (pooled.rois() as i64, m.num_classes() as i64);
             let (_, logits) = graph::output(&outputs, &g.file, &g.class_logits, &[r, k])?;

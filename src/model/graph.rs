@@ -8,7 +8,10 @@ use ort::session::{Session, SessionOutputs};
 use ort::value::TensorRef;
 
 use crate::backend::{self, BackendOptions, Provider};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
+
+use super::roi_align::Pooled;
 
 /// A session and the file name it was opened from (for error messages).
 pub struct Graph {
@@ -28,6 +31,45 @@ pub struct Contract<'a> {
     pub outputs: &'a [&'a str],
     pub with_channels: &'a [&'a str],
     pub channels: usize,
+}
+
+/// A head graph (box or mask): pooled features [R, C, S, S] in, named outputs out.
+#[derive(Debug)]
+pub struct Head {
+    graph: Graph,
+    input: String,
+}
+
+impl Head {
+    pub fn open(
+        engine: &Engine,
+        (file, input): (&str, &str),
+        outputs: &[&str],
+        stage: &str,
+        opts: &BackendOptions,
+    ) -> Result<(Self, Provider)> {
+        let contract = Contract {
+            inputs: &[input],
+            outputs,
+            with_channels: &[input],
+            channels: engine.manifest.model.fpn_channels,
+        };
+        let (graph, provider) = Graph::open(&engine.dir, file, stage, opts, &contract)?;
+        let input = input.to_string();
+        Ok((Head { graph, input }, provider))
+    }
+
+    /// Runs once on `shape` zeros (in `buffer`, whose capacity is kept): ONNX Runtime's memory arena
+    /// then holds what that many ROIs need.
+    pub fn warm(&mut self, shape: [usize; 4], buffer: &mut Vec<f32>) -> Result<()> {
+        buffer.clear();
+        buffer.resize(shape.iter().product(), 0.0);
+        self.graph.run(&self.input, shape, buffer).map(drop)
+    }
+
+    pub fn forward(&mut self, pooled: &Pooled<'_>) -> Result<SessionOutputs<'_>> {
+        self.graph.run(&self.input, pooled.shape, pooled.data)
+    }
 }
 
 impl Graph {

@@ -7,7 +7,7 @@ use crate::engine::{Engine, Manifest};
 use crate::error::Result;
 
 use super::box_head::Detections;
-use super::graph::{self, Contract, Graph};
+use super::graph::{self, Head};
 use super::roi_align::Pooled;
 use super::rpn::sigmoid;
 
@@ -21,32 +21,30 @@ pub struct MaskProbs<'a> {
 /// The mask head graph and its output buffer.
 #[derive(Debug)]
 pub struct MaskHead {
-    graph: Graph,
+    head: Head,
     probs: Vec<f32>,
 }
 
 impl MaskHead {
     pub fn load(engine: &Engine, opts: &BackendOptions) -> Result<(Self, Provider)> {
         let g = &engine.manifest.graphs.mask_head;
-        let contract = Contract {
-            inputs: &[&g.input],
-            outputs: &[&g.mask_logits],
-            with_channels: &[&g.input],
-            channels: engine.manifest.model.fpn_channels,
-        };
-        let (graph, provider) = Graph::open(&engine.dir, &g.file, "mask_head", opts, &contract)?;
-        let probs = Vec::new();
-        Ok((MaskHead { graph, probs }, provider))
+        let outputs = [g.mask_logits.as_str()];
+        let (head, provider) =
+            Head::open(engine, (&g.file, &g.input), &outputs, "mask_head", opts)?;
+        Ok((
+            MaskHead {
+                head,
+                probs: Vec::new(),
+            },
+            provider,
+        ))
     }
 
-    /// Runs the graph once at `n` ROIs of zeros (ONNX Runtime's arena then holds that much).
-    pub fn warm(&mut self, m: &Manifest, n: usize, buffer: &mut Vec<f32>) -> Result<()> {
+    /// Runs the graph at the most ROIs a frame brings (every detection it may keep).
+    pub fn warm(&mut self, m: &Manifest, buffer: &mut Vec<f32>) -> Result<()> {
         let (c, s) = (m.model.fpn_channels, m.mask_roi_pool.output_size);
-        buffer.clear();
-        buffer.resize(n * c * s * s, 0.0);
-        self.graph
-            .run(&m.graphs.mask_head.input, [n, c, s, s], buffer)
-            .map(drop)
+        self.head
+            .warm([m.roi_heads.detections_per_img, c, s, s], buffer)
     }
 
     /// Pooled detections [ΣD, C, 14, 14] → logits [ΣD, K, 28, 28] → probabilities of each
@@ -61,7 +59,7 @@ impl MaskHead {
         self.probs.clear();
         if pooled.rois() > 0 {
             let g = &m.graphs.mask_head;
-            let outputs = self.graph.run(&g.input, pooled.shape, pooled.data)?;
+            let outputs = self.head.forward(pooled)?;
             let (k, r) = (m.num_classes(), resolution as i64);
             let expect = [pooled.rois() as i64, k as i64, r, r];
             let (_, logits) = graph::output(&outputs, &g.file, &g.mask_logits, &expect)?;

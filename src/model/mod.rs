@@ -114,10 +114,8 @@ impl MaskRcnn {
     /// instead of growing in steps whenever a frame brings more detections than any before.
     fn warm_heads(&mut self) -> Result<()> {
         let m = &self.engine.manifest;
-        self.box_head
-            .warm(m, m.rpn.post_nms_top_n, &mut self.pooled)?;
-        self.mask_head
-            .warm(m, m.roi_heads.detections_per_img, &mut self.pooled)?;
+        self.box_head.warm(m, &mut self.pooled)?;
+        self.mask_head.warm(m, &mut self.pooled)?;
         // `pooled` keeps its capacity: the first frames need that much again
         Ok(())
     }
@@ -167,17 +165,19 @@ impl MaskRcnn {
         let device = device.as_mut();
         let mut t = StageTimes::default();
 
-        let images = t.time(Stage::Preprocess, || preprocessor.batch(frames, &m.transform));
+        let images = t.time(Stage::Preprocess, || {
+            preprocessor.batch(frames, &m.transform)
+        });
         let outputs = t.time(Stage::Backbone, || backbone.forward(&images))?;
-        let features = t.time(Stage::Backbone, || Features::read(&outputs, m, frames.len()))?;
+        let features = t.time(Stage::Backbone, || {
+            Features::read(&outputs, m, frames.len())
+        })?;
         let proposals = t.time(Stage::Proposals, || rpn.forward(&features, &images, &m.rpn));
 
         let image = images.max_resized();
         let box_pool = MultiScaleRoiAlign::new(&m.box_roi_pool, m, &features, image, None)?;
         let boxes = boxes_of(proposals.iter().map(|p| &p.boxes));
-        let pooled_boxes = t.time(Stage::RoiAlignBox, || {
-            box_pool.pool(device, &boxes, pooled)
-        })?;
+        let pooled_boxes = t.time(Stage::RoiAlignBox, || box_pool.pool(device, &boxes, pooled))?;
         let detections = box_head.forward(&pooled_boxes, &proposals, &images, m, &mut t)?;
 
         let mask_pool =

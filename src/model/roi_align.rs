@@ -461,6 +461,35 @@ fn accumulate_generic(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
 mod tests {
     use super::*;
 
+    /// One image, one channel, at image resolution.
+    fn one_channel(data: &[f32], height: usize, width: usize) -> FeatureMap<'_> {
+        FeatureMap {
+            data,
+            batch: 1,
+            channels: 1,
+            height,
+            width,
+            spatial_scale: 1.0,
+        }
+    }
+
+    fn params(output_size: usize, sampling_ratio: i32, aligned: bool) -> RoiAlignParams {
+        RoiAlignParams {
+            output_size,
+            sampling_ratio,
+            aligned,
+        }
+    }
+
+    /// A ROI on the first image and level.
+    fn roi(bbox: BoxF) -> Roi {
+        Roi {
+            batch: 0,
+            level: 0,
+            bbox,
+        }
+    }
+
     fn ramp(h: usize, w: usize) -> Vec<f32> {
         (0..h * w)
             .map(|i| (i % w) as f32 + 10.0 * (i / w) as f32)
@@ -471,24 +500,9 @@ mod tests {
     fn linear_field_is_sampled_exactly() {
         // on f(y, x) = x + 10 y, bilinear sampling is exact: the bin mean is the value at its centre
         let data = ramp(16, 16);
-        let fm = FeatureMap {
-            data: &data,
-            batch: 1,
-            channels: 1,
-            height: 16,
-            width: 16,
-            spatial_scale: 1.0,
-        };
-        let p = RoiAlignParams {
-            output_size: 2,
-            sampling_ratio: 2,
-            aligned: true,
-        };
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [2.5, 4.5, 6.5, 8.5],
-        };
+        let fm = one_channel(&data, 16, 16);
+        let p = params(2, 2, true);
+        let roi = roi([2.5, 4.5, 6.5, 8.5]);
         let mut out = vec![0.0; 4];
         roi_align(&[fm], &[roi], &p, &mut out).unwrap();
         // aligned: roi starts at (2, 4), bins of 2x2 centred at x=3,5 and y=5,7
@@ -498,25 +512,10 @@ mod tests {
     #[test]
     fn outside_samples_count_but_contribute_zero() {
         let data = vec![1.0; 4 * 4];
-        let fm = FeatureMap {
-            data: &data,
-            batch: 1,
-            channels: 1,
-            height: 4,
-            width: 4,
-            spatial_scale: 1.0,
-        };
-        let p = RoiAlignParams {
-            output_size: 1,
-            sampling_ratio: 2,
-            aligned: false,
-        };
+        let fm = one_channel(&data, 4, 4);
+        let p = params(1, 2, false);
         // samples at x = 5.5 and 9.5 (beyond width + 1 is excluded only above width): x=5.5 > 4 -> 0
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [4.0, 0.0, 12.0, 4.0],
-        };
+        let roi = roi([4.0, 0.0, 12.0, 4.0]);
         let mut out = vec![0.0; 1];
         roi_align(&[fm], &[roi], &p, &mut out).unwrap();
         assert_eq!(out[0], 0.0);
@@ -571,30 +570,13 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors() {
         let data = vec![0.0; 4];
-        let fm = FeatureMap {
-            data: &data,
+        let fm = one_channel(&data, 2, 2);
+        let p = params(2, 2, false);
+        let second_image = Roi {
             batch: 1,
-            channels: 1,
-            height: 2,
-            width: 2,
-            spatial_scale: 1.0,
+            ..roi([0.0; 4])
         };
-        let p = RoiAlignParams {
-            output_size: 2,
-            sampling_ratio: 2,
-            aligned: false,
-        };
-        let roi = Roi {
-            batch: 1,
-            level: 0,
-            bbox: [0.0; 4],
-        };
-        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 4]).is_err());
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [0.0; 4],
-        };
-        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 3]).is_err());
+        assert!(roi_align(&[fm], &[second_image], &p, &mut [0.0; 4]).is_err());
+        assert!(roi_align(&[fm], &[roi([0.0; 4])], &p, &mut [0.0; 3]).is_err());
     }
 }

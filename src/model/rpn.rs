@@ -138,6 +138,25 @@ mod tests {
         }
     }
 
+    /// One level, a 1 x n grid, one anchor per location; zero deltas return the anchors.
+    fn propose_one_row(anchors: &[Vec<BoxF>], objectness: &[f32]) -> Proposals {
+        let deltas = vec![0.0; 4 * objectness.len()];
+        let head = LevelHead {
+            objectness,
+            deltas: &deltas,
+            height: 1,
+            width: objectness.len(),
+            anchors_per_location: 1,
+        };
+        propose(
+            &[head],
+            anchors,
+            (100, 100),
+            &cfg(),
+            &mut ProposalScratch::default(),
+        )
+    }
+
     #[test]
     fn top_n_per_level_then_nms() {
         // one level, 1x3 grid, one anchor per location; zero deltas return the anchors
@@ -147,21 +166,7 @@ mod tests {
             [50.0, 0.0, 60.0, 10.0],
         ]];
         let obj = [0.5, 2.0, 1.0];
-        let deltas = [0.0; 12];
-        let head = LevelHead {
-            objectness: &obj,
-            deltas: &deltas,
-            height: 1,
-            width: 3,
-            anchors_per_location: 1,
-        };
-        let p = propose(
-            &[head],
-            &anchors,
-            (100, 100),
-            &cfg(),
-            &mut ProposalScratch::default(),
-        );
+        let p = propose_one_row(&anchors, &obj);
         // pre_nms_top_n = 2 keeps logits 2.0 and 1.0 only
         assert_eq!(
             p.boxes,
@@ -174,21 +179,7 @@ mod tests {
     fn boxes_are_clipped_and_tiny_ones_dropped() {
         let anchors = vec![vec![[-5.0, -5.0, 20.0, 20.0], [200.0, 200.0, 210.0, 210.0]]];
         let obj = [1.0, 1.0];
-        let deltas = [0.0; 8];
-        let head = LevelHead {
-            objectness: &obj,
-            deltas: &deltas,
-            height: 1,
-            width: 2,
-            anchors_per_location: 1,
-        };
-        let p = propose(
-            &[head],
-            &anchors,
-            (100, 100),
-            &cfg(),
-            &mut ProposalScratch::default(),
-        );
+        let p = propose_one_row(&anchors, &obj);
         // the second anchor clips to a zero-size box at the corner and is removed
         assert_eq!(p.boxes, vec![[0.0, 0.0, 20.0, 20.0]]);
     }

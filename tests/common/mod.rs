@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod camera;
+pub mod roi_align;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -98,6 +99,16 @@ pub fn mask_iou(a: &[u8], b: &[u8]) -> f64 {
         1.0
     } else {
         inter as f64 / union as f64
+    }
+}
+
+/// A pipeline of the bundled engine on the CPU backend with two threads, as CI runs it; no sources yet.
+pub fn cpu_pipeline() -> maskstream::pipeline::config::PipelineConfig {
+    maskstream::pipeline::config::PipelineConfig {
+        engine: engine_dir(),
+        backend: maskstream::BackendKind::Cpu,
+        threads: 2,
+        ..Default::default()
     }
 }
 
