@@ -143,15 +143,8 @@ fn preview_window_shows_masks_and_sigint_finalizes() {
 #[test]
 fn preview_without_a_display_is_a_clear_error() {
     use common::Bounded;
-    let out = common::maskstream()
-        .args([
-            "run",
-            "--backend",
-            "cpu",
-            "--input",
-            "assets/shapes-demo.mp4",
-            "--preview",
-        ])
+    let out = common::run_demo_on_cpu()
+        .arg("--preview")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
         .bounded();

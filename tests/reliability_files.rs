@@ -365,14 +365,7 @@ fn batch_missing_or_unreadable_inputs() {
 fn start_demo(dir: &Path) -> (Reap, PathBuf, PathBuf, std::thread::JoinHandle<String>) {
     let video = dir.join("run.mp4");
     let json = dir.join("run.jsonl");
-    let mut child = maskstream()
-        .args([
-            "run",
-            "--backend",
-            "cpu",
-            "--input",
-            "assets/shapes-demo.mp4",
-        ])
+    let mut child = common::run_demo_on_cpu()
         .arg("--output")
         .arg(&video)
         .arg("--json")

@@ -165,21 +165,26 @@ impl MaskRcnn {
         let device = device.as_mut();
         let mut t = StageTimes::default();
 
+        // frames → [N, 3, H, W]
         let images = t.time(Stage::Preprocess, || {
             preprocessor.batch(frames, &m.transform)
         });
+        // → per level: features [N, C, h, w], objectness [N, A, h, w], deltas [N, 4A, h, w]
         let outputs = t.time(Stage::Backbone, || backbone.forward(&images))?;
         let features = t.time(Stage::Backbone, || {
             Features::read(&outputs, m, frames.len())
         })?;
+        // → N × [P, 4] proposals
         let proposals = t.time(Stage::Proposals, || rpn.forward(&features, &images, &m.rpn));
 
+        // → [ΣP, C, 7, 7] → N × [D, 4] detections with scores and labels
         let image = images.max_resized();
         let box_pool = MultiScaleRoiAlign::new(&m.box_roi_pool, m, &features, image, None)?;
         let boxes = boxes_of(proposals.iter().map(|p| &p.boxes));
         let pooled_boxes = t.time(Stage::RoiAlignBox, || box_pool.pool(device, &boxes, pooled))?;
         let detections = box_head.forward(&pooled_boxes, &proposals, &images, m, &mut t)?;
 
+        // → [ΣD, C, 14, 14] → [ΣD, 28, 28] mask probabilities → N × instances in frame pixels
         let mask_pool =
             MultiScaleRoiAlign::new(&m.mask_roi_pool, m, &features, image, Some(&box_pool))?;
         let boxes = boxes_of(detections.iter().map(|d| &d.boxes));

@@ -199,6 +199,18 @@ struct Tap {
     w: [f32; 4],
 }
 
+/// The two neighbouring indices of a coordinate (>= 0) and the coordinate itself; at or past the last
+/// row/column both indices and the coordinate are held there, as torchvision's bilinear_interpolate.
+#[inline(always)]
+fn low_high(v: f32, size: usize) -> (usize, usize, f32) {
+    let low = v as usize;
+    if low >= size - 1 {
+        (size - 1, size - 1, (size - 1) as f32)
+    } else {
+        (low, low + 1, v)
+    }
+}
+
 /// torchvision's bilinear_interpolate pre-computation for one sample point.
 #[inline]
 fn tap(mut y: f32, mut x: f32, height: usize, width: usize) -> Tap {
@@ -211,24 +223,8 @@ fn tap(mut y: f32, mut x: f32, height: usize, width: usize) -> Tap {
     if x <= 0.0 {
         x = 0.0;
     }
-    let mut y_low = y as usize;
-    let mut x_low = x as usize;
-    let y_high;
-    let x_high;
-    if y_low >= height - 1 {
-        y_low = height - 1;
-        y_high = y_low;
-        y = y_low as f32;
-    } else {
-        y_high = y_low + 1;
-    }
-    if x_low >= width - 1 {
-        x_low = width - 1;
-        x_high = x_low;
-        x = x_low as f32;
-    } else {
-        x_high = x_low + 1;
-    }
+    let (y_low, y_high, y) = low_high(y, height);
+    let (x_low, x_high, x) = low_high(x, width);
     let ly = y - y_low as f32;
     let lx = x - x_low as f32;
     let hy = 1.0 - ly;

@@ -17,6 +17,19 @@ pub fn maskstream() -> std::process::Command {
     c
 }
 
+/// `maskstream run --backend cpu --input assets/shapes-demo.mp4`, outputs still to add.
+pub fn run_demo_on_cpu() -> std::process::Command {
+    let mut c = maskstream();
+    c.args([
+        "run",
+        "--backend",
+        "cpu",
+        "--input",
+        "assets/shapes-demo.mp4",
+    ]);
+    c
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
