@@ -1,5 +1,7 @@
-//! The multi-level ROIAlign plugin (CPU): torchvision's `roi_align` arithmetic exactly (aligned false/true,
-//! fixed or adaptive sampling ratio) with MultiScaleRoIAlign's log2 level assignment, parallel over ROIs.
+//! Multi-level ROIAlign. [`MultiScaleRoiAlign`] is torchvision's MultiScaleRoIAlign (scale inference,
+//! log2 level assignment) for one pooler of the manifest, pooling on a [`Device`]. [`RoiAligner`] is
+//! the CPU kernel behind the `Cpu` device: torchvision's `roi_align` arithmetic exactly (aligned
+//! false/true, fixed or adaptive sampling ratio), parallel over ROIs.
 //!
 //! Per ROI, the bilinear taps (4 offsets + 4 weights per sample) are computed once and reused for every
 //! channel, as torchvision's pre_calc does; features are read channels-last so the channel loop
