@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gstreamer as gst;
-use gstreamer_rtsp_server as rtsp_server;
-use gstreamer_rtsp_server::prelude::*;
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::{self, RunContext};
 

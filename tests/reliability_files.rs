@@ -9,7 +9,7 @@ use common::{jsonl_pts, line_count, maskstream, Bounded, Reap};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};

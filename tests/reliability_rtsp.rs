@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
-use gstreamer_rtsp_server as rtsp_server;
-use gstreamer_rtsp_server::prelude::*;
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::stats::Summary;
 use maskstream::pipeline::{self, RunContext};

@@ -6,7 +6,7 @@ use gstreamer_rtsp_server as rtsp_server;
 use gstreamer_rtsp_server::prelude::*;
 
 pub struct Camera {
-    port: u16,
+    pub port: u16,
     launch: String,
     shared: bool,
     running: Option<Running>,
