@@ -1,4 +1,4 @@
-//! The engine package: `manifest.toml` + three ONNX graphs (see shared/DESIGN.md, "Engine package").
+//! The engine package: `manifest.toml` + three ONNX graphs (docs/engine-format.md).
 //!
 //! Everything the runtime needs to know about a model comes from here; nothing model-specific is
 //! hard-coded elsewhere. Loading validates every field and each graph's sha256 before any frame runs.
@@ -207,6 +207,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// A failed manifest check: (field, why).
+type Check = std::result::Result<(), (String, String)>;
+
+fn bad(field: &str, why: impl Into<String>) -> Check {
+    Err((field.to_string(), why.into()))
+}
+
 impl Manifest {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let m: Manifest = toml::from_str(text).map_err(|e| Error::manifest(path, e.to_string()))?;
@@ -214,8 +221,18 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Every section's checks, in file order; the first failure names the field.
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |field: &str, why: String| Err(Error::manifest(path, format!("{field}: {why}")));
+        self.check_model()
+            .and_then(|()| self.check_transform())
+            .and_then(|()| self.check_anchors())
+            .and_then(|()| self.check_heads())
+            .and_then(|()| self.check_poolers())
+            .and_then(|()| self.check_graphs())
+            .map_err(|(field, why)| Error::manifest(path, format!("{field}: {why}")))
+    }
+
+    fn check_model(&self) -> Check {
         if self.format_version != FORMAT_VERSION {
             return bad(
                 "format_version",
@@ -229,16 +246,19 @@ impl Manifest {
         if m.classes.len() < 2 {
             return bad(
                 "model.classes",
-                "needs the background class and at least one object class".into(),
+                "needs the background class and at least one object class",
             );
         }
         if m.fpn_channels == 0 {
-            return bad("model.fpn_channels", "must be positive".into());
+            return bad("model.fpn_channels", "must be positive");
         }
-        let n = m.levels.len();
-        if n == 0 {
-            return bad("model.levels", "is empty".into());
+        if m.levels.is_empty() {
+            return bad("model.levels", "is empty");
         }
+        Ok(())
+    }
+
+    fn check_transform(&self) -> Check {
         let t = &self.transform;
         if t.min_size == 0 || t.max_size < t.min_size {
             return bad(
@@ -250,15 +270,19 @@ impl Manifest {
             );
         }
         if t.size_divisible == 0 {
-            return bad("transform.size_divisible", "must be positive".into());
+            return bad("transform.size_divisible", "must be positive");
         }
         if t.image_std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
-            return bad("transform.image_std", "values must be positive".into());
+            return bad("transform.image_std", "values must be positive");
         }
         if !(t.input_divisor > 0.0 && t.input_divisor.is_finite()) {
-            return bad("transform.input_divisor", "must be positive".into());
+            return bad("transform.input_divisor", "must be positive");
         }
-        let a = &self.anchors;
+        Ok(())
+    }
+
+    fn check_anchors(&self) -> Check {
+        let (a, n) = (&self.anchors, self.model.levels.len());
         if a.sizes.len() != n || a.aspect_ratios.len() != n {
             return bad(
                 "anchors",
@@ -270,27 +294,29 @@ impl Manifest {
             );
         }
         for (s, r) in a.sizes.iter().zip(&a.aspect_ratios) {
-            if s.len() * r.len() != m.num_anchors_per_location {
+            if s.len() * r.len() != self.model.num_anchors_per_location {
                 return bad(
                     "anchors",
                     format!(
                         "{} sizes x {} ratios per level != model.num_anchors_per_location {}",
                         s.len(),
                         r.len(),
-                        m.num_anchors_per_location
+                        self.model.num_anchors_per_location
                     ),
                 );
             }
             if s.iter().chain(r).any(|v| *v <= 0.0 || !v.is_finite()) {
-                return bad("anchors", "sizes and aspect ratios must be positive".into());
+                return bad("anchors", "sizes and aspect ratios must be positive");
             }
         }
+        Ok(())
+    }
+
+    /// The RPN and the ROI heads.
+    fn check_heads(&self) -> Check {
         let r = &self.rpn;
         if r.pre_nms_top_n == 0 || r.post_nms_top_n == 0 {
-            return bad(
-                "rpn",
-                "pre_nms_top_n and post_nms_top_n must be positive".into(),
-            );
+            return bad("rpn", "pre_nms_top_n and post_nms_top_n must be positive");
         }
         for (field, v) in [
             ("rpn.nms_thresh", r.nms_thresh),
@@ -305,28 +331,34 @@ impl Manifest {
             .chain(&self.roi_heads.box_coder_weights)
             .any(|w| *w <= 0.0)
         {
-            return bad("box_coder_weights", "must be positive".into());
+            return bad("box_coder_weights", "must be positive");
         }
         if self.roi_heads.detections_per_img == 0 {
-            return bad("roi_heads.detections_per_img", "must be positive".into());
+            return bad("roi_heads.detections_per_img", "must be positive");
         }
+        Ok(())
+    }
+
+    /// The two ROIAlign poolers and the mask size they feed.
+    fn check_poolers(&self) -> Check {
+        let levels = &self.model.levels;
         for (name, p) in [
             ("box_roi_pool", &self.box_roi_pool),
             ("mask_roi_pool", &self.mask_roi_pool),
         ] {
-            if p.levels.is_empty() || p.levels.iter().any(|l| !m.levels.contains(l)) {
+            if p.levels.is_empty() || p.levels.iter().any(|l| !levels.contains(l)) {
                 return bad(
                     &format!("{name}.levels"),
                     format!(
-                        "{:?} must be a non-empty subset of model.levels {:?}",
-                        p.levels, m.levels
+                        "{:?} must be a non-empty subset of model.levels {levels:?}",
+                        p.levels
                     ),
                 );
             }
             if p.output_size == 0 || p.sampling_ratio < 0 || p.canonical_scale == 0 {
                 return bad(
                     name,
-                    "output_size and canonical_scale must be positive, sampling_ratio >= 0".into(),
+                    "output_size and canonical_scale must be positive, sampling_ratio >= 0",
                 );
             }
         }
@@ -339,7 +371,11 @@ impl Manifest {
                 ),
             );
         }
-        let g = &self.graphs.backbone;
+        Ok(())
+    }
+
+    fn check_graphs(&self) -> Check {
+        let (g, n) = (&self.graphs.backbone, self.model.levels.len());
         for (field, list) in [
             ("features", &g.features),
             ("objectness", &g.objectness),
@@ -372,7 +408,7 @@ impl Manifest {
                 );
             }
             if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                return bad(&format!("{name}.sha256"), "must be 64 hex digits".into());
+                return bad(&format!("{name}.sha256"), "must be 64 hex digits");
             }
         }
         Ok(())

@@ -195,7 +195,7 @@ impl Compositor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paste::InstanceMask;
+    use crate::model::paste::InstanceMask;
 
     #[test]
     fn draws_mask_box_and_label() {

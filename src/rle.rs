@@ -2,7 +2,7 @@
 //! pycocotools reads (rleToString / rleFrString).
 
 use crate::error::{Error, Result};
-use crate::paste::InstanceMask;
+use crate::model::paste::InstanceMask;
 
 /// Run lengths of a mask, column-major, the first run counting zeros.
 pub fn encode_mask(m: &InstanceMask) -> Vec<u32> {

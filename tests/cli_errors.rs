@@ -123,29 +123,26 @@ fn missing_or_corrupt_graph() {
     fails_with(&out, &["box_head.onnx", "sha256"]);
 }
 
+fn detect_on_cpu(engine: &Path) -> Output {
+    maskstream(&[
+        "detect",
+        &image(),
+        "--backend",
+        "cpu",
+        "--engine",
+        engine.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn wrong_tensor_names_and_shapes() {
     let e = engine_copy();
     edit_manifest(e.path(), "input = \"box_features\"", "input = \"rois\"");
-    let out = maskstream(&[
-        "detect",
-        &image(),
-        "--backend",
-        "cpu",
-        "--engine",
-        e.path().to_str().unwrap(),
-    ]);
+    let out = detect_on_cpu(e.path());
     fails_with(&out, &["box_head.onnx", "no input named \"rois\""]);
     let e = engine_copy();
     edit_manifest(e.path(), "fpn_channels = 96", "fpn_channels = 64");
-    let out = maskstream(&[
-        "detect",
-        &image(),
-        "--backend",
-        "cpu",
-        "--engine",
-        e.path().to_str().unwrap(),
-    ]);
+    let out = detect_on_cpu(e.path());
     fails_with(&out, &["backbone.onnx", "shape"]);
 }
 

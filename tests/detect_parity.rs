@@ -1,12 +1,13 @@
 //! The whole model (ONNX graphs + our Rust stages) against torchvision eager on the fixtures:
-//! transformed sizes, proposals, detections, pasted masks.
+//! transformed sizes, proposals, detections both ways (theirs found in ours, ours in theirs), pasted
+//! masks.
 
 mod common;
 
 use std::path::PathBuf;
 
+use maskstream::model::paste::{self, PasteScratch};
 use maskstream::output::RleRecord;
-use maskstream::paste::{self, PasteScratch};
 use maskstream::RgbFrame;
 
 fn cases() -> Vec<PathBuf> {
@@ -144,6 +145,19 @@ fn model_matches_torchvision() {
             worst_box = worst_box.min(iou);
             worst_mask = worst_mask.min(miou);
             worst_score = worst_score.max(ds);
+        }
+        // and the other way: every detection of ours with score >= 0.3 is one of torchvision's (same
+        // label, box IoU >= 0.99, at any of its scores, so a score just across 0.3 still matches)
+        for d in result.detections.iter().filter(|d| d.score >= 0.3) {
+            let found = (0..scores.len()).any(|i| {
+                labels[i] == d.class_id as i64
+                    && common::iou(&boxes[i * 4..i * 4 + 4], &d.bbox) >= 0.99
+            });
+            assert!(
+                found,
+                "{name}: our detection (label {}, score {}, box {:?}) is not in torchvision's",
+                d.class_id, d.score, d.bbox
+            );
         }
         // counts agree above the low-score tail
         let ours = result.detections.iter().filter(|d| d.score >= 0.1).count();

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::roi_align::{max_abs_diff, Fixtures};
 use maskstream::gpu;
-use maskstream::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
 
 #[test]
 fn kernels_compile_with_nvrtc() {
@@ -34,74 +34,23 @@ fn kernels_compile_with_nvrtc() {
 }
 
 #[test]
-fn no_gpu_is_an_error_not_a_panic() {
-    if gpu::device_count() > 0 {
-        println!("skipped: a GPU is present");
-        return;
-    }
-    assert!(gpu::kernels::CudaKernels::new(0).is_err());
-}
-
-#[test]
 fn cuda_roi_align_matches_torchvision_fixtures() {
     if gpu::device_count() == 0 {
         println!("skipped: no CUDA device");
         return;
     }
     let k = gpu::kernels::CudaKernels::new(0).unwrap();
-    let d = common::fixtures().join("roi_align");
-    let cases = common::json(&d.join("cases.json"));
-    let img_h = cases["image_size"][0].as_u64().unwrap() as usize;
-    let feats: Vec<_> = (0..4)
-        .map(|i| common::npy_f32(&d.join(format!("feature_{i}.npy"))))
-        .collect();
-    let maps: Vec<FeatureMap<'_>> = feats
-        .iter()
-        .map(|f| {
-            let s = f.shape();
-            FeatureMap {
-                data: f.as_slice().unwrap(),
-                batch: s[0],
-                channels: s[1],
-                height: s[2],
-                width: s[3],
-                spatial_scale: roi_align::infer_scale(s[2], img_h),
-            }
-        })
-        .collect();
-    let rois_a = common::npy_f32(&d.join("rois.npy"));
-    let levels = common::npy_i64(&d.join("levels.npy"));
-    let r = rois_a.as_slice().unwrap();
+    let set = Fixtures::load();
+    let maps = set.maps();
     let mut worst = (0.0f32, 0.0f32);
-    for case in cases["cases"].as_array().unwrap() {
-        let p = RoiAlignParams {
-            output_size: case["output_size"].as_u64().unwrap() as usize,
-            sampling_ratio: case["sampling_ratio"].as_i64().unwrap() as i32,
-            aligned: case["aligned"].as_bool().unwrap(),
-        };
-        let fixed = case["level"].as_u64();
-        let rois: Vec<Roi> = (0..rois_a.shape()[0])
-            .map(|i| Roi {
-                batch: r[i * 5] as usize,
-                level: fixed.map_or(levels.as_slice().unwrap()[i] as usize, |l| l as usize),
-                bbox: [r[i * 5 + 1], r[i * 5 + 2], r[i * 5 + 3], r[i * 5 + 4]],
-            })
-            .collect();
-        let expected = common::npy_f32(&d.join(format!("{}.npy", case["name"].as_str().unwrap())));
-        let diff = |v: &[f32]| {
-            expected
-                .as_slice()
-                .unwrap()
-                .iter()
-                .zip(v)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max)
-        };
-        let f32_out = k.roi_align_host(&maps, &rois, &p, false).unwrap();
-        let f16_out = k.roi_align_host(&maps, &rois, &p, true).unwrap();
-        let (d32, d16) = (diff(&f32_out), diff(&f16_out));
-        assert!(d32 <= 1e-5, "{}: f32 max |delta| {d32}", case["name"]);
-        assert!(d16 <= 2e-2, "{}: f16 max |delta| {d16}", case["name"]);
+    for case in &set.cases {
+        let c = set.case(case);
+        let f32_out = k.roi_align_host(&maps, &c.rois, &c.params, false).unwrap();
+        let f16_out = k.roi_align_host(&maps, &c.rois, &c.params, true).unwrap();
+        let d32 = max_abs_diff(&c.expected, &f32_out);
+        let d16 = max_abs_diff(&c.expected, &f16_out);
+        assert!(d32 <= 1e-5, "{}: f32 max |delta| {d32}", c.name);
+        assert!(d16 <= 2e-2, "{}: f16 max |delta| {d16}", c.name);
         worst = (worst.0.max(d32), worst.1.max(d16));
     }
     println!(

@@ -6,8 +6,6 @@ mod common;
 
 use common::Bounded;
 
-use std::process::Command;
-
 use maskstream::eval::{self, GroundTruth};
 
 #[test]
@@ -16,8 +14,7 @@ fn demo_pipeline_end_to_end() {
     let video = dir.path().join("demo.mp4");
     let jsonl = dir.path().join("demo.jsonl");
     let root = common::root();
-    let out = Command::new(env!("CARGO_BIN_EXE_maskstream"))
-        .current_dir(&root)
+    let out = common::maskstream()
         .args(["run", "pipelines/demo.toml", "--output"])
         .arg(&video)
         .arg("--json")

@@ -1,4 +1,5 @@
-//! Two sources in one run, batched together, give the same JSON Lines as each run alone.
+//! Two sources in one run, batched together (the run reports model calls of 2 frames), give the same
+//! JSON Lines as each run alone.
 
 mod common;
 
@@ -7,12 +8,7 @@ use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::{self, RunContext};
 
 fn config(names: &[&str], out: &std::path::Path, batch: usize) -> PipelineConfig {
-    let mut cfg = PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = names
         .iter()
         .map(|n| SourceConfig {
@@ -61,6 +57,16 @@ fn two_sources_match_single_runs() {
     let dir = tempfile::tempdir().unwrap();
     let both = pipeline::run(&config(&["a", "b"], dir.path(), 2), RunContext::default()).unwrap();
     assert_eq!(both.frames, 80);
+    // frames of both streams went through the model together, not one after the other
+    let calls = both.stages.batch_calls();
+    let mixed = both.stages.cross_source_calls();
+    println!(
+        "two sources, max_batch 2: model calls by batch size {calls:?}, {mixed} across sources"
+    );
+    assert!(
+        mixed > 0,
+        "no model call batched frames of both sources: {calls:?}"
+    );
     let alone_dir = dir.path().join("alone");
     let alone = pipeline::run(&config(&["a"], &alone_dir, 1), RunContext::default()).unwrap();
     assert_eq!(alone.frames, 40);

@@ -3,29 +3,13 @@
 
 mod common;
 
+use common::Reap;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// Ends a child on drop: SIGTERM first, so that Xvfb removes its lock file and socket (a killed one
-/// leaves them, and free_display would run out of numbers over many runs), SIGKILL if it lingers.
-struct Reap(std::process::Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_display() -> u32 {
     (90..600)
@@ -78,7 +62,7 @@ fn preview_window_shows_masks_and_sigint_finalizes() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_maskstream"))
+    let child = common::maskstream()
         .args(["run"])
         .arg(&cfg)
         .env("DISPLAY", &display)
@@ -159,15 +143,8 @@ fn preview_window_shows_masks_and_sigint_finalizes() {
 #[test]
 fn preview_without_a_display_is_a_clear_error() {
     use common::Bounded;
-    let out = common::maskstream()
-        .args([
-            "run",
-            "--backend",
-            "cpu",
-            "--input",
-            "assets/shapes-demo.mp4",
-            "--preview",
-        ])
+    let out = common::run_demo_on_cpu()
+        .arg("--preview")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
         .bounded();

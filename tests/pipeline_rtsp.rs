@@ -7,21 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gstreamer as gst;
-use gstreamer_rtsp_server as rtsp_server;
-use gstreamer_rtsp_server::prelude::*;
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::{self, RunContext};
 
 const MAGENTA: [u8; 3] = [255, 0, 255];
 
 fn serving_config(creds_file: Option<std::path::PathBuf>) -> PipelineConfig {
-    let mut cfg = PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: common::root()
             .join("assets/shapes-demo.mp4")
@@ -133,67 +125,14 @@ fn basic_auth_refuses_wrong_credentials() {
     assert!(right.frames.len() >= 5);
 }
 
-/// An RTSP camera stand-in: serves the demo file on 127.0.0.1, any free port.
-struct Camera {
-    main_loop: gst::glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-    url: String,
-}
-
-impl Camera {
-    fn start() -> Self {
-        gst::init().unwrap();
-        let server = rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service("0");
-        let factory = rtsp_server::RTSPMediaFactory::new();
-        let file = common::root().join("assets/shapes-demo.mp4");
-        factory.set_launch(&format!(
-            "( filesrc location={} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )",
-            file.display()
-        ));
-        factory.set_shared(true);
-        server.mount_points().unwrap().add_factory("/cam", factory);
-        let ctx = gst::glib::MainContext::new();
-        server.attach(Some(&ctx)).unwrap();
-        let url = format!("rtsp://127.0.0.1:{}/cam", server.bound_port());
-        let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
-        let ml = main_loop.clone();
-        let thread = std::thread::spawn(move || {
-            let _keep = server;
-            let _g = ctx.acquire();
-            ml.run();
-        });
-        Camera {
-            main_loop,
-            thread: Some(thread),
-            url,
-        }
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        self.main_loop.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn reads_an_rtsp_camera_into_json_lines() {
-    let camera = Camera::start();
+    let camera = common::camera::Camera::demo_file();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
-    let mut cfg = PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
-        uri: camera.url.clone(),
+        uri: camera.url(),
         name: Some("cam".into()),
         max_frames: Some(200),
         ..SourceConfig::new("")

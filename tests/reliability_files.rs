@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{maskstream, Bounded};
+use common::{jsonl_pts, line_count, maskstream, Bounded, Reap};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -119,18 +119,6 @@ fn jsonl_frames(path: &Path) -> Vec<u64> {
             let v: serde_json::Value = serde_json::from_str(l)
                 .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
             v["frame"].as_u64().expect("frame index")
-        })
-        .collect()
-}
-
-/// (frame, pts) of every line.
-fn jsonl_pts(path: &Path) -> Vec<(u64, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["frame"].as_u64().unwrap(), v["pts_ns"].as_u64().unwrap())
         })
         .collect()
 }
@@ -373,33 +361,11 @@ fn batch_missing_or_unreadable_inputs() {
     println!("unreadable file: {line}");
 }
 
-/// Kills the child on drop (a failed assertion never leaves a process behind).
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn line_count(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-        .unwrap_or(0)
-}
-
 /// Starts `maskstream run` on the demo with --output and --json; stderr is collected on a thread.
 fn start_demo(dir: &Path) -> (Reap, PathBuf, PathBuf, std::thread::JoinHandle<String>) {
     let video = dir.join("run.mp4");
     let json = dir.join("run.jsonl");
-    let mut child = maskstream()
-        .args([
-            "run",
-            "--backend",
-            "cpu",
-            "--input",
-            "assets/shapes-demo.mp4",
-        ])
+    let mut child = common::run_demo_on_cpu()
         .arg("--output")
         .arg(&video)
         .arg("--json")
@@ -494,12 +460,7 @@ fn live_recording_keeps_every_inferred_frame_and_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("live.mp4");
     let json = dir.path().join("live.jsonl");
-    let mut cfg = maskstream::pipeline::config::PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    };
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![maskstream::pipeline::config::SourceConfig {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),

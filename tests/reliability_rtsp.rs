@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::Bounded;
+use common::camera::Camera;
+use common::{jsonl_pts, line_count, Bounded};
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,118 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
-use gstreamer_rtsp_server as rtsp_server;
-use gstreamer_rtsp_server::prelude::*;
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
 use maskstream::pipeline::stats::Summary;
 use maskstream::pipeline::{self, RunContext};
 
-/// An RTSP camera stand-in: a live H.264 test pattern (15 frames/s, endless, a media per viewer, as
-/// a camera has). Binds 127.0.0.1 port 0; can be stopped (every client connection closed, the port
-/// released) and started again on the port it got.
-struct Camera {
-    port: u16,
-    running: Option<Running>,
-}
-
-struct Running {
-    server: rtsp_server::RTSPServer,
-    ctx: gst::glib::MainContext,
-    source: gst::glib::SourceId,
-    main_loop: gst::glib::MainLoop,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Camera {
-    fn start() -> Self {
-        let running = Self::serve(0, (320, 240));
-        let port = running.server.bound_port() as u16;
-        Camera {
-            port,
-            running: Some(running),
-        }
-    }
-
-    fn serve(port: u16, (width, height): (u32, u32)) -> Running {
-        gst::init().unwrap();
-        let server = rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service(&port.to_string());
-        let factory = rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(&format!(
-            "( videotestsrc is-live=true pattern=ball \
-             ! video/x-raw,width={width},height={height},framerate=15/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 \
-             ! rtph264pay name=pay0 pt=96 config-interval=1 )"
-        ));
-        factory.set_shared(false);
-        server.mount_points().unwrap().add_factory("/cam", factory);
-        let ctx = gst::glib::MainContext::new();
-        let source = server.attach(Some(&ctx)).unwrap();
-        assert!(server.bound_port() > 0);
-        let main_loop = gst::glib::MainLoop::new(Some(&ctx), false);
-        let (ml, c) = (main_loop.clone(), ctx.clone());
-        let thread = std::thread::spawn(move || {
-            let _g = c.acquire().unwrap();
-            ml.run();
-        });
-        Running {
-            server,
-            ctx,
-            source,
-            main_loop,
-            thread,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}/cam", self.port)
-    }
-
-    /// The camera goes down: every client connection is closed and the port is released.
-    fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.server
-                .client_filter(Some(&mut |_, _| rtsp_server::RTSPFilterResult::Remove));
-            if let Some(s) = r.ctx.find_source_by_id(&r.source) {
-                s.destroy();
-            }
-            r.main_loop.quit();
-            let _ = r.thread.join();
-        }
-    }
-
-    /// The camera comes back on the same port.
-    fn restart(&mut self) {
-        self.restart_at((320, 240));
-    }
-
-    /// The camera comes back on the same port, sending frames of another size.
-    fn restart_at(&mut self, size: (u32, u32)) {
-        assert!(self.running.is_none());
-        let r = Self::serve(self.port, size);
-        assert_eq!(r.server.bound_port() as u16, self.port);
-        self.running = Some(r);
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn cpu_config() -> PipelineConfig {
-    PipelineConfig {
-        engine: common::engine_dir(),
-        backend: maskstream::BackendKind::Cpu,
-        threads: 2,
-        ..Default::default()
-    }
-}
-
 fn camera_config(url: &str, jsonl: &Path) -> PipelineConfig {
-    let mut cfg = cpu_config();
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: url.to_string(),
         name: Some("cam".into()),
@@ -149,12 +44,6 @@ fn spawn(cfg: PipelineConfig) -> (Arc<AtomicBool>, Run) {
     (stop, std::thread::spawn(move || pipeline::run(&cfg, ctx)))
 }
 
-fn line_count(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-        .unwrap_or(0)
-}
-
 /// Waits until the JSON Lines hold `n` lines; panics (naming `what`) after `limit`.
 fn wait_lines(path: &Path, n: usize, limit: Duration, what: &str, run: &Run) -> Duration {
     let t0 = Instant::now();
@@ -170,22 +59,10 @@ fn wait_lines(path: &Path, n: usize, limit: Duration, what: &str, run: &Run) -> 
     t0.elapsed()
 }
 
-fn jsonl_pts(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["pts_ns"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect()
-}
-
 /// JSON lines after the last gap of over a second in the timestamps (the camera was away: a new
 /// RTSP session continues the timeline after the time that passed); 0 while there is none.
 fn new_session_frames(path: &Path) -> usize {
-    let pts = jsonl_pts(path);
+    let pts: Vec<u64> = jsonl_pts(path).into_iter().map(|(_, pts)| pts).collect();
     pts.windows(2)
         .rposition(|w| w[1] < w[0] || w[1] - w[0] > 1_000_000_000)
         .map_or(0, |r| pts.len() - r - 1)
@@ -224,7 +101,7 @@ fn frame_indices(path: &Path) -> Vec<u64> {
 /// stream run across the drop on one timeline: pts strictly increasing, the MP4's duration equal to
 /// the wall-clock span of the frames, as many frames in the MP4 as in the JSON Lines.
 fn reconnects_when_the_camera_comes_back(tcp: bool) {
-    let mut camera = Camera::start();
+    let mut camera = Camera::live_pattern();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
     let video = dir.path().join("cam.mp4");
@@ -321,7 +198,7 @@ fn reconnects_when_the_camera_comes_back_tcp() {
 
 #[test]
 fn gives_up_after_the_configured_attempts() {
-    let mut camera = Camera::start();
+    let mut camera = Camera::live_pattern();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
     let mut cfg = camera_config(&camera.url(), &jsonl);
@@ -377,10 +254,7 @@ fn binary_exits_non_zero_when_the_camera_never_answers() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maskstream"))
-        .arg("run")
-        .arg(&toml)
-        .bounded();
+    let out = common::maskstream().arg("run").arg(&toml).bounded();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert_ne!(out.status.code(), Some(101), "panicked: {err}");
@@ -496,7 +370,7 @@ impl Drop for Relay {
 
 #[test]
 fn a_stalled_stream_is_detected_and_reconnected() {
-    let camera = Camera::start();
+    let camera = Camera::live_pattern();
     let relay = Relay::start(camera.port);
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
@@ -890,7 +764,7 @@ fn a_stalled_viewer_neither_grows_memory_nor_stalls_others() {
 fn a_live_source_drops_and_counts_frames_when_inference_lags() {
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("live.jsonl");
-    let mut cfg = cpu_config();
+    let mut cfg = common::cpu_pipeline();
     cfg.sources = vec![SourceConfig {
         uri: "test://ball?width=320&height=240&fps=60".into(),
         name: Some("live".into()),
@@ -1021,7 +895,7 @@ fn a_server_that_accepts_but_never_answers_is_given_up_on() {
 /// new frames are scaled and letterboxed), so the recording never gets mismatched frames.
 #[test]
 fn a_camera_back_at_another_size_keeps_the_outputs_size() {
-    let mut camera = Camera::start();
+    let mut camera = Camera::live_pattern();
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("cam.jsonl");
     let video = dir.path().join("cam.mp4");

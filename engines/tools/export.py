@@ -1,4 +1,4 @@
-"""Export a torchvision Mask R-CNN to a maskstream engine package (see shared/DESIGN.md).
+"""Export a torchvision Mask R-CNN to a maskstream engine package (docs/engine-format.md).
 
     # the bundled shapes model, from its training checkpoint
     export.py --model shapes --checkpoint engines/tools/work/shapes.pt --out engines/shapes

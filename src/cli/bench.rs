@@ -130,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model.detect_batch(chunk)?;
     }
     let timed = &views[(3 * batch).min(views.len() - 1)..];
-    let mut stage_sum = [Duration::ZERO; 9];
+    let mut stage_sum = StageTimes::default();
     // the compositor's drawing, timed apart (and left out of the model's time) on a copy of each frame
     let compositor = Compositor::new(OverlayStyle::default());
     let threshold = InferenceConfig::default().score_threshold;
@@ -142,9 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let r = model.detect_batch(chunk)?;
         model_time += t.elapsed();
         if let Some(first) = r.first() {
-            for (s, d) in stage_sum.iter_mut().zip(first.times.as_array()) {
-                *s += d;
-            }
+            stage_sum += first.times;
         }
         for (frame, dets) in chunk.iter().zip(&r) {
             canvas.clear();
@@ -172,10 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let model_secs = model_time.as_secs_f64();
     let model_fps = n as f64 / model_secs;
-    let stages: Vec<(String, f64)> = StageTimes::NAMES
+    let stages: Vec<(String, f64)> = stage_sum
         .iter()
-        .zip(stage_sum)
-        .chain([(&"overlay", overlay)])
+        .chain([("overlay", overlay)])
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() * 1e3 / n as f64))
         .collect();
     let (w, h) = (frames[0].0, frames[0].1);
@@ -255,7 +252,7 @@ pub struct RoiArgs {
 
 /// Times our multi-level ROIAlign on inputs written by engines/tools/compare.py; prints JSON.
 pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
-    use maskstream::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
+    use maskstream::model::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
     use ndarray::ArrayD;
 
     let read = |name: &str| -> anyhow::Result<ArrayD<f32>> {

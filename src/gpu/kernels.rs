@@ -10,7 +10,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::roi_align::{Roi, RoiAlignParams};
+use crate::model::roi_align::{Roi, RoiAlignParams};
 
 /// Virtual architecture of the PTX: every GPU NVRTC 13 supports JIT-compiles it.
 pub const ARCH: &str = "compute_75";
@@ -82,10 +82,10 @@ impl CudaKernels {
     }
 
     /// Multi-level ROIAlign of host features on the GPU (upload, one launch, download): the same
-    /// contract as [`crate::roi_align::roi_align`]. `half` runs the f16 kernel on f16-rounded features.
+    /// contract as [`crate::model::roi_align::roi_align`]. `half` runs the f16 kernel on f16-rounded features.
     pub fn roi_align_host(
         &self,
-        levels: &[crate::roi_align::FeatureMap<'_>],
+        levels: &[crate::model::roi_align::FeatureMap<'_>],
         rois: &[Roi],
         p: &RoiAlignParams,
         half: bool,

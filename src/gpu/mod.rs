@@ -1,7 +1,11 @@
-//! The NVIDIA path: CUDA kernels (multi-level ROIAlign f32/f16, preprocess, NV12 conversion, paste +
-//! composite) compiled once at run time with NVRTC, loaded through cudarc with dynamic loading — the same
-//! binary runs with and without NVIDIA drivers. Nothing here creates a CUDA context unless a driver and
-//! a device are present (creating one without a driver can panic inside cudarc).
+//! CUDA kernels (multi-level ROIAlign f32/f16, preprocess, NV12 conversion, paste + composite)
+//! compiled once at run time with NVRTC, loaded through cudarc with dynamic loading — the same binary
+//! runs with and without NVIDIA drivers. Nothing here creates a CUDA context unless a driver and a
+//! device are present (creating one without a driver can panic inside cudarc).
+//!
+//! NOT WIRED: nothing in the model or the pipeline calls these kernels yet; `tests/gpu.rs` tests them
+//! alone. They are meant to become a second [`crate::model::device::Device`] (ROIAlign and paste on
+//! the GPU, with features kept there); until then every backend runs ROIAlign and paste on the CPU.
 
 pub mod kernels;
 

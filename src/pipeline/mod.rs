@@ -295,9 +295,10 @@ pub fn run_with(
                 // decoded -> handed to every sink: queueing, batching, inference and compositing
                 stages.record("latency", decoded_at.elapsed());
                 let per = |d: Duration| d / batch.max(1) as u32;
-                for (name, d) in StageTimes::NAMES.iter().zip(times.as_array()) {
+                for (name, d) in times.iter() {
                     stages.record(name, per(d));
                 }
+                stages.record_batch(batch, sid);
                 frames += 1;
                 ctx.progress.frame_done(sid);
             }

@@ -12,6 +12,12 @@ use hdrhistogram::Histogram;
 pub struct StageStats {
     samples: BTreeMap<&'static str, Histogram<u64>>,
     order: Vec<&'static str>,
+    /// Batch size -> model calls of that size.
+    batch_calls: BTreeMap<usize, u64>,
+    /// Model calls whose frames came from more than one source.
+    cross_source_calls: u64,
+    /// The call whose frames are arriving: (frames still to come, its first frame's source, mixed).
+    open_batch: Option<(usize, usize, bool)>,
 }
 
 const MAX_US: u64 = 3_600_000_000;
@@ -56,6 +62,33 @@ impl StageStats {
             .values()
             .map(|h| h.distinct_values() * std::mem::size_of::<u64>())
             .sum()
+    }
+
+    /// Counts one frame of `source` inferred in a model call of `batch` frames. The frames of one call
+    /// arrive one after another (the inference thread sends them together, in order).
+    pub fn record_batch(&mut self, batch: usize, source: usize) {
+        let (left, first, mixed) = match self.open_batch.take() {
+            Some((left, first, mixed)) => (left, first, mixed || source != first),
+            None => {
+                *self.batch_calls.entry(batch).or_default() += 1;
+                (batch, source, false)
+            }
+        };
+        if left > 1 {
+            self.open_batch = Some((left - 1, first, mixed));
+        } else if mixed {
+            self.cross_source_calls += 1;
+        }
+    }
+
+    /// Batch size -> model calls of that size.
+    pub fn batch_calls(&self) -> &BTreeMap<usize, u64> {
+        &self.batch_calls
+    }
+
+    /// Model calls that batched frames of more than one source.
+    pub fn cross_source_calls(&self) -> u64 {
+        self.cross_source_calls
     }
 }
 
@@ -111,6 +144,16 @@ impl fmt::Display for Summary {
                 writeln!(f, "{s:<16} {p50:>9.2} {p99:>9.2}")?;
             }
         }
+        let calls = self.stages.batch_calls();
+        if calls.keys().any(|&b| b > 1) {
+            let sizes: Vec<String> = calls.iter().map(|(b, n)| format!("{n} of {b}")).collect();
+            writeln!(
+                f,
+                "model calls by frames per call: {} ({} across sources)",
+                sizes.join(", "),
+                self.stages.cross_source_calls()
+            )?;
+        }
         for s in &self.sources {
             write!(
                 f,
@@ -156,5 +199,16 @@ mod tests {
         assert_eq!(s.footprint_bytes(), before);
         let (p50, _) = s.percentiles("latency").unwrap();
         assert!((p50 - 250.0).abs() < 2.0, "{p50}");
+    }
+
+    #[test]
+    fn batch_calls_from_frames() {
+        let mut s = StageStats::default();
+        for (batch, source) in [(1, 0), (2, 0), (2, 0), (2, 1), (2, 0), (1, 1)] {
+            s.record_batch(batch, source);
+        }
+        let calls: Vec<(usize, u64)> = s.batch_calls().iter().map(|(&b, &n)| (b, n)).collect();
+        assert_eq!(calls, [(1, 2), (2, 2)]);
+        assert_eq!(s.cross_source_calls(), 1);
     }
 }

@@ -1,7 +1,12 @@
-//! Helpers shared by the integration tests: fixture paths and .npy reading.
+//! Helpers shared by the integration tests: the binary, fixture paths and .npy reading, JSON Lines
+//! outputs, child processes, an RTSP camera stand-in.
 #![allow(dead_code)]
 
+pub mod camera;
+pub mod roi_align;
+
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ndarray::ArrayD;
 
@@ -9,6 +14,19 @@ use ndarray::ArrayD;
 pub fn maskstream() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_maskstream"));
     c.current_dir(root());
+    c
+}
+
+/// `maskstream run --backend cpu --input assets/shapes-demo.mp4`, outputs still to add.
+pub fn run_demo_on_cpu() -> std::process::Command {
+    let mut c = maskstream();
+    c.args([
+        "run",
+        "--backend",
+        "cpu",
+        "--input",
+        "assets/shapes-demo.mp4",
+    ]);
     c
 }
 
@@ -37,8 +55,50 @@ pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Lines written so far (0 while the file does not exist).
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// (frame, pts_ns) of every line of a JSON Lines output.
+pub fn jsonl_pts(path: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
+            (v["frame"].as_u64().unwrap(), v["pts_ns"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Ends a child on drop, so a failed assertion never leaves a process behind: SIGTERM first (Xvfb
+/// then removes its lock file and socket; maskstream finalizes its outputs), SIGKILL if it lingers.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn iou(a: &[f32], b: &[f32]) -> f32 {
-    maskstream::boxes::iou(&[a[0], a[1], a[2], a[3]], &[b[0], b[1], b[2], b[3]])
+    maskstream::model::boxes::iou(&[a[0], a[1], a[2], a[3]], &[b[0], b[1], b[2], b[3]])
 }
 
 /// IoU of two row-major 0/1 bitmaps of equal size.
@@ -52,6 +112,16 @@ pub fn mask_iou(a: &[u8], b: &[u8]) -> f64 {
         1.0
     } else {
         inter as f64 / union as f64
+    }
+}
+
+/// A pipeline of the bundled engine on the CPU backend with two threads, as CI runs it; no sources yet.
+pub fn cpu_pipeline() -> maskstream::pipeline::config::PipelineConfig {
+    maskstream::pipeline::config::PipelineConfig {
+        engine: engine_dir(),
+        backend: maskstream::BackendKind::Cpu,
+        threads: 2,
+        ..Default::default()
     }
 }
 

@@ -69,62 +69,107 @@ pub fn resize_plane(
     }
 }
 
-/// The model input of one frame, and the sizes needed to map results back.
-#[derive(Debug, Clone)]
-pub struct Preprocessed {
+/// The sizes of one image, needed to clip boxes and map them back.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSize {
     /// (height, width) of the frame as given.
     pub original: (usize, usize),
     /// (height, width) after resize, before padding; boxes are clipped to it.
     pub resized: (usize, usize),
 }
 
-/// Reusable buffers for preprocessing: normalized planes before resize.
+/// A batch as the backbone takes it.
+#[derive(Debug)]
+pub struct Preprocessed<'a> {
+    /// [N, 3, H, W]: normalized, resized, zero-padded to (H, W) = `padded`.
+    pub tensor: &'a [f32],
+    /// (H, W): the largest resized image rounded up to `size_divisible`, as torchvision's batch_images.
+    pub padded: (usize, usize),
+    /// Per image, N of them.
+    pub sizes: Vec<ImageSize>,
+}
+
+impl Preprocessed<'_> {
+    /// Largest resized (height, width) of the batch: the image size MultiScaleRoIAlign infers
+    /// its scales from.
+    pub fn max_resized(&self) -> (usize, usize) {
+        let h = self.sizes.iter().map(|s| s.resized.0).max().unwrap_or(1);
+        let w = self.sizes.iter().map(|s| s.resized.1).max().unwrap_or(1);
+        (h, w)
+    }
+}
+
+/// Reusable buffers for preprocessing: normalized planes before resize, and the batch tensor.
 #[derive(Debug, Default)]
 pub struct Preprocessor {
     planes: Vec<f32>,
+    input: Vec<f32>,
 }
 
 impl Preprocessor {
-    /// Writes the normalized, resized image into `out` (3 planes of `pad_h x pad_w`, zero padding).
-    pub fn run(
-        &mut self,
-        frame: &RgbFrame<'_>,
-        t: &Transform,
-        pad: (usize, usize),
-        out: &mut [f32],
-    ) -> Preprocessed {
-        let (h, w) = (frame.height, frame.width);
-        let (rh, rw) = resized_size(h, w, t);
-        let plane = h * w;
-        self.planes.resize(3 * plane, 0.0);
-        // torchvision: image / 255, then (x - mean) / std, per channel, in f32.
-        for y in 0..h {
-            let row = frame.row(y);
-            for x in 0..w {
-                for c in 0..3 {
-                    let v = row[x * 3 + c] as f32 / t.input_divisor;
-                    self.planes[c * plane + y * w + x] = (v - t.image_mean[c]) / t.image_std[c];
-                }
+    /// Preprocesses `frames` into one batch, each padded to the largest.
+    pub fn batch(&mut self, frames: &[RgbFrame<'_>], t: &Transform) -> Preprocessed<'_> {
+        let div = t.size_divisible as usize;
+        let (mut ph, mut pw) = (0, 0);
+        for f in frames {
+            let (rh, rw) = resized_size(f.height, f.width, t);
+            ph = ph.max(padded(rh, div));
+            pw = pw.max(padded(rw, div));
+        }
+        let per_image = 3 * ph * pw;
+        self.input.resize(frames.len() * per_image, 0.0);
+        let sizes = frames
+            .iter()
+            .zip(self.input.chunks_exact_mut(per_image.max(1)))
+            .map(|(f, out)| image(f, t, (ph, pw), &mut self.planes, out))
+            .collect();
+        Preprocessed {
+            tensor: &self.input,
+            padded: (ph, pw),
+            sizes,
+        }
+    }
+}
+
+/// Writes one normalized, resized image into `out` (3 planes of `pad_h x pad_w`, zero padding).
+fn image(
+    frame: &RgbFrame<'_>,
+    t: &Transform,
+    pad: (usize, usize),
+    planes: &mut Vec<f32>,
+    out: &mut [f32],
+) -> ImageSize {
+    let (h, w) = (frame.height, frame.width);
+    let (rh, rw) = resized_size(h, w, t);
+    let plane = h * w;
+    planes.resize(3 * plane, 0.0);
+    // torchvision: image / 255, then (x - mean) / std, per channel, in f32.
+    for y in 0..h {
+        let row = frame.row(y);
+        for x in 0..w {
+            for c in 0..3 {
+                let v = row[x * 3 + c] as f32 / t.input_divisor;
+                planes[c * plane + y * w + x] = (v - t.image_mean[c]) / t.image_std[c];
             }
         }
-        let (ph, pw) = pad;
-        out[..3 * ph * pw].fill(0.0);
-        let rows = linear_taps(h, rh);
-        let cols = linear_taps(w, rw);
-        for c in 0..3 {
-            resize_plane(
-                &self.planes[c * plane..(c + 1) * plane],
-                w,
-                &rows,
-                &cols,
-                &mut out[c * ph * pw..(c + 1) * ph * pw],
-                pw,
-            );
-        }
-        Preprocessed {
-            original: (h, w),
-            resized: (rh, rw),
-        }
+    }
+    let (ph, pw) = pad;
+    out[..3 * ph * pw].fill(0.0);
+    let rows = linear_taps(h, rh);
+    let cols = linear_taps(w, rw);
+    for c in 0..3 {
+        resize_plane(
+            &planes[c * plane..(c + 1) * plane],
+            w,
+            &rows,
+            &cols,
+            &mut out[c * ph * pw..(c + 1) * ph * pw],
+            pw,
+        );
+    }
+    ImageSize {
+        original: (h, w),
+        resized: (rh, rw),
     }
 }
 

@@ -1,5 +1,7 @@
-//! The multi-level ROIAlign plugin (CPU): torchvision's `roi_align` arithmetic exactly (aligned false/true,
-//! fixed or adaptive sampling ratio) with MultiScaleRoIAlign's log2 level assignment, parallel over ROIs.
+//! Multi-level ROIAlign. [`MultiScaleRoiAlign`] is torchvision's MultiScaleRoIAlign (scale inference,
+//! log2 level assignment) for one pooler of the manifest, pooling on a [`Device`]. [`RoiAligner`] is
+//! the CPU kernel behind the `Cpu` device: torchvision's `roi_align` arithmetic exactly (aligned
+//! false/true, fixed or adaptive sampling ratio), parallel over ROIs.
 //!
 //! Per ROI, the bilinear taps (4 offsets + 4 weights per sample) are computed once and reused for every
 //! channel, as torchvision's pre_calc does; features are read channels-last so the channel loop
@@ -7,8 +9,12 @@
 
 use rayon::prelude::*;
 
-use crate::boxes::BoxF;
+use crate::engine::{Manifest, Pooler};
 use crate::error::{Error, Result};
+
+use super::backbone::Features;
+use super::boxes::BoxF;
+use super::device::Device;
 
 /// Pixels per block of the channels-last transpose in [`RoiAligner::prepare`].
 const TRANSPOSE_TILE: usize = 32;
@@ -63,10 +69,148 @@ pub fn map_level(
     (k as i32 - k_min) as usize
 }
 
+/// ROIAlign's output: [rois, channels, output_size, output_size].
+#[derive(Debug, Clone, Copy)]
+pub struct Pooled<'a> {
+    pub data: &'a [f32],
+    pub shape: [usize; 4],
+}
+
+impl Pooled<'_> {
+    pub fn rois(&self) -> usize {
+        self.shape[0]
+    }
+}
+
+/// torchvision's MultiScaleRoIAlign for one pooler of the manifest (box 7x7 or mask 14x14): the
+/// levels it reads with their inferred scales, the level mapper's range, the pooling parameters.
+#[derive(Debug)]
+pub struct MultiScaleRoiAlign<'a> {
+    /// Indices of the pooled levels among the backbone's.
+    levels: Vec<usize>,
+    maps: Vec<FeatureMap<'a>>,
+    k_min: i32,
+    k_max: i32,
+    canonical_scale: f32,
+    canonical_level: f32,
+    params: RoiAlignParams,
+    /// False where an earlier pooler of this batch already loaded the same levels onto the device.
+    load: bool,
+}
+
+impl<'a> MultiScaleRoiAlign<'a> {
+    /// Scales are inferred from the largest resized image of the batch (`image`, (h, w)), as
+    /// torchvision infers them from the padded batch's image sizes. `earlier`: a pooler of the same
+    /// batch that pools first; when it reads the same levels, this one reuses what it loaded.
+    pub fn new(
+        pooler: &Pooler,
+        m: &Manifest,
+        features: &Features<'a>,
+        image: (usize, usize),
+        earlier: Option<&MultiScaleRoiAlign<'a>>,
+    ) -> Result<Self> {
+        let graph = &m.graphs.backbone.file;
+        let mut levels = Vec::with_capacity(pooler.levels.len());
+        let mut maps = Vec::with_capacity(pooler.levels.len());
+        let mut ks = Vec::with_capacity(pooler.levels.len());
+        for name in &pooler.levels {
+            let index = m
+                .level_index(name)
+                .filter(|&i| i < features.levels.len())
+                .ok_or_else(|| Error::graph(graph, format!("no level {name}")))?;
+            let level = &features.levels[index];
+            levels.push(index);
+            let scale = infer_scale(level.height, image.0);
+            if infer_scale(level.width, image.1) != scale {
+                return Err(Error::graph(
+                    graph,
+                    format!(
+                        "level {name}: feature {}x{} gives different scales per axis",
+                        level.height, level.width
+                    ),
+                ));
+            }
+            ks.push(-scale.log2().round() as i32);
+            maps.push(FeatureMap {
+                data: level.features,
+                batch: features.batch,
+                channels: level.channels,
+                height: level.height,
+                width: level.width,
+                spatial_scale: scale,
+            });
+        }
+        Ok(MultiScaleRoiAlign {
+            load: earlier.is_none_or(|e| e.levels != levels),
+            levels,
+            maps,
+            k_min: ks.first().copied().unwrap_or(0),
+            k_max: ks.last().copied().unwrap_or(0),
+            canonical_scale: pooler.canonical_scale as f32,
+            canonical_level: pooler.canonical_level as f32,
+            params: RoiAlignParams {
+                output_size: pooler.output_size,
+                sampling_ratio: pooler.sampling_ratio,
+                aligned: pooler.aligned,
+            },
+        })
+    }
+
+    /// One ROI per box, image by image (`boxes[i]` are image i's, in resized-image pixels).
+    pub fn rois(&self, boxes: &[&[BoxF]]) -> Vec<Roi> {
+        let (k_min, k_max) = (self.k_min, self.k_max);
+        let (scale, level) = (self.canonical_scale, self.canonical_level);
+        boxes
+            .iter()
+            .enumerate()
+            .flat_map(|(batch, bs)| {
+                bs.iter().map(move |b| Roi {
+                    batch,
+                    level: map_level(b, k_min, k_max, scale, level),
+                    bbox: *b,
+                })
+            })
+            .collect()
+    }
+
+    /// Pools every box on `device` into `out` (resized as needed; its capacity is kept).
+    pub fn pool<'o>(
+        &self,
+        device: &mut dyn Device,
+        boxes: &[&[BoxF]],
+        out: &'o mut Vec<f32>,
+    ) -> Result<Pooled<'o>> {
+        let rois = self.rois(boxes);
+        let channels = self.maps.first().map_or(0, |l| l.channels);
+        let res = self.params.output_size;
+        out.resize(rois.len() * channels * res * res, 0.0);
+        if self.load {
+            device.load_features(&self.maps)?;
+        }
+        device.roi_align(&self.maps, &rois, &self.params, out)?;
+        Ok(Pooled {
+            data: out,
+            shape: [rois.len(), channels, res, res],
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Tap {
     pos: [u32; 4],
     w: [f32; 4],
+}
+
+/// The two neighbouring indices of a coordinate (>= 0) and the coordinate itself; at or past the last
+/// row/column both indices and the coordinate are held there, as torchvision's bilinear_interpolate.
+#[inline(always)]
+fn low_high(v: f32, size: usize) -> (usize, usize, f32) {
+    let low = v as usize;
+    if low >= size - 1 {
+        (size - 1, size - 1, (size - 1) as f32)
+    } else {
+        (low, low + 1, v)
+    }
 }
 
 /// torchvision's bilinear_interpolate pre-computation for one sample point.
@@ -81,24 +225,8 @@ fn tap(mut y: f32, mut x: f32, height: usize, width: usize) -> Tap {
     if x <= 0.0 {
         x = 0.0;
     }
-    let mut y_low = y as usize;
-    let mut x_low = x as usize;
-    let y_high;
-    let x_high;
-    if y_low >= height - 1 {
-        y_low = height - 1;
-        y_high = y_low;
-        y = y_low as f32;
-    } else {
-        y_high = y_low + 1;
-    }
-    if x_low >= width - 1 {
-        x_low = width - 1;
-        x_high = x_low;
-        x = x_low as f32;
-    } else {
-        x_high = x_low + 1;
-    }
+    let (y_low, y_high, y) = low_high(y, height);
+    let (x_low, x_high, x) = low_high(x, width);
     let ly = y - y_low as f32;
     let lx = x - x_low as f32;
     let hy = 1.0 - ly;
@@ -331,6 +459,35 @@ fn accumulate_generic(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
 mod tests {
     use super::*;
 
+    /// One image, one channel, at image resolution.
+    fn one_channel(data: &[f32], height: usize, width: usize) -> FeatureMap<'_> {
+        FeatureMap {
+            data,
+            batch: 1,
+            channels: 1,
+            height,
+            width,
+            spatial_scale: 1.0,
+        }
+    }
+
+    fn params(output_size: usize, sampling_ratio: i32, aligned: bool) -> RoiAlignParams {
+        RoiAlignParams {
+            output_size,
+            sampling_ratio,
+            aligned,
+        }
+    }
+
+    /// A ROI on the first image and level.
+    fn roi(bbox: BoxF) -> Roi {
+        Roi {
+            batch: 0,
+            level: 0,
+            bbox,
+        }
+    }
+
     fn ramp(h: usize, w: usize) -> Vec<f32> {
         (0..h * w)
             .map(|i| (i % w) as f32 + 10.0 * (i / w) as f32)
@@ -341,24 +498,9 @@ mod tests {
     fn linear_field_is_sampled_exactly() {
         // on f(y, x) = x + 10 y, bilinear sampling is exact: the bin mean is the value at its centre
         let data = ramp(16, 16);
-        let fm = FeatureMap {
-            data: &data,
-            batch: 1,
-            channels: 1,
-            height: 16,
-            width: 16,
-            spatial_scale: 1.0,
-        };
-        let p = RoiAlignParams {
-            output_size: 2,
-            sampling_ratio: 2,
-            aligned: true,
-        };
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [2.5, 4.5, 6.5, 8.5],
-        };
+        let fm = one_channel(&data, 16, 16);
+        let p = params(2, 2, true);
+        let roi = roi([2.5, 4.5, 6.5, 8.5]);
         let mut out = vec![0.0; 4];
         roi_align(&[fm], &[roi], &p, &mut out).unwrap();
         // aligned: roi starts at (2, 4), bins of 2x2 centred at x=3,5 and y=5,7
@@ -368,25 +510,10 @@ mod tests {
     #[test]
     fn outside_samples_count_but_contribute_zero() {
         let data = vec![1.0; 4 * 4];
-        let fm = FeatureMap {
-            data: &data,
-            batch: 1,
-            channels: 1,
-            height: 4,
-            width: 4,
-            spatial_scale: 1.0,
-        };
-        let p = RoiAlignParams {
-            output_size: 1,
-            sampling_ratio: 2,
-            aligned: false,
-        };
+        let fm = one_channel(&data, 4, 4);
+        let p = params(1, 2, false);
         // samples at x = 5.5 and 9.5 (beyond width + 1 is excluded only above width): x=5.5 > 4 -> 0
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [4.0, 0.0, 12.0, 4.0],
-        };
+        let roi = roi([4.0, 0.0, 12.0, 4.0]);
         let mut out = vec![0.0; 1];
         roi_align(&[fm], &[roi], &p, &mut out).unwrap();
         assert_eq!(out[0], 0.0);
@@ -441,30 +568,13 @@ mod tests {
     #[test]
     fn bad_shapes_are_errors() {
         let data = vec![0.0; 4];
-        let fm = FeatureMap {
-            data: &data,
+        let fm = one_channel(&data, 2, 2);
+        let p = params(2, 2, false);
+        let second_image = Roi {
             batch: 1,
-            channels: 1,
-            height: 2,
-            width: 2,
-            spatial_scale: 1.0,
+            ..roi([0.0; 4])
         };
-        let p = RoiAlignParams {
-            output_size: 2,
-            sampling_ratio: 2,
-            aligned: false,
-        };
-        let roi = Roi {
-            batch: 1,
-            level: 0,
-            bbox: [0.0; 4],
-        };
-        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 4]).is_err());
-        let roi = Roi {
-            batch: 0,
-            level: 0,
-            bbox: [0.0; 4],
-        };
-        assert!(roi_align(&[fm], &[roi], &p, &mut [0.0; 3]).is_err());
+        assert!(roi_align(&[fm], &[second_image], &p, &mut [0.0; 4]).is_err());
+        assert!(roi_align(&[fm], &[roi([0.0; 4])], &p, &mut [0.0; 3]).is_err());
     }
 }

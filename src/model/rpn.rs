@@ -2,8 +2,12 @@
 //! per level top-n by objectness logit, decode against anchors, clip, drop tiny and low-score boxes,
 //! NMS per level, keep the best post_nms_top_n overall.
 
-use crate::boxes::{self, BoxF, Candidates};
 use crate::engine::Rpn as RpnConfig;
+
+use super::anchors::AnchorGenerator;
+use super::backbone::Features;
+use super::boxes::{self, BoxF, Candidates};
+use super::preprocess::Preprocessed;
 
 /// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW slices).
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +30,41 @@ pub struct Proposals {
 pub struct ProposalScratch {
     order: Vec<u32>,
     candidates: Candidates,
+}
+
+/// The region proposal network after its head: anchors, and the selection of proposals from them.
+#[derive(Debug)]
+pub struct RegionProposals {
+    anchors: AnchorGenerator,
+    scratch: ProposalScratch,
+}
+
+impl RegionProposals {
+    pub fn new(anchors: AnchorGenerator) -> Self {
+        RegionProposals {
+            anchors,
+            scratch: ProposalScratch::default(),
+        }
+    }
+
+    /// Proposals of every image of the batch, best first, in resized-image pixels: N of [P, 4].
+    pub fn forward(
+        &mut self,
+        features: &Features<'_>,
+        images: &Preprocessed<'_>,
+        cfg: &RpnConfig,
+    ) -> Vec<Proposals> {
+        let anchors = self.anchors.get(images.padded, &features.grids());
+        images
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let heads = features.rpn_heads(i);
+                propose(&heads, anchors, size.resized, cfg, &mut self.scratch)
+            })
+            .collect()
+    }
 }
 
 /// Selects proposals from the RPN head of one image. `anchors[l]` are the level's anchors in
@@ -99,6 +138,25 @@ mod tests {
         }
     }
 
+    /// One level, a 1 x n grid, one anchor per location; zero deltas return the anchors.
+    fn propose_one_row(anchors: &[Vec<BoxF>], objectness: &[f32]) -> Proposals {
+        let deltas = vec![0.0; 4 * objectness.len()];
+        let head = LevelHead {
+            objectness,
+            deltas: &deltas,
+            height: 1,
+            width: objectness.len(),
+            anchors_per_location: 1,
+        };
+        propose(
+            &[head],
+            anchors,
+            (100, 100),
+            &cfg(),
+            &mut ProposalScratch::default(),
+        )
+    }
+
     #[test]
     fn top_n_per_level_then_nms() {
         // one level, 1x3 grid, one anchor per location; zero deltas return the anchors
@@ -108,21 +166,7 @@ mod tests {
             [50.0, 0.0, 60.0, 10.0],
         ]];
         let obj = [0.5, 2.0, 1.0];
-        let deltas = [0.0; 12];
-        let head = LevelHead {
-            objectness: &obj,
-            deltas: &deltas,
-            height: 1,
-            width: 3,
-            anchors_per_location: 1,
-        };
-        let p = propose(
-            &[head],
-            &anchors,
-            (100, 100),
-            &cfg(),
-            &mut ProposalScratch::default(),
-        );
+        let p = propose_one_row(&anchors, &obj);
         // pre_nms_top_n = 2 keeps logits 2.0 and 1.0 only
         assert_eq!(
             p.boxes,
@@ -135,21 +179,7 @@ mod tests {
     fn boxes_are_clipped_and_tiny_ones_dropped() {
         let anchors = vec![vec![[-5.0, -5.0, 20.0, 20.0], [200.0, 200.0, 210.0, 210.0]]];
         let obj = [1.0, 1.0];
-        let deltas = [0.0; 8];
-        let head = LevelHead {
-            objectness: &obj,
-            deltas: &deltas,
-            height: 1,
-            width: 2,
-            anchors_per_location: 1,
-        };
-        let p = propose(
-            &[head],
-            &anchors,
-            (100, 100),
-            &cfg(),
-            &mut ProposalScratch::default(),
-        );
+        let p = propose_one_row(&anchors, &obj);
         // the second anchor clips to a zero-size box at the corner and is removed
         assert_eq!(p.boxes, vec![[0.0, 0.0, 20.0, 20.0]]);
     }

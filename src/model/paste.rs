@@ -2,8 +2,65 @@
 //! one pixel, grow the box by (R+2)/R about its centre, truncate to integers, bilinear-resize the mask to
 //! the box size + 1 and threshold. Only the part inside the frame is computed.
 
-use crate::boxes::BoxF;
-use crate::preprocess::{linear_taps, resize_plane};
+use crate::engine::MaskSection;
+
+use super::box_head::Detections;
+use super::boxes::BoxF;
+use super::device::Device;
+use super::mask_head::MaskProbs;
+use super::preprocess::{linear_taps, resize_plane, Preprocessed};
+
+/// One instance found in a frame.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    /// Index into the engine's classes (0 is background, never reported).
+    pub class_id: usize,
+    pub score: f32,
+    /// [x1, y1, x2, y2] in frame pixels.
+    pub bbox: BoxF,
+    pub mask: InstanceMask,
+}
+
+/// The instances of one frame, best first.
+pub type Instances = Vec<Detection>;
+
+/// Maps every image's detections back to its frame and pastes their masks there (on `device`).
+pub fn instances(
+    device: &mut dyn Device,
+    detections: Vec<Detections>,
+    probs: &MaskProbs<'_>,
+    images: &Preprocessed<'_>,
+    mask: &MaskSection,
+) -> Vec<Instances> {
+    let plane = probs.resolution * probs.resolution;
+    let mut offset = 0;
+    detections
+        .into_iter()
+        .zip(&images.sizes)
+        .map(|(d, size)| {
+            let boxes: Vec<BoxF> = d
+                .boxes
+                .iter()
+                .map(|b| to_original(b, size.resized, size.original))
+                .collect();
+            let n = boxes.len();
+            let p = &probs.data[offset * plane..(offset + n) * plane];
+            offset += n;
+            let masks = device.paste(p, probs.resolution, &boxes, size.original, mask);
+            boxes
+                .into_iter()
+                .zip(masks)
+                .zip(d.scores.iter().zip(&d.labels))
+                .map(|((bbox, mask), (&score, &class_id))| Detection {
+                    class_id,
+                    score,
+                    bbox,
+                    mask,
+                })
+                .collect()
+        })
+        .collect()
+}
 
 /// A binary instance mask stored over its box: `data[y * width + x]` is 0 or 1 at frame pixel
 /// (x0 + x, y0 + y). Pixels outside the box are 0.

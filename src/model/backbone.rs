@@ -1,0 +1,128 @@
+//! Backbone: ResNet + FPN + the RPN head's convolutions, all inside `backbone.onnx`. Its outputs are
+//! read here into [`Features`]: per pyramid level the feature map and the RPN head's two maps.
+
+use ort::session::SessionOutputs;
+
+use crate::backend::{BackendOptions, Provider};
+use crate::engine::{Engine, Manifest};
+use crate::error::{Error, Result};
+
+use super::graph::{self, Contract, Graph};
+use super::preprocess::Preprocessed;
+use super::rpn::LevelHead;
+
+/// One pyramid level of a batch of N images.
+#[derive(Debug, Clone, Copy)]
+pub struct Level<'a> {
+    /// FPN output [N, C, h, w].
+    pub features: &'a [f32],
+    /// RPN objectness logits [N, A, h, w].
+    pub objectness: &'a [f32],
+    /// RPN box deltas [N, 4A, h, w].
+    pub deltas: &'a [f32],
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The backbone's output for a batch: levels in the manifest's `model.levels` order (P2..P6).
+#[derive(Debug)]
+pub struct Features<'a> {
+    pub batch: usize,
+    pub anchors_per_location: usize,
+    pub levels: Vec<Level<'a>>,
+}
+
+impl<'a> Features<'a> {
+    /// Reads and shape-checks every output named in the manifest.
+    pub fn read(outputs: &'a SessionOutputs<'_>, m: &Manifest, batch: usize) -> Result<Self> {
+        let g = &m.graphs.backbone;
+        let (n, c) = (batch as i64, m.model.fpn_channels as i64);
+        let a = m.model.num_anchors_per_location;
+        let mut levels = Vec::with_capacity(g.features.len());
+        for ((feature, obj), del) in g.features.iter().zip(&g.objectness).zip(&g.deltas) {
+            let (shape, features) = graph::output(outputs, &g.file, feature, &[n, c, -1, -1])?;
+            let (fh, fw) = (shape[2] as i64, shape[3] as i64);
+            let (_, objectness) = graph::output(outputs, &g.file, obj, &[n, a as i64, fh, fw])?;
+            let (_, deltas) = graph::output(outputs, &g.file, del, &[n, 4 * a as i64, fh, fw])?;
+            levels.push(Level {
+                features,
+                objectness,
+                deltas,
+                channels: shape[1],
+                height: shape[2],
+                width: shape[3],
+            });
+        }
+        Ok(Features {
+            batch,
+            anchors_per_location: a,
+            levels,
+        })
+    }
+
+    /// Feature grid (h, w) of every level: what the anchors depend on.
+    pub fn grids(&self) -> Vec<(usize, usize)> {
+        self.levels.iter().map(|l| (l.height, l.width)).collect()
+    }
+
+    /// The RPN head of image `i` on every level.
+    pub fn rpn_heads(&self, i: usize) -> Vec<LevelHead<'a>> {
+        let a = self.anchors_per_location;
+        self.levels
+            .iter()
+            .map(|l| {
+                let hw = l.height * l.width;
+                LevelHead {
+                    objectness: &l.objectness[i * a * hw..(i + 1) * a * hw],
+                    deltas: &l.deltas[i * 4 * a * hw..(i + 1) * 4 * a * hw],
+                    height: l.height,
+                    width: l.width,
+                    anchors_per_location: a,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The backbone graph.
+#[derive(Debug)]
+pub struct Backbone {
+    graph: Graph,
+    input: String,
+}
+
+impl Backbone {
+    pub fn load(engine: &Engine, opts: &BackendOptions) -> Result<(Self, Provider)> {
+        let g = &engine.manifest.graphs.backbone;
+        let outputs: Vec<&str> = g
+            .features
+            .iter()
+            .chain(&g.objectness)
+            .chain(&g.deltas)
+            .map(String::as_str)
+            .collect();
+        let features: Vec<&str> = g.features.iter().map(String::as_str).collect();
+        let contract = Contract {
+            inputs: &[&g.input],
+            outputs: &outputs,
+            with_channels: &features,
+            channels: engine.manifest.model.fpn_channels,
+        };
+        let (graph, provider) = Graph::open(&engine.dir, &g.file, "backbone", opts, &contract)?;
+        let input = g.input.clone();
+        Ok((Backbone { graph, input }, provider))
+    }
+
+    /// Runs the graph on a preprocessed batch [N, 3, H, W]; read the result with [`Features::read`].
+    pub fn forward(&mut self, images: &Preprocessed<'_>) -> Result<SessionOutputs<'_>> {
+        let (h, w) = images.padded;
+        let n = images.sizes.len();
+        if images.tensor.len() != n * 3 * h * w {
+            return Err(Error::Input(
+                "backbone: input does not match its shape".into(),
+            ));
+        }
+        self.graph.run(&self.input, [n, 3, h, w], images.tensor)
+    }
+}
