@@ -4,6 +4,7 @@
 //! → [`roi_align`] → box head (ONNX) + [`box_head`] → [`roi_align`] → mask head (ONNX) + [`mask_head`]
 //! → [`paste`] → [`overlay`] → sinks, with [`output`] as the JSON Lines schema.
 
+pub mod analytics;
 pub mod anchors;
 pub mod backend;
 pub mod box_head;

@@ -97,6 +97,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .display()
                 .to_string(),
         );
+        // events beside the JSON Lines when the pipeline file asks for them
+        cfg.output.events = base.output.events.as_ref().map(|_| {
+            args.out_dir
+                .join(format!("{stem}.events.jsonl"))
+                .display()
+                .to_string()
+        });
         cfg.output.rtsp = None;
         cfg.output.preview = false;
         let ctx = RunContext {

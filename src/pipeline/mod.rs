@@ -6,6 +6,7 @@ pub mod rtsp;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod tracking;
 mod witness;
 
 use std::collections::HashMap;
@@ -151,6 +152,9 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     // composite + sinks on this thread
     let compositor = Compositor::new(cfg.overlay.clone());
     let mut sinks: HashMap<usize, SourceSinks> = HashMap::new();
+    let run_id = tracking::run_id();
+    let mut trackers: HashMap<usize, tracking::SourceTracking> = HashMap::new();
+    let mut tracked_stats: HashMap<usize, crate::analytics::AnalyticsStats> = HashMap::new();
     let mut stages = StageStats::default();
     let mut frames = 0u64;
     let mut errors: HashMap<usize, String> = HashMap::new();
@@ -188,9 +192,24 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                             (expected > 0).then_some(expected),
                         );
                         let live = kinds[sid].is_live();
-                        match SourceSinks::open(cfg, &names[sid], &frame, live, mounts[sid].take())
-                        {
-                            Ok(s) => v.insert(s),
+                        let opened =
+                            SourceSinks::open(cfg, &names[sid], &frame, live, mounts[sid].take())
+                                .and_then(|s| {
+                                    tracking::SourceTracking::open(
+                                        cfg,
+                                        &names[sid],
+                                        &run_id,
+                                        &classes,
+                                    )
+                                    .map(|t| (s, t))
+                                });
+                        match opened {
+                            Ok((s, t)) => {
+                                if let Some(t) = t {
+                                    trackers.insert(sid, t);
+                                }
+                                v.insert(s)
+                            }
                             Err(e) => {
                                 sink_error = Some(e);
                                 ctx.stop.store(true, Ordering::Relaxed);
@@ -200,26 +219,61 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                     }
                 };
                 let t = Instant::now();
-                let kept: Vec<Detection> = detections
-                    .into_iter()
-                    .filter(|d| d.score >= cfg.inference.score_threshold)
-                    .collect();
-                let record =
-                    FrameRecord::new(&names[sid], frame.width, frame.height, &kept, &classes)
+                let threshold = cfg.inference.score_threshold;
+                let (kept, record, track_ids) = match trackers.get_mut(&sid) {
+                    // the tracker sees detections down to its low threshold; outputs keep the user's
+                    Some(tr) => {
+                        let pts = frame.pts_ns.unwrap_or(0);
+                        match tr.frame(detections, threshold, frame.index, pts) {
+                            Ok((tracked, took)) => {
+                                stages.record("track", took);
+                                let record = FrameRecord::new(
+                                    &names[sid],
+                                    frame.width,
+                                    frame.height,
+                                    &tracked.instances,
+                                    &classes,
+                                )
+                                .with_frame(frame.index, frame.pts_ns)
+                                .with_tracking(&tracked.track_ids, tracked.summary);
+                                (tracked.instances, record, tracked.track_ids)
+                            }
+                            Err(e) => {
+                                sink_error = Some(e);
+                                ctx.stop.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        let kept: Vec<Detection> = detections
+                            .into_iter()
+                            .filter(|d| d.score >= threshold)
+                            .collect();
+                        let record = FrameRecord::new(
+                            &names[sid],
+                            frame.width,
+                            frame.height,
+                            &kept,
+                            &classes,
+                        )
                         .with_frame(frame.index, frame.pts_ns);
+                        (kept, record, Vec::new())
+                    }
+                };
                 // JSON-only runs (analytics) never draw: no sink would show the pixels
                 if out.shows_pixels() {
                     let (w, h) = (frame.width, frame.height);
-                    compositor.draw(
-                        &mut Canvas {
-                            data: &mut frame.data,
-                            width: w,
-                            height: h,
-                            stride: w * 3,
-                        },
-                        &kept,
-                        &classes,
-                    );
+                    let mut canvas = Canvas {
+                        data: &mut frame.data,
+                        width: w,
+                        height: h,
+                        stride: w * 3,
+                    };
+                    compositor.draw_tracked(&mut canvas, &kept, &classes, &track_ids);
+                    if let Some(tr) = trackers.get(&sid) {
+                        crate::analytics::draw::draw(&mut canvas, &compositor, &tr.analytics);
+                    }
                 }
                 stages.record("composite", t.elapsed());
                 let t = Instant::now();
@@ -240,6 +294,16 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                 ctx.progress.frame_done(sid);
             }
             Work::End { source, error } => {
+                if let Some(t) = trackers.remove(&source) {
+                    match t.finish() {
+                        Ok(stats) => {
+                            tracked_stats.insert(source, stats);
+                        }
+                        Err(e) => {
+                            errors.entry(source).or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
                 if let Some(s) = sinks.remove(&source) {
                     if let Err(e) = s.finish() {
                         errors.entry(source).or_insert_with(|| e.to_string());
@@ -254,6 +318,16 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     }
     // finalize whatever is still open (stop requested, or a sink failed)
     drop(work_rx);
+    for (sid, t) in trackers.drain() {
+        match t.finish() {
+            Ok(stats) => {
+                tracked_stats.insert(sid, stats);
+            }
+            Err(e) => {
+                errors.entry(sid).or_insert_with(|| e.to_string());
+            }
+        }
+    }
     for (sid, s) in sinks.drain() {
         if let Err(e) = s.finish() {
             errors.entry(sid).or_insert_with(|| e.to_string());
@@ -274,6 +348,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
             dropped: h.stats.dropped.load(Ordering::Relaxed),
             reconnects: h.stats.reconnects.load(Ordering::Relaxed),
             error: errors.remove(&i),
+            analytics: tracked_stats.remove(&i),
         });
     }
     drop(server);

@@ -1,0 +1,134 @@
+//! The analytics stage of the pipeline, per source: tracker, zones and lines on the model's detections,
+//! then the events file. Lives on the composite thread, between inference and the sinks.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::config::{expand, PipelineConfig};
+use crate::analytics::events::rfc3339_ms;
+use crate::analytics::{Analytics, AnalyticsStats, Event};
+use crate::error::{Error, Result};
+use crate::model::Detection;
+
+/// One JSON line per event, each flushed as it is written (a consumer tailing the file sees events as
+/// they happen; a crash loses none already reported).
+pub struct EventsSink {
+    file: std::fs::File,
+    path: PathBuf,
+    line: Vec<u8>,
+}
+
+impl EventsSink {
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(EventsSink {
+            file,
+            path: path.to_path_buf(),
+            line: Vec::with_capacity(512),
+        })
+    }
+
+    pub fn write(&mut self, event: &Event) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, event).map_err(|e| Error::Pipeline(e.to_string()))?;
+        self.line.push(b'\n');
+        // one write per line: an unbuffered File hands it to the OS at once
+        self.file
+            .write_all(&self.line)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// What the analytics stage hands the sinks for one frame.
+pub struct Tracked {
+    pub instances: Vec<Detection>,
+    pub track_ids: Vec<u64>,
+    pub summary: Value,
+}
+
+pub struct SourceTracking {
+    pub analytics: Analytics,
+    events: Option<EventsSink>,
+}
+
+impl SourceTracking {
+    /// None when tracking is off.
+    pub fn open(
+        cfg: &PipelineConfig,
+        name: &str,
+        run_id: &str,
+        classes: &[String],
+    ) -> Result<Option<Self>> {
+        if !cfg.tracker.enabled {
+            return Ok(None);
+        }
+        let events = match &cfg.output.events {
+            Some(t) => Some(EventsSink::create(&PathBuf::from(expand(t, name)))?),
+            None => None,
+        };
+        Ok(Some(SourceTracking {
+            analytics: Analytics::new(
+                name,
+                run_id,
+                classes,
+                cfg.analytics_settings().for_source(name),
+            ),
+            events,
+        }))
+    }
+
+    /// Tracks one frame and writes its events; also returns the time it took.
+    pub fn frame(
+        &mut self,
+        detections: Vec<Detection>,
+        threshold: f32,
+        frame: u64,
+        pts_ns: u64,
+    ) -> Result<(Tracked, Duration)> {
+        let t = Instant::now();
+        let ts = rfc3339_ms(SystemTime::now());
+        let out = self
+            .analytics
+            .process(detections, threshold, frame, pts_ns, &ts);
+        let took = t.elapsed();
+        self.write(&out.events)?;
+        Ok((
+            Tracked {
+                instances: out.instances,
+                track_ids: out.track_ids,
+                summary: out.summary,
+            },
+            took,
+        ))
+    }
+
+    fn write(&mut self, events: &[Event]) -> Result<()> {
+        if let Some(sink) = &mut self.events {
+            for e in events {
+                sink.write(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// End of the source: the remaining tracks end; returns the source's counters.
+    pub fn finish(mut self) -> Result<AnalyticsStats> {
+        let events = self.analytics.finish(&rfc3339_ms(SystemTime::now()));
+        self.write(&events)?;
+        Ok(self.analytics.stats())
+    }
+}
+
+/// Event ids stay unique across runs: they start with the run's start time (UTC, ms).
+pub fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{ms:x}")
+}
