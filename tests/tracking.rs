@@ -36,6 +36,13 @@ fn run(video: &str, extra: &str) -> (Vec<maskstream::output::FrameRecord>, Vec<s
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "maskstream run failed: {stderr}");
     println!("{stderr}");
+    // MASKSTREAM_TRACKING_KEEP=DIR keeps the outputs for a closer look
+    if let Some(keep) = std::env::var_os("MASKSTREAM_TRACKING_KEEP") {
+        let stem = Path::new(video).file_stem().unwrap().to_string_lossy();
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&jsonl, Path::new(&keep).join(format!("{stem}.jsonl"))).unwrap();
+        std::fs::copy(&events, Path::new(&keep).join(format!("{stem}.events.jsonl"))).unwrap();
+    }
     let records = eval::read_jsonl(&jsonl).unwrap();
     let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
         .unwrap()

@@ -26,8 +26,12 @@ pub struct TrackerConfig {
     /// Blend mask IoU (the track's last mask moved by the predicted motion) into the box IoU: helps
     /// where boxes overlap but shapes do not (occlusion, thin or rotated objects).
     pub mask_iou: bool,
-    /// Matched frames before a track is confirmed (and `track_start` is sent).
+    /// Matched frames before a track is confirmed (and `track_start` is sent). Tracks found in the
+    /// stream's first frame are confirmed at once (as ByteTrack does).
     pub min_hits: u32,
+    /// Also write (and draw) instances whose track is not confirmed yet. Off: a one-frame false
+    /// detection never reaches the outputs, and an object's first `min_hits - 1` frames do not either.
+    pub output_tentative: bool,
     /// Frames a track survives unmatched before it is removed (`track_end`).
     pub max_lost_frames: u32,
     /// The same in milliseconds of stream time; when set it wins over `max_lost_frames`.
@@ -35,6 +39,10 @@ pub struct TrackerConfig {
     /// Cross-class duplicates (same pixels reported under two classes) whose mask IoU reaches this are
     /// merged, keeping the best score; 1.0 turns merging off.
     pub merge_iou: f32,
+    /// Any two detections (of any classes) where this share of the smaller mask lies inside the
+    /// larger one are one object too (the model also reports a part, or an object with some
+    /// background, as a second instance); 1.0 turns it off.
+    pub merge_containment: f32,
 }
 
 impl Default for TrackerConfig {
@@ -48,9 +56,13 @@ impl Default for TrackerConfig {
             low_match_iou: 0.5,
             mask_iou: true,
             min_hits: 3,
+            output_tentative: false,
             max_lost_frames: 30,
             max_lost_ms: None,
-            merge_iou: 0.7,
+            // visible masks of two real objects never overlap (the nearer one hides the other), so
+            // half the pixels in common already means one object reported twice
+            merge_iou: 0.5,
+            merge_containment: 0.5,
         }
     }
 }
@@ -135,6 +147,7 @@ impl Settings {
             ("tracker.match_iou", t.match_iou),
             ("tracker.low_match_iou", t.low_match_iou),
             ("tracker.merge_iou", t.merge_iou),
+            ("tracker.merge_containment", t.merge_containment),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(key, format!("{v} is outside 0..1"));

@@ -1,5 +1,7 @@
-//! Mask IoU on box-local masks, and the cross-class duplicate merge: the model sometimes reports one
-//! object twice under two classes (per-class NMS cannot see it); the best-scoring report wins.
+//! Mask IoU on box-local masks, and the duplicate merge: the model sometimes reports one object twice,
+//! under two classes (per-class NMS cannot see it) or as the object and a part of it or the object with
+//! some background around it (box NMS cannot see it); the best-scoring report wins. Visible masks of
+//! two real objects do not overlap (the nearer hides the other), so a large overlap means one object.
 
 use crate::model::Detection;
 use crate::paste::InstanceMask;
@@ -53,10 +55,11 @@ pub fn mask_iou(a: &InstanceMask, b: &InstanceMask) -> f32 {
     mask_iou_shifted(a, a.area(), 0, 0, b, b.area())
 }
 
-/// Drops every detection whose mask overlaps a better-scoring one of another class by `iou` or more.
-/// Returns how many were dropped. Same-class overlaps are the model's NMS business and stay.
-pub fn merge_cross_class(detections: &mut Vec<Detection>, iou: f32) -> usize {
-    if iou >= 1.0 || detections.len() < 2 {
+/// Drops every detection whose mask overlaps a better-scoring one of another class with an IoU of
+/// `iou` or more, or (any class) has `containment` or more of the smaller mask's pixels in common.
+/// Returns how many were dropped.
+pub fn merge_duplicates(detections: &mut Vec<Detection>, iou: f32, containment: f32) -> usize {
+    if (iou >= 1.0 && containment >= 1.0) || detections.len() < 2 {
         return 0;
     }
     detections.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -67,18 +70,17 @@ pub fn merge_cross_class(detections: &mut Vec<Detection>, iou: f32) -> usize {
             continue;
         }
         for j in i + 1..detections.len() {
-            if keep[j]
-                && detections[j].class_id != detections[i].class_id
-                && crate::boxes::iou(&detections[i].bbox, &detections[j].bbox) > 0.0
-                && mask_iou_shifted(
-                    &detections[i].mask,
-                    areas[i],
-                    0,
-                    0,
-                    &detections[j].mask,
-                    areas[j],
-                ) >= iou
-            {
+            if !keep[j] || crate::boxes::iou(&detections[i].bbox, &detections[j].bbox) <= 0.0 {
+                continue;
+            }
+            let inter = intersection_shifted(&detections[i].mask, 0, 0, &detections[j].mask);
+            let union = areas[i] + areas[j] - inter;
+            let smaller = areas[i].min(areas[j]);
+            let cross_class = detections[j].class_id != detections[i].class_id;
+            let same_pixels = cross_class && union > 0 && inter as f32 >= iou * union as f32;
+            let contained =
+                containment < 1.0 && smaller > 0 && inter as f32 >= containment * smaller as f32;
+            if same_pixels || contained {
                 keep[j] = false;
             }
         }
@@ -129,17 +131,36 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn merges_cross_class_duplicates_only() {
+    fn merges_cross_class_duplicates_by_iou() {
         let mut d = vec![
             det(2, 0.87, 10, 10, 20, 20), // the same pixels as the circle below, worse score
             det(1, 0.94, 10, 10, 20, 21),
-            det(1, 0.60, 11, 10, 20, 20), // same class: left to NMS
+            det(1, 0.60, 16, 10, 20, 20), // same class, IoU 0.52, 70% contained: only containment merges it
             det(3, 0.90, 60, 60, 10, 10), // elsewhere
         ];
-        assert_eq!(merge_cross_class(&mut d, 0.7), 1);
+        assert_eq!(merge_duplicates(&mut d, 0.5, 1.0), 1);
         let classes: Vec<usize> = d.iter().map(|d| d.class_id).collect();
         assert_eq!(classes, vec![1, 3, 1]);
         let mut d = vec![det(2, 0.87, 10, 10, 20, 20), det(1, 0.94, 10, 10, 20, 21)];
-        assert_eq!(merge_cross_class(&mut d, 1.0), 0);
+        assert_eq!(merge_duplicates(&mut d, 1.0, 1.0), 0);
+    }
+
+    #[test]
+    fn merges_a_part_reported_as_a_second_instance() {
+        let mut d = vec![
+            det(2, 0.90, 10, 10, 20, 20), // the object
+            det(2, 0.60, 10, 10, 20, 40), // the object and as much background: IoU 0.5, all contained
+            det(2, 0.80, 31, 10, 20, 20), // its neighbour, touching: kept
+        ];
+        assert_eq!(merge_duplicates(&mut d, 0.5, 0.5), 1);
+        assert_eq!(
+            d.iter().map(|d| d.score).collect::<Vec<_>>(),
+            vec![0.9, 0.8]
+        );
+        // half of the smaller mask in common is the limit
+        let mut d = vec![det(1, 0.9, 0, 0, 20, 20), det(1, 0.8, 10, 0, 20, 20)];
+        assert_eq!(merge_duplicates(&mut d, 1.0, 0.5), 1);
+        let mut d = vec![det(1, 0.9, 0, 0, 20, 20), det(1, 0.8, 11, 0, 20, 20)];
+        assert_eq!(merge_duplicates(&mut d, 1.0, 0.5), 0);
     }
 }

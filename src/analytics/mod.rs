@@ -30,8 +30,8 @@ use zones::{Zone, ZoneChange, ZoneState};
 /// What one frame produced.
 #[derive(Debug, Default)]
 pub struct FrameAnalytics {
-    /// The instances to output (score at or above the output threshold, duplicates merged), each with
-    /// its track's stable label in `class_id`.
+    /// The instances to output (score at or above the output threshold, duplicates merged, on a
+    /// confirmed track unless `output_tentative`), each with its track's stable label in `class_id`.
     pub instances: Vec<Detection>,
     /// The track id of each instance.
     pub track_ids: Vec<u64>,
@@ -226,8 +226,9 @@ impl Analytics {
         self.last = (frame, pts_ns);
         let floor = self.input_threshold(output_threshold);
         detections.retain(|d| d.score >= floor);
+        let t = &self.settings.tracker;
         self.stats.merged +=
-            merge::merge_cross_class(&mut detections, self.settings.tracker.merge_iou) as u64;
+            merge::merge_duplicates(&mut detections, t.merge_iou, t.merge_containment) as u64;
         let step = self
             .tracker
             .update(&detections, output_threshold, frame, pts_ns);
@@ -277,10 +278,14 @@ impl Analytics {
             }
             // the tracker starts a track for every detection at the output threshold
             let Some(id) = *id else { continue };
-            let mut d = d;
-            if let Some(t) = self.tracker.track(id) {
-                d.class_id = t.class_id();
+            let Some(t) = self.tracker.track(id) else {
+                continue;
+            };
+            if t.state != TrackState::Confirmed && !self.settings.tracker.output_tentative {
+                continue;
             }
+            let mut d = d;
+            d.class_id = t.class_id();
             instances.push(d);
             track_ids.push(id);
         }

@@ -105,6 +105,7 @@ pub struct Tracker {
     cfg: TrackerConfig,
     tracks: Vec<Track>,
     next_id: u64,
+    frames: u64,
 }
 
 impl Tracker {
@@ -113,6 +114,7 @@ impl Tracker {
             cfg,
             tracks: Vec::new(),
             next_id: 1,
+            frames: 0,
         }
     }
 
@@ -144,6 +146,8 @@ impl Tracker {
         let low = c.low_threshold.min(high);
         let start = c.new_track_threshold.min(floor);
         let areas: Vec<usize> = detections.iter().map(|d| d.mask.area()).collect();
+        let first_frame = self.frames == 0;
+        self.frames += 1;
         let mut step = Step {
             assigned: vec![None; detections.len()],
             ..Default::default()
@@ -259,7 +263,7 @@ impl Tracker {
                 last_pts_ns: pts_ns,
             };
             track.vote(det.class_id, det.score);
-            if c.min_hits <= 1 {
+            if c.min_hits <= 1 || first_frame {
                 track.state = TrackState::Confirmed;
                 track.confirmed = true;
                 step.confirmed.push(track.id);
@@ -352,8 +356,12 @@ mod tests {
             let s = t.update(&dets, 0.5, f, f * 33_000_000);
             let a: Vec<u64> = s.assigned.iter().map(|a| a.unwrap()).collect();
             assert_ne!(a[0], a[1]);
-            if f == 1 {
-                assert_eq!(s.confirmed.len(), 2);
+            if f == 0 {
+                assert_eq!(
+                    s.confirmed.len(),
+                    2,
+                    "the first frame's tracks start at once"
+                );
             }
             ids.push(a);
         }
@@ -402,8 +410,10 @@ mod tests {
     #[test]
     fn tentative_tracks_die_unconfirmed_and_labels_vote() {
         let mut t = Tracker::new(cfg());
-        t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, 0, 0);
-        let s = t.update(&[], 0.5, 1, 1);
+        t.update(&[], 0.5, 0, 0);
+        t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, 1, 1);
+        assert!(!t.tracks()[0].confirmed);
+        let s = t.update(&[], 0.5, 2, 2);
         assert!(
             s.ended.is_empty(),
             "a tentative track never started, so never ends"
@@ -413,7 +423,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            t.update(&[det(c, s, 40, 40, 20, 20)], 0.5, f as u64 + 2, 0);
+            t.update(&[det(c, s, 40, 40, 20, 20)], 0.5, f as u64 + 3, 0);
         }
         assert_eq!(t.tracks()[0].class_id(), 1);
     }
