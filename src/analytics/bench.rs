@@ -84,7 +84,11 @@ pub fn ms_per_frame(objects: usize, frames: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn runs_and_reports_a_positive_time() {
-        assert!(super::ms_per_frame(4, 5) > 0.0);
+    fn twenty_objects_cost_well_under_a_frame() {
+        let ms = super::ms_per_frame(20, 100);
+        println!("tracker + analytics at 20 objects: {ms:.3} ms/frame");
+        // the target is 0.5 ms on a quiet machine (release); this bound only catches a blow-up on a
+        // busy CI machine or in a debug build
+        assert!(ms > 0.0 && ms < 20.0, "{ms} ms/frame");
     }
 }
