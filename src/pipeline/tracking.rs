@@ -132,3 +132,101 @@ pub fn run_id() -> String {
         .map_or(0, |d| d.as_millis());
     format!("{ms:x}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::merge::tests::det;
+
+    const FILE: &str = r#"
+[[source]]
+uri = "a.mp4"
+name = "cam"
+[tracker]
+min_hits = 1
+[analytics]
+anchor = "center"
+[[zone]]
+name = "left"
+polygon = [[0, 0], [50, 0], [50, 100], [0, 100]]
+inertia = 1
+[[zone]]
+name = "elsewhere"
+polygon = [[0, 0], [50, 0], [50, 100]]
+source = "other"
+[[line]]
+name = "gate"
+from = [60, 100]
+to = [60, 0]
+[output]
+events = "EVENTS"
+"#;
+
+    #[test]
+    fn pipeline_files_carry_zones_lines_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("sub/{name}.events.jsonl");
+        let text = FILE.replace("EVENTS", &events.display().to_string());
+        let cfg = PipelineConfig::parse(&text).unwrap();
+        assert_eq!((cfg.zones.len(), cfg.lines.len()), (2, 1));
+        let classes: Vec<String> = ["bg", "circle"].map(String::from).to_vec();
+        let mut t = SourceTracking::open(&cfg, "cam", "run", &classes)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.analytics.zones().len(),
+            1,
+            "the other source's zone is left out"
+        );
+        for f in 0..30u64 {
+            let x = 10 + 3 * f as usize;
+            let (tracked, _) = t
+                .frame(vec![det(1, 0.9, x, 40, 10, 10)], 0.5, f, f)
+                .unwrap();
+            assert_eq!(tracked.track_ids, vec![1]);
+        }
+        let stats = t.finish().unwrap();
+        assert_eq!(stats.lines, vec![("gate".to_string(), [1, 0])]);
+        let written = std::fs::read_to_string(dir.path().join("sub/cam.events.jsonl")).unwrap();
+        let kinds: Vec<String> = written
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Event>(l)
+                    .unwrap()
+                    .kind
+                    .as_str()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "track_start",
+                "zone_enter",
+                "zone_leave",
+                "line_cross",
+                "track_end"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_analytics_settings_name_their_key() {
+        let e = PipelineConfig::parse(&FILE.replace("inertia = 1", "inertia = 1\nloiter = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loiter"), "{e}");
+        let e = PipelineConfig::parse(&FILE.replace("min_hits = 1", "min_hits = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tracker.min_hits"), "{e}");
+        let e = PipelineConfig::parse(&FILE.replace("to = [60, 0]", "to = [60, 100]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line[0]") && e.contains("same point"), "{e}");
+        let off = PipelineConfig::parse(&FILE.replace("min_hits = 1", "enabled = false")).unwrap();
+        assert!(SourceTracking::open(&off, "cam", "r", &[])
+            .unwrap()
+            .is_none());
+    }
+}
