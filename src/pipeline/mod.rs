@@ -219,46 +219,21 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
                     }
                 };
                 let t = Instant::now();
-                let threshold = cfg.inference.score_threshold;
-                let (kept, record, track_ids) = match trackers.get_mut(&sid) {
-                    // the tracker sees detections down to its low threshold; outputs keep the user's
-                    Some(tr) => {
-                        let pts = frame.pts_ns.unwrap_or(0);
-                        match tr.frame(detections, threshold, frame.index, pts) {
-                            Ok((tracked, took)) => {
-                                stages.record("track", took);
-                                let record = FrameRecord::new(
-                                    &names[sid],
-                                    frame.width,
-                                    frame.height,
-                                    &tracked.instances,
-                                    &classes,
-                                )
-                                .with_frame(frame.index, frame.pts_ns)
-                                .with_tracking(&tracked.track_ids, tracked.summary);
-                                (tracked.instances, record, tracked.track_ids)
-                            }
-                            Err(e) => {
-                                sink_error = Some(e);
-                                ctx.stop.store(true, Ordering::Relaxed);
-                                break;
-                            }
-                        }
-                    }
-                    None => {
-                        let kept: Vec<Detection> = detections
-                            .into_iter()
-                            .filter(|d| d.score >= threshold)
-                            .collect();
-                        let record = FrameRecord::new(
-                            &names[sid],
-                            frame.width,
-                            frame.height,
-                            &kept,
-                            &classes,
-                        )
-                        .with_frame(frame.index, frame.pts_ns);
-                        (kept, record, Vec::new())
+                // the tracker sees all detections; outputs keep the user's score threshold
+                let (kept, record, track_ids) = match tracking::frame_output(
+                    trackers.get_mut(&sid),
+                    &names[sid],
+                    &frame,
+                    detections,
+                    cfg.inference.score_threshold,
+                    &classes,
+                    &mut stages,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        sink_error = Some(e);
+                        ctx.stop.store(true, Ordering::Relaxed);
+                        break;
                     }
                 };
                 // JSON-only runs (analytics) never draw: no sink would show the pixels
@@ -295,14 +270,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
             }
             Work::End { source, error } => {
                 if let Some(t) = trackers.remove(&source) {
-                    match t.finish() {
-                        Ok(stats) => {
-                            tracked_stats.insert(source, stats);
-                        }
-                        Err(e) => {
-                            errors.entry(source).or_insert_with(|| e.to_string());
-                        }
-                    }
+                    t.finish_into(source, &mut tracked_stats, &mut errors);
                 }
                 if let Some(s) = sinks.remove(&source) {
                     if let Err(e) = s.finish() {
@@ -319,14 +287,7 @@ pub fn run(cfg: &PipelineConfig, mut ctx: RunContext) -> Result<Summary> {
     // finalize whatever is still open (stop requested, or a sink failed)
     drop(work_rx);
     for (sid, t) in trackers.drain() {
-        match t.finish() {
-            Ok(stats) => {
-                tracked_stats.insert(sid, stats);
-            }
-            Err(e) => {
-                errors.entry(sid).or_insert_with(|| e.to_string());
-            }
-        }
+        t.finish_into(sid, &mut tracked_stats, &mut errors);
     }
     for (sid, s) in sinks.drain() {
         if let Err(e) = s.finish() {

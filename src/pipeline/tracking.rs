@@ -1,6 +1,7 @@
 //! The analytics stage of the pipeline, per source: tracker, zones and lines on the model's detections,
 //! then the events file. Lives on the composite thread, between inference and the sinks.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -8,10 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::config::{expand, PipelineConfig};
+use super::source::Frame;
+use super::stats::StageStats;
 use crate::analytics::events::rfc3339_ms;
 use crate::analytics::{Analytics, AnalyticsStats, Event};
 use crate::error::{Error, Result};
 use crate::model::Detection;
+use crate::output::FrameRecord;
 
 /// One JSON line per event, each flushed as it is written (a consumer tailing the file sees events as
 /// they happen; a crash loses none already reported).
@@ -122,6 +126,55 @@ impl SourceTracking {
         let events = self.analytics.finish(&rfc3339_ms(SystemTime::now()));
         self.write(&events)?;
         Ok(self.analytics.stats())
+    }
+}
+
+/// One frame's instances to write and draw, their record and their track ids: through the source's
+/// tracking when it is on (its time recorded as the `track` stage), else the detections at the score
+/// threshold.
+pub fn frame_output(
+    tracking: Option<&mut SourceTracking>,
+    name: &str,
+    frame: &Frame,
+    detections: Vec<Detection>,
+    threshold: f32,
+    classes: &[String],
+    stages: &mut StageStats,
+) -> Result<(Vec<Detection>, FrameRecord, Vec<u64>)> {
+    let Some(tr) = tracking else {
+        let kept: Vec<Detection> = detections
+            .into_iter()
+            .filter(|d| d.score >= threshold)
+            .collect();
+        let record = FrameRecord::new(name, frame.width, frame.height, &kept, classes)
+            .with_frame(frame.index, frame.pts_ns);
+        return Ok((kept, record, Vec::new()));
+    };
+    let pts = frame.pts_ns.unwrap_or(0);
+    let (tracked, took) = tr.frame(detections, threshold, frame.index, pts)?;
+    stages.record("track", took);
+    let record = FrameRecord::new(name, frame.width, frame.height, &tracked.instances, classes)
+        .with_frame(frame.index, frame.pts_ns)
+        .with_tracking(&tracked.track_ids, tracked.summary);
+    Ok((tracked.instances, record, tracked.track_ids))
+}
+
+impl SourceTracking {
+    /// `finish`, its counters into `stats` or its error into `errors` (by source index).
+    pub fn finish_into(
+        self,
+        source: usize,
+        stats: &mut HashMap<usize, AnalyticsStats>,
+        errors: &mut HashMap<usize, String>,
+    ) {
+        match self.finish() {
+            Ok(s) => {
+                stats.insert(source, s);
+            }
+            Err(e) => {
+                errors.entry(source).or_insert_with(|| e.to_string());
+            }
+        }
     }
 }
 
