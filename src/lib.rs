@@ -2,10 +2,12 @@
 //!
 //! Data flow (docs/architecture.md): [`pipeline`] sources (GStreamer) → [`model`] (preprocess →
 //! backbone → anchors + RPN → ROIAlign → box head → ROIAlign → mask head → paste) → [`overlay`] →
-//! [`pipeline`] sinks, with [`output`] as the JSON Lines schema. [`engine`] reads the engine package,
+//! [`pipeline`] sinks, with [`output`] as the JSON Lines schema; [`analytics`] (tracker, zones, lines,
+//! events) runs between the model and the sinks. [`engine`] reads the engine package,
 //! [`backend`] opens its graphs with ONNX Runtime. [`gpu`] holds CUDA kernels that are not wired into
 //! the model yet.
 
+pub mod analytics;
 pub mod backend;
 pub mod engine;
 pub mod error;

@@ -19,6 +19,10 @@ pub struct FrameRecord {
     pub width: usize,
     pub height: usize,
     pub instances: Vec<InstanceRecord>,
+    /// Zones (objects inside per label) and lines (cumulative crossings per direction) of the
+    /// source's analytics; absent when tracking is off.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub analytics: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +32,9 @@ pub struct InstanceRecord {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// Unique within the source for the run; absent when tracking is off.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub track_id: Option<u64>,
     pub mask: RleRecord,
 }
 
@@ -68,13 +75,24 @@ impl FrameRecord {
                     label: classes.get(d.class_id).cloned().unwrap_or_default(),
                     score: d.score,
                     bbox: d.bbox,
+                    track_id: None,
                     mask: RleRecord {
                         size: [height, width],
                         counts: rle::to_string(&rle::encode_mask(&d.mask)),
                     },
                 })
                 .collect(),
+            analytics: None,
         }
+    }
+
+    /// Adds the tracker's ids (one per instance, in order) and the frame's analytics object.
+    pub fn with_tracking(mut self, track_ids: &[u64], analytics: serde_json::Value) -> Self {
+        for (inst, &id) in self.instances.iter_mut().zip(track_ids) {
+            inst.track_id = Some(id);
+        }
+        self.analytics = Some(analytics);
+        self
     }
 
     pub fn with_frame(mut self, frame: u64, pts_ns: Option<u64>) -> Self {

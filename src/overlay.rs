@@ -79,7 +79,7 @@ pub struct Canvas<'a> {
 
 impl Canvas<'_> {
     #[inline]
-    fn blend(&mut self, x: usize, y: usize, c: [u8; 3], a: f32) {
+    pub(crate) fn blend(&mut self, x: usize, y: usize, c: [u8; 3], a: f32) {
         let i = y * self.stride + x * 3;
         for (px, &ck) in self.data[i..i + 3].iter_mut().zip(&c) {
             let v = *px as f32 * (1.0 - a) + ck as f32 * a;
@@ -87,7 +87,7 @@ impl Canvas<'_> {
         }
     }
 
-    fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
+    pub(crate) fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
         let (x0, y0) = (x0.max(0) as usize, y0.max(0) as usize);
         let x1 = x1.min(self.width as i64).max(0) as usize;
         let y1 = y1.min(self.height as i64).max(0) as usize;
@@ -110,6 +110,17 @@ impl Compositor {
     }
 
     pub fn draw(&self, canvas: &mut Canvas<'_>, detections: &[Detection], classes: &[String]) {
+        self.draw_tracked(canvas, detections, classes, &[]);
+    }
+
+    /// As `draw`, with each tag reading `#id label score` where `track_ids` has the detection's id.
+    pub fn draw_tracked(
+        &self,
+        canvas: &mut Canvas<'_>,
+        detections: &[Detection],
+        classes: &[String],
+        track_ids: &[u64],
+    ) {
         let s = &self.style;
         // masks first (lowest score first so the best sits on top), then boxes and labels
         for d in detections.iter().rev() {
@@ -136,7 +147,7 @@ impl Compositor {
                 }
             }
         }
-        for d in detections {
+        for (i, d) in detections.iter().enumerate() {
             let color = s.color(d.class_id);
             let [x1, y1, x2, y2] = d.bbox.map(|v| v.round() as i64);
             if s.boxes {
@@ -148,13 +159,17 @@ impl Compositor {
             }
             if s.labels {
                 let name = classes.get(d.class_id).map_or("?", String::as_str);
-                self.label(canvas, &format!("{name} {:.2}", d.score), x1, y1, color);
+                let text = match track_ids.get(i) {
+                    Some(id) => format!("#{id} {name} {:.2}", d.score),
+                    None => format!("{name} {:.2}", d.score),
+                };
+                self.label(canvas, &text, x1, y1, color);
             }
         }
     }
 
     /// A filled tag with white text, above the box when there is room, else inside it.
-    fn label(&self, canvas: &mut Canvas<'_>, text: &str, x: i64, y: i64, bg: [u8; 3]) {
+    pub(crate) fn label(&self, canvas: &mut Canvas<'_>, text: &str, x: i64, y: i64, bg: [u8; 3]) {
         let scale = PxScale::from(self.style.font_size);
         let font = self.font.as_scaled(scale);
         let width: f32 = text

@@ -89,9 +89,9 @@ fn base_dir(input: &str) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Output paths of one input: (JSON Lines, annotated video). Distinct inputs never share them: the
-/// sub-path and the whole file name (extension included) are kept.
-pub fn output_paths(file: &Path, base: &Path, out_dir: &Path) -> (PathBuf, PathBuf) {
+/// Output paths of one input: (JSON Lines, annotated video, events). Distinct inputs never share
+/// them: the sub-path and the whole file name (extension included) are kept.
+pub fn output_paths(file: &Path, base: &Path, out_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let rel = file.strip_prefix(base).unwrap_or(file);
     // an absolute or upward path (a glob like ../x/*.mp4) keeps only its normal parts
     let rel: PathBuf = rel
@@ -103,7 +103,11 @@ pub fn output_paths(file: &Path, base: &Path, out_dir: &Path) -> (PathBuf, PathB
         name.push(suffix);
         out_dir.join(name)
     };
-    (with(".jsonl"), with(ANNOTATED_SUFFIX))
+    (
+        with(".jsonl"),
+        with(ANNOTATED_SUFFIX),
+        with(".events.jsonl"),
+    )
 }
 
 fn parse_shard(text: &str) -> Result<(u64, u64), String> {
@@ -240,7 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The pipeline of one input file: the batch's settings, this file as the only source, its own
 /// outputs.
 fn file_config(base: &PipelineConfig, file: &Path, base_dir: &Path, args: &Args) -> PipelineConfig {
-    let (jsonl, video) = output_paths(file, base_dir, &args.out_dir);
+    let (jsonl, video, events) = output_paths(file, base_dir, &args.out_dir);
     let mut cfg = base.clone();
     let name = file
         .file_stem()
@@ -251,6 +255,12 @@ fn file_config(base: &PipelineConfig, file: &Path, base_dir: &Path, args: &Args)
     }];
     cfg.output.video = (!args.json_only).then(|| video.display().to_string());
     cfg.output.jsonl = Some(jsonl.display().to_string());
+    // events beside the JSON Lines when the pipeline file asks for them
+    cfg.output.events = base
+        .output
+        .events
+        .as_ref()
+        .map(|_| events.display().to_string());
     cfg.output.rtsp = None;
     cfg.output.preview = false;
     cfg

@@ -170,11 +170,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let model_secs = model_time.as_secs_f64();
     let model_fps = n as f64 / model_secs;
-    let stages: Vec<(String, f64)> = stage_sum
+    let mut stages: Vec<(String, f64)> = stage_sum
         .iter()
         .chain([("overlay", overlay)])
         .map(|(name, d)| (name.to_string(), d.as_secs_f64() * 1e3 / n as f64))
         .collect();
+    // tracker + zones + lines + events at 20 objects (a synthetic scene: the demo has only a few)
+    stages.push((
+        "track".to_string(),
+        maskstream::analytics::bench::ms_per_frame(20, 300),
+    ));
     let (w, h) = (frames[0].0, frames[0].1);
     println!(
         "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",

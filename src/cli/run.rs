@@ -22,6 +22,10 @@ pub struct Args {
     /// JSON Lines file; {name} is the source's name.
     #[arg(long)]
     pub json: Option<String>,
+    /// Analytics events as JSON Lines (track_start/end, zone_enter/leave, line_cross, loiter); {name}
+    /// is the source's name.
+    #[arg(long)]
+    pub events: Option<String>,
     /// Serve the annotated stream at rtsp://HOST:PORT/PATH.
     #[arg(long)]
     pub serve: Option<String>,
@@ -68,6 +72,9 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     }
     if args.json.is_some() {
         cfg.output.jsonl = args.json.clone();
+    }
+    if args.events.is_some() {
+        cfg.output.events = args.events.clone();
     }
     if args.serve.is_some() {
         cfg.output.rtsp = args.serve.clone();

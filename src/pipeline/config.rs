@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::analytics::{AnalyticsConfig, LineConfig, Settings, TrackerConfig, ZoneConfig};
 use crate::backend::{BackendKind, Provider};
 use crate::error::{Error, Result};
 use crate::overlay::OverlayStyle;
@@ -25,6 +26,12 @@ pub struct PipelineConfig {
     pub overlay: OverlayStyle,
     pub output: OutputConfig,
     pub rtsp_input: RtspInputConfig,
+    pub tracker: TrackerConfig,
+    pub analytics: AnalyticsConfig,
+    #[serde(rename = "zone")]
+    pub zones: Vec<ZoneConfig>,
+    #[serde(rename = "line")]
+    pub lines: Vec<LineConfig>,
 }
 
 impl Default for PipelineConfig {
@@ -39,6 +46,10 @@ impl Default for PipelineConfig {
             overlay: OverlayStyle::default(),
             output: OutputConfig::default(),
             rtsp_input: RtspInputConfig::default(),
+            tracker: TrackerConfig::default(),
+            analytics: AnalyticsConfig::default(),
+            zones: Vec::new(),
+            lines: Vec::new(),
         }
     }
 }
@@ -165,6 +176,8 @@ pub struct OutputConfig {
     pub rtsp_credentials_env: Option<String>,
     /// File holding `user:password` for the RTSP server.
     pub rtsp_credentials_file: Option<PathBuf>,
+    /// Analytics events (JSON Lines, one event a line, flushed per line).
+    pub events: Option<String>,
     /// Show a preview window.
     pub preview: bool,
     /// x264 bitrate of encoded outputs, kbit/s.
@@ -186,6 +199,7 @@ impl Default for OutputConfig {
         OutputConfig {
             video: None,
             jsonl: None,
+            events: None,
             rtsp: None,
             rtsp_credentials_env: None,
             rtsp_credentials_file: None,
@@ -454,6 +468,7 @@ impl PipelineConfig {
         for (key, v) in [
             ("output.video", &self.output.video),
             ("output.jsonl", &self.output.jsonl),
+            ("output.events", &self.output.events),
         ] {
             if v.as_deref().is_some_and(str::is_empty) {
                 return bad(key, "is empty".into());
@@ -479,6 +494,7 @@ impl PipelineConfig {
             for (key, v) in [
                 ("output.video", &self.output.video),
                 ("output.jsonl", &self.output.jsonl),
+                ("output.events", &self.output.events),
             ] {
                 if v.as_deref().is_some_and(|p| !p.contains("{name}")) {
                     return bad(key, "several sources need {name} in the path".into());
@@ -495,7 +511,18 @@ impl PipelineConfig {
                 return bad("source.name", "source names must be unique".into());
             }
         }
+        self.analytics_settings().validate()?;
         Ok(())
+    }
+
+    /// `[tracker]`, `[analytics]`, `[[zone]]` and `[[line]]` together.
+    pub fn analytics_settings(&self) -> Settings {
+        Settings {
+            tracker: self.tracker.clone(),
+            analytics: self.analytics.clone(),
+            zones: self.zones.clone(),
+            lines: self.lines.clone(),
+        }
     }
 }
 

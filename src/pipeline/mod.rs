@@ -8,6 +8,7 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod timeline;
+pub mod tracking;
 mod witness;
 
 use std::collections::HashMap;
@@ -122,6 +123,9 @@ pub fn plan_outputs(cfg: &PipelineConfig, plan: &mut OutputPlan) -> Result<()> {
         if let Some(t) = &cfg.output.jsonl {
             plan.output(&PathBuf::from(expand(t, &name)), "JSON Lines");
         }
+        if let Some(t) = &cfg.output.events {
+            plan.output(&PathBuf::from(expand(t, &name)), "events");
+        }
     }
     Ok(())
 }
@@ -214,6 +218,9 @@ pub fn run_with(
     // composite + sinks on this thread
     let compositor = Compositor::new(cfg.overlay.clone());
     let mut sinks: HashMap<usize, SourceSinks> = HashMap::new();
+    let run_id = tracking::run_id();
+    let mut trackers: HashMap<usize, tracking::SourceTracking> = HashMap::new();
+    let mut tracked_stats: HashMap<usize, crate::analytics::AnalyticsStats> = HashMap::new();
     let mut stages = StageStats::default();
     let mut frames = 0u64;
     let mut errors: HashMap<usize, String> = HashMap::new();
@@ -249,9 +256,24 @@ pub fn run_with(
                             (expected > 0).then_some(expected),
                         );
                         let live = kinds[sid].is_live();
-                        match SourceSinks::open(cfg, &names[sid], &frame, live, mounts[sid].take())
-                        {
-                            Ok(s) => v.insert(s),
+                        let opened =
+                            SourceSinks::open(cfg, &names[sid], &frame, live, mounts[sid].take())
+                                .and_then(|s| {
+                                    tracking::SourceTracking::open(
+                                        cfg,
+                                        &names[sid],
+                                        &run_id,
+                                        &classes,
+                                    )
+                                    .map(|t| (s, t))
+                                });
+                        match opened {
+                            Ok((s, t)) => {
+                                if let Some(t) = t {
+                                    trackers.insert(sid, t);
+                                }
+                                v.insert(s)
+                            }
                             Err(e) => {
                                 sink_error = Some(e);
                                 ctx.stop.store(true, Ordering::Relaxed);
@@ -261,27 +283,36 @@ pub fn run_with(
                     }
                 };
                 let t = Instant::now();
-                let kept: Vec<Detection> = detections
-                    .into_iter()
-                    .filter(|d| d.score >= cfg.inference.score_threshold)
-                    .collect();
-                let record =
-                    FrameRecord::new(&names[sid], frame.width, frame.height, &kept, &classes)
-                        .with_frame(frame.index, frame.pts_ns)
-                        .with_ts(timeline::rfc3339_ms(frame.ts));
+                // the tracker sees all detections; outputs keep the user's score threshold
+                let (kept, record, track_ids) = match tracking::frame_output(
+                    trackers.get_mut(&sid),
+                    &names[sid],
+                    &frame,
+                    detections,
+                    cfg.inference.score_threshold,
+                    &classes,
+                    &mut stages,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        sink_error = Some(e);
+                        ctx.stop.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                };
                 // JSON-only runs (analytics) never draw: no sink would show the pixels
                 if out.shows_pixels() {
                     let (w, h) = (frame.width, frame.height);
-                    compositor.draw(
-                        &mut Canvas {
-                            data: &mut frame.data,
-                            width: w,
-                            height: h,
-                            stride: w * 3,
-                        },
-                        &kept,
-                        &classes,
-                    );
+                    let mut canvas = Canvas {
+                        data: &mut frame.data,
+                        width: w,
+                        height: h,
+                        stride: w * 3,
+                    };
+                    compositor.draw_tracked(&mut canvas, &kept, &classes, &track_ids);
+                    if let Some(tr) = trackers.get(&sid) {
+                        crate::analytics::draw::draw(&mut canvas, &compositor, &tr.analytics);
+                    }
                 }
                 stages.record("composite", t.elapsed());
                 let t = Instant::now();
@@ -303,6 +334,9 @@ pub fn run_with(
                 ctx.progress.frame_done(sid);
             }
             Work::End { source, error } => {
+                if let Some(t) = trackers.remove(&source) {
+                    t.finish_into(source, &mut tracked_stats, &mut errors);
+                }
                 if let Some(s) = sinks.remove(&source) {
                     if let Err(e) = s.finish() {
                         errors.entry(source).or_insert_with(|| e.to_string());
@@ -317,6 +351,9 @@ pub fn run_with(
     }
     // finalize whatever is still open (stop requested, or a sink failed)
     drop(work_rx);
+    for (sid, t) in trackers.drain() {
+        t.finish_into(sid, &mut tracked_stats, &mut errors);
+    }
     for (sid, s) in sinks.drain() {
         if let Err(e) = s.finish() {
             errors.entry(sid).or_insert_with(|| e.to_string());
@@ -337,6 +374,7 @@ pub fn run_with(
             dropped: h.stats.dropped.load(Ordering::Relaxed),
             reconnects: h.stats.reconnects.load(Ordering::Relaxed),
             error: errors.remove(&i),
+            analytics: tracked_stats.remove(&i),
         });
     }
     drop(server);

@@ -115,6 +115,8 @@ pub struct SourceSummary {
     pub dropped: u64,
     pub reconnects: u64,
     pub error: Option<String>,
+    /// Tracks, events and line counts (absent when tracking is off).
+    pub analytics: Option<crate::analytics::AnalyticsStats>,
 }
 
 impl Summary {
@@ -167,6 +169,9 @@ impl fmt::Display for Summary {
                 write!(f, ", FAILED: {e}")?;
             }
             writeln!(f)?;
+            if let Some(a) = &s.analytics {
+                writeln!(f, "  {a}")?;
+            }
         }
         Ok(())
     }

@@ -108,14 +108,10 @@ impl Timeline {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-12-02T13:04:05.123Z`.
-pub fn rfc3339_ms(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::events::rfc3339_ms;
 
     const MS: u64 = 1_000_000;
 

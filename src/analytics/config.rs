@@ -1,0 +1,333 @@
+//! Analytics settings of a pipeline file: `[tracker]`, `[analytics]`, `[[zone]]`, `[[line]]`.
+//! Every key has a default; unknown keys are errors, and `validate` names the key of a bad value.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The ByteTrack-class tracker (one per source).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    /// Off: instances carry no `track_id`, frame records no `"analytics"`, no events.
+    pub enabled: bool,
+    /// Detections at or above this score take part in the first association stage (capped by the
+    /// output threshold, so everything written is tracked).
+    pub high_threshold: f32,
+    /// Detections between this and `high_threshold` only keep existing tracks alive (second stage);
+    /// below it the tracker never sees them.
+    pub low_threshold: f32,
+    /// An unmatched detection at or above this score starts a track (capped by the output threshold).
+    pub new_track_threshold: f32,
+    /// Least similarity (IoU) for a match in the first stage.
+    pub match_iou: f32,
+    /// Least similarity for a match of a low-score detection (second stage); stricter, as in ByteTrack.
+    pub low_match_iou: f32,
+    /// Blend mask IoU (the track's last mask moved by the predicted motion) into the box IoU: helps
+    /// where boxes overlap but shapes do not (occlusion, thin or rotated objects).
+    pub mask_iou: bool,
+    /// Matched frames before a track is confirmed (and `track_start` is sent). Tracks found in the
+    /// stream's first frame are confirmed at once (as ByteTrack does).
+    pub min_hits: u32,
+    /// Also write (and draw) instances whose track is not confirmed yet. Off: a one-frame false
+    /// detection never reaches the outputs, and an object's first `min_hits - 1` frames do not either.
+    pub output_tentative: bool,
+    /// Frames a track survives unmatched before it is removed (`track_end`).
+    pub max_lost_frames: u32,
+    /// The same in milliseconds of stream time; when set it wins over `max_lost_frames`.
+    pub max_lost_ms: Option<u64>,
+    /// Cross-class duplicates (same pixels reported under two classes) whose mask IoU reaches this are
+    /// merged, keeping the best score; 1.0 turns merging off.
+    pub merge_iou: f32,
+    /// Any two detections (of any classes) where this share of the smaller mask lies inside the
+    /// larger one are one object too (the model also reports a part, or an object with some
+    /// background, as a second instance); 1.0 turns it off.
+    pub merge_containment: f32,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            enabled: true,
+            high_threshold: 0.5,
+            low_threshold: 0.1,
+            new_track_threshold: 0.6,
+            match_iou: 0.2,
+            low_match_iou: 0.5,
+            mask_iou: true,
+            min_hits: 3,
+            output_tentative: false,
+            max_lost_frames: 30,
+            max_lost_ms: None,
+            // visible masks of two real objects never overlap (the nearer one hides the other), so
+            // half the pixels in common already means one object reported twice
+            merge_iou: 0.5,
+            merge_containment: 0.5,
+        }
+    }
+}
+
+/// Which point of a box stands for the object in zones and on lines.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchor {
+    /// Where an object stands on the ground (DeepStream's and Frigate's choice).
+    #[default]
+    BottomCenter,
+    Center,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    pub anchor: Anchor,
+    /// A point closer than this (pixels) to a line is on neither side: jitter on the line never
+    /// counts as a crossing.
+    pub line_hysteresis_px: f32,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            anchor: Anchor::BottomCenter,
+            line_hysteresis_px: 4.0,
+        }
+    }
+}
+
+/// `[[zone]]`: a polygon in the source's frame pixels.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    pub polygon: Vec<[f64; 2]>,
+    /// The source it applies to (by name); all sources when absent.
+    pub source: Option<String>,
+    /// Labels counted; all when absent.
+    pub classes: Option<Vec<String>>,
+    /// Consecutive frames inside (outside) before an object counts as entered (left).
+    #[serde(default = "default_inertia")]
+    pub inertia: u32,
+    /// Seconds inside after which a `loiter` event is sent (once per stay).
+    pub loiter_s: Option<f64>,
+}
+
+fn default_inertia() -> u32 {
+    3
+}
+
+/// `[[line]]`: a directed segment `from → to` in the source's frame pixels.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    pub name: String,
+    pub from: [f64; 2],
+    pub to: [f64; 2],
+    pub source: Option<String>,
+    pub classes: Option<Vec<String>>,
+}
+
+/// Everything the analytics of a run is configured with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub tracker: TrackerConfig,
+    pub analytics: AnalyticsConfig,
+    pub zones: Vec<ZoneConfig>,
+    pub lines: Vec<LineConfig>,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        let t = &self.tracker;
+        for (key, v) in [
+            ("tracker.high_threshold", t.high_threshold),
+            ("tracker.low_threshold", t.low_threshold),
+            ("tracker.new_track_threshold", t.new_track_threshold),
+            ("tracker.match_iou", t.match_iou),
+            ("tracker.low_match_iou", t.low_match_iou),
+            ("tracker.merge_iou", t.merge_iou),
+            ("tracker.merge_containment", t.merge_containment),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} is outside 0..1"));
+            }
+        }
+        if t.low_threshold > t.high_threshold {
+            return bad(
+                "tracker.low_threshold",
+                format!(
+                    "{} is above tracker.high_threshold {}",
+                    t.low_threshold, t.high_threshold
+                ),
+            );
+        }
+        if t.match_iou == 0.0 || t.low_match_iou == 0.0 {
+            return bad(
+                "tracker.match_iou",
+                "must be above 0 (0 would match disjoint objects)".into(),
+            );
+        }
+        if !(1..=1000).contains(&t.min_hits) {
+            return bad(
+                "tracker.min_hits",
+                format!("{} is outside 1..1000", t.min_hits),
+            );
+        }
+        if t.max_lost_frames > 100_000 {
+            return bad(
+                "tracker.max_lost_frames",
+                format!("{} is over 100000", t.max_lost_frames),
+            );
+        }
+        if t.max_lost_ms.is_some_and(|ms| ms > 3_600_000) {
+            return bad("tracker.max_lost_ms", "is over 3600000 (1 hour)".into());
+        }
+        let h = self.analytics.line_hysteresis_px;
+        if !(0.0..=1000.0).contains(&h) {
+            return bad(
+                "analytics.line_hysteresis_px",
+                format!("{h} is outside 0..1000"),
+            );
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for (i, z) in self.zones.iter().enumerate() {
+            let key = format!("zone[{i}] ({:?})", z.name);
+            if z.name.trim().is_empty() {
+                return bad(&format!("zone[{i}].name"), "is empty".into());
+            }
+            if z.polygon.len() < 3 {
+                return bad(
+                    &format!("{key}.polygon"),
+                    format!("needs at least 3 points, has {}", z.polygon.len()),
+                );
+            }
+            if z.polygon.iter().flatten().any(|v| !v.is_finite()) {
+                return bad(
+                    &format!("{key}.polygon"),
+                    "has a non-finite coordinate".into(),
+                );
+            }
+            if z.inertia > 10_000 {
+                return bad(
+                    &format!("{key}.inertia"),
+                    format!("{} is over 10000", z.inertia),
+                );
+            }
+            if z.loiter_s.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+                return bad(
+                    &format!("{key}.loiter_s"),
+                    "must be a positive number".into(),
+                );
+            }
+            names.push(&z.name);
+        }
+        for (i, l) in self.lines.iter().enumerate() {
+            let key = format!("line[{i}] ({:?})", l.name);
+            if l.name.trim().is_empty() {
+                return bad(&format!("line[{i}].name"), "is empty".into());
+            }
+            if l.from.iter().chain(&l.to).any(|v| !v.is_finite()) {
+                return bad(&key, "has a non-finite coordinate".into());
+            }
+            if l.from == l.to {
+                return bad(&key, "from and to are the same point".into());
+            }
+            names.push(&l.name);
+        }
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return bad(
+                "zone/line name",
+                format!(
+                    "{:?} is used twice (zones and lines share one namespace)",
+                    w[0]
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The zones and lines that apply to source `name`.
+    pub fn for_source(&self, name: &str) -> Settings {
+        let applies = |s: &Option<String>| s.as_deref().is_none_or(|s| s == name);
+        Settings {
+            tracker: self.tracker.clone(),
+            analytics: self.analytics.clone(),
+            zones: self
+                .zones
+                .iter()
+                .filter(|z| applies(&z.source))
+                .cloned()
+                .collect(),
+            lines: self
+                .lines
+                .iter()
+                .filter(|l| applies(&l.source))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(name: &str, pts: usize) -> ZoneConfig {
+        ZoneConfig {
+            name: name.into(),
+            polygon: (0..pts).map(|i| [i as f64, (i * i) as f64]).collect(),
+            source: None,
+            classes: None,
+            inertia: 3,
+            loiter_s: None,
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_the_key() {
+        assert!(Settings::default().validate().is_ok());
+        let mut s = Settings::default();
+        s.tracker.low_threshold = 0.9;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("tracker.low_threshold"), "{e}");
+        let mut s = Settings::default();
+        s.tracker.min_hits = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("min_hits"));
+        let mut s = Settings::default();
+        s.zones.push(zone("dock", 2));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("zone[0]") && e.contains("3 points"), "{e}");
+        let mut s = Settings::default();
+        s.zones.push(zone("gate", 3));
+        s.lines.push(LineConfig {
+            name: "gate".into(),
+            from: [0.0, 0.0],
+            to: [1.0, 0.0],
+            source: None,
+            classes: None,
+        });
+        assert!(s.validate().unwrap_err().to_string().contains("used twice"));
+        s.lines[0].name = "door".into();
+        s.lines[0].to = [0.0, 0.0];
+        assert!(s.validate().unwrap_err().to_string().contains("same point"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_sources_filter() {
+        let e = toml::from_str::<TrackerConfig>("min_hit = 2").unwrap_err();
+        assert!(e.to_string().contains("min_hit"), "{e}");
+        let a: AnalyticsConfig = toml::from_str("anchor = \"center\"").unwrap();
+        assert_eq!(a.anchor, Anchor::Center);
+        assert!(toml::from_str::<AnalyticsConfig>("anchor = \"top\"").is_err());
+        let mut s = Settings::default();
+        let mut z = zone("a", 3);
+        z.source = Some("cam1".into());
+        s.zones.push(z);
+        s.zones.push(zone("b", 3));
+        assert_eq!(s.for_source("cam1").zones.len(), 2);
+        assert_eq!(s.for_source("cam2").zones.len(), 1);
+    }
+}

@@ -1,0 +1,456 @@
+//! A ByteTrack-class multi-object tracker (Zhang et al., 2022): a Kalman filter per track predicts its
+//! box; high-score detections are matched first (to confirmed and lost tracks), then low-score ones keep
+//! the remaining confirmed tracks alive through occlusion, then tentative tracks take what high-score
+//! detections are left; the rest start tracks. Matching is an optimal linear assignment (Kuhn–Munkres)
+//! on IoU, optionally blended with mask IoU.
+//!
+//! Lifecycle: tentative → confirmed (after `min_hits` matches) → lost (unmatched) → removed (lost for
+//! longer than `max_lost_*`, or a tentative track missed once). Ids are unique for the tracker's life.
+
+use pathfinding::kuhn_munkres::kuhn_munkres;
+use pathfinding::matrix::Matrix;
+
+use super::config::TrackerConfig;
+use super::kalman::KalmanBox;
+use super::merge::mask_iou_shifted;
+use crate::model::boxes::{self, BoxF};
+use crate::model::paste::InstanceMask;
+use crate::model::Detection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackState {
+    Tentative,
+    Confirmed,
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub id: u64,
+    pub state: TrackState,
+    /// Matched frames in all.
+    pub hits: u32,
+    /// Frames since the last match.
+    pub missed: u32,
+    /// Ever confirmed (a lost track that was confirmed before ends with `track_end`).
+    pub confirmed: bool,
+    kf: KalmanBox,
+    /// The last matched detection's box, score and mask.
+    pub bbox: BoxF,
+    pub score: f32,
+    pub best_score: f32,
+    mask: InstanceMask,
+    mask_area: usize,
+    /// Score-weighted class votes over the track's history, by class id.
+    votes: Vec<f32>,
+    pub first_frame: u64,
+    pub first_pts_ns: u64,
+    pub last_frame: u64,
+    pub last_pts_ns: u64,
+}
+
+impl Track {
+    /// The class with the most score-weighted votes so far: one object keeps one label even when
+    /// single frames disagree.
+    pub fn class_id(&self) -> usize {
+        self.votes
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(c, _)| c)
+    }
+
+    /// The Kalman estimate of the box now.
+    pub fn predicted(&self) -> BoxF {
+        self.kf.bbox()
+    }
+
+    fn vote(&mut self, class_id: usize, score: f32) {
+        if self.votes.len() <= class_id {
+            self.votes.resize(class_id + 1, 0.0);
+        }
+        self.votes[class_id] += score;
+    }
+
+    /// How well detection `d` (with mask area `area`) continues this track: IoU of the predicted box,
+    /// averaged with the IoU of the last mask moved to the predicted place when `use_mask`.
+    fn similarity(&self, d: &Detection, area: usize, use_mask: bool) -> f32 {
+        let pred = self.kf.bbox();
+        let box_iou = boxes::iou(&pred, &d.bbox);
+        if box_iou <= 0.0 || !use_mask || self.mask_area == 0 || area == 0 {
+            return box_iou;
+        }
+        let centre = |b: &BoxF| ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+        let (px, py) = centre(&pred);
+        let (lx, ly) = centre(&self.bbox);
+        let (dx, dy) = ((px - lx).round() as i64, (py - ly).round() as i64);
+        let m = mask_iou_shifted(&self.mask, self.mask_area, dx, dy, &d.mask, area);
+        0.5 * (box_iou + m)
+    }
+}
+
+/// What one frame did to the tracks.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Per input detection: the id of the track it belongs to (None below the tracker's thresholds).
+    pub assigned: Vec<Option<u64>>,
+    /// Tracks confirmed in this frame.
+    pub confirmed: Vec<u64>,
+    /// Tracks removed in this frame that had been confirmed (their last state).
+    pub ended: Vec<Track>,
+}
+
+#[derive(Debug)]
+pub struct Tracker {
+    cfg: TrackerConfig,
+    tracks: Vec<Track>,
+    next_id: u64,
+    frames: u64,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Self {
+        Tracker {
+            cfg,
+            tracks: Vec::new(),
+            next_id: 1,
+            frames: 0,
+        }
+    }
+
+    pub fn tracks(&self) -> &[Track] {
+        &self.tracks
+    }
+
+    pub fn track(&self, id: u64) -> Option<&Track> {
+        self.tracks.iter().find(|t| t.id == id)
+    }
+
+    /// Ids handed out so far.
+    pub fn ids_issued(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// Tracks one frame. `floor` caps the high and new-track thresholds (the output threshold: every
+    /// instance written must be tracked).
+    pub fn update(
+        &mut self,
+        detections: &[Detection],
+        floor: f32,
+        frame: u64,
+        pts_ns: u64,
+    ) -> Step {
+        let _span = tracing::trace_span!("tracker", frame).entered();
+        let c = &self.cfg;
+        let high = c.high_threshold.min(floor);
+        let low = c.low_threshold.min(high);
+        let start = c.new_track_threshold.min(floor);
+        let areas: Vec<usize> = detections.iter().map(|d| d.mask.area()).collect();
+        let first_frame = self.frames == 0;
+        self.frames += 1;
+        let mut step = Step {
+            assigned: vec![None; detections.len()],
+            ..Default::default()
+        };
+        for t in &mut self.tracks {
+            t.kf.predict(t.state == TrackState::Lost);
+        }
+        let high_dets: Vec<usize> = (0..detections.len())
+            .filter(|&i| detections[i].score >= high)
+            .collect();
+        let low_dets: Vec<usize> = (0..detections.len())
+            .filter(|&i| detections[i].score >= low && detections[i].score < high)
+            .collect();
+        let mut matched_track = vec![false; self.tracks.len()];
+
+        // 1: confirmed and lost tracks ↔ high-score detections
+        let pool: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| self.tracks[t].state != TrackState::Tentative)
+            .collect();
+        let m1 = self.assign(&pool, &high_dets, detections, &areas, c.match_iou);
+        // 2: confirmed tracks still unmatched ↔ low-score detections
+        let left: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|t| {
+                !m1.iter().any(|m| m.0 == *t) && self.tracks[*t].state == TrackState::Confirmed
+            })
+            .collect();
+        let m2 = self.assign(&left, &low_dets, detections, &areas, c.low_match_iou);
+        // 3: tentative tracks ↔ high-score detections left
+        let tentative: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| self.tracks[t].state == TrackState::Tentative)
+            .collect();
+        let high_left: Vec<usize> = high_dets
+            .iter()
+            .copied()
+            .filter(|d| !m1.iter().any(|m| m.1 == *d))
+            .collect();
+        let m3 = self.assign(&tentative, &high_left, detections, &areas, c.match_iou);
+
+        for &(t, d) in m1.iter().chain(&m2).chain(&m3) {
+            matched_track[t] = true;
+            let track = &mut self.tracks[t];
+            let det = &detections[d];
+            track.kf.update(&det.bbox);
+            track.bbox = det.bbox;
+            track.score = det.score;
+            track.best_score = track.best_score.max(det.score);
+            track.mask.clone_from(&det.mask);
+            track.mask_area = areas[d];
+            track.vote(det.class_id, det.score);
+            track.hits += 1;
+            track.missed = 0;
+            track.last_frame = frame;
+            track.last_pts_ns = pts_ns;
+            if track.state == TrackState::Lost || track.hits >= c.min_hits {
+                if !track.confirmed {
+                    step.confirmed.push(track.id);
+                }
+                track.state = TrackState::Confirmed;
+                track.confirmed = true;
+            }
+            step.assigned[d] = Some(track.id);
+        }
+
+        // unmatched: tentative tracks die at once, confirmed ones become lost, lost ones age out
+        let max_lost_ms = c.max_lost_ms;
+        let max_lost_frames = c.max_lost_frames;
+        let mut kept = Vec::with_capacity(self.tracks.len());
+        for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
+            if matched_track[t] {
+                kept.push(track);
+                continue;
+            }
+            track.missed += 1;
+            let expired = match max_lost_ms {
+                Some(ms) => pts_ns.saturating_sub(track.last_pts_ns) > ms * 1_000_000,
+                None => track.missed > max_lost_frames,
+            };
+            if track.state == TrackState::Tentative || expired {
+                if track.confirmed {
+                    step.ended.push(track);
+                }
+                continue;
+            }
+            track.state = TrackState::Lost;
+            kept.push(track);
+        }
+        self.tracks = kept;
+
+        // new tracks from the high-score detections nobody took
+        for &d in &high_left {
+            if step.assigned[d].is_some() || detections[d].score < start {
+                continue;
+            }
+            let det = &detections[d];
+            let mut track = Track {
+                id: self.next_id,
+                state: TrackState::Tentative,
+                hits: 1,
+                missed: 0,
+                confirmed: false,
+                kf: KalmanBox::new(&det.bbox),
+                bbox: det.bbox,
+                score: det.score,
+                best_score: det.score,
+                mask: det.mask.clone(),
+                mask_area: areas[d],
+                votes: Vec::new(),
+                first_frame: frame,
+                first_pts_ns: pts_ns,
+                last_frame: frame,
+                last_pts_ns: pts_ns,
+            };
+            track.vote(det.class_id, det.score);
+            if c.min_hits <= 1 || first_frame {
+                track.state = TrackState::Confirmed;
+                track.confirmed = true;
+                step.confirmed.push(track.id);
+            }
+            self.next_id += 1;
+            step.assigned[d] = Some(track.id);
+            self.tracks.push(track);
+        }
+        step
+    }
+
+    /// Ends every track (end of stream): the confirmed ones come back for their `track_end`.
+    pub fn finish(&mut self) -> Vec<Track> {
+        std::mem::take(&mut self.tracks)
+            .into_iter()
+            .filter(|t| t.confirmed)
+            .collect()
+    }
+
+    /// Optimal one-to-one matching of `tracks` with `dets` (indices) maximising total similarity;
+    /// pairs below `min_sim` are never matched. Returns (track index, detection index) pairs.
+    fn assign(
+        &self,
+        tracks: &[usize],
+        dets: &[usize],
+        detections: &[Detection],
+        areas: &[usize],
+        min_sim: f32,
+    ) -> Vec<(usize, usize)> {
+        if tracks.is_empty() || dets.is_empty() {
+            return Vec::new();
+        }
+        // integer weights for Kuhn–Munkres; a pair under the gate weighs 0, the same as no match
+        const SCALE: f32 = 1e6;
+        let weight = |t: usize, d: usize| {
+            let s = self.tracks[t].similarity(&detections[d], areas[d], self.cfg.mask_iou);
+            if s >= min_sim {
+                (s * SCALE) as i64
+            } else {
+                0
+            }
+        };
+        let mut pairs = Vec::new();
+        // kuhn_munkres wants rows <= columns
+        if tracks.len() <= dets.len() {
+            let w = Matrix::from_fn(tracks.len(), dets.len(), |(r, k)| {
+                weight(tracks[r], dets[k])
+            });
+            let (_, cols) = kuhn_munkres(&w);
+            for (r, &k) in cols.iter().enumerate() {
+                if w[(r, k)] > 0 {
+                    pairs.push((tracks[r], dets[k]));
+                }
+            }
+        } else {
+            let w = Matrix::from_fn(dets.len(), tracks.len(), |(r, k)| {
+                weight(tracks[k], dets[r])
+            });
+            let (_, cols) = kuhn_munkres(&w);
+            for (r, &k) in cols.iter().enumerate() {
+                if w[(r, k)] > 0 {
+                    pairs.push((tracks[k], dets[r]));
+                }
+            }
+        }
+        pairs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::merge::tests::det;
+
+    fn cfg() -> TrackerConfig {
+        TrackerConfig {
+            min_hits: 2,
+            max_lost_frames: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn follows_objects_with_stable_unique_ids() {
+        let mut t = Tracker::new(cfg());
+        let mut ids = Vec::new();
+        for f in 0..20u64 {
+            let x = 2 * f as usize;
+            let dets = vec![det(1, 0.9, x, 10, 12, 12), det(2, 0.8, 80 - x, 50, 12, 12)];
+            let s = t.update(&dets, 0.5, f, f * 33_000_000);
+            let a: Vec<u64> = s.assigned.iter().map(|a| a.unwrap()).collect();
+            assert_ne!(a[0], a[1]);
+            if f == 0 {
+                assert_eq!(
+                    s.confirmed.len(),
+                    2,
+                    "the first frame's tracks start at once"
+                );
+            }
+            ids.push(a);
+        }
+        assert!(ids.iter().all(|a| a == &ids[0]), "{ids:?}");
+        assert_eq!(t.ids_issued(), 2);
+    }
+
+    #[test]
+    fn low_score_detections_keep_a_track_alive() {
+        let mut t = Tracker::new(cfg());
+        for f in 0..5u64 {
+            t.update(&[det(1, 0.9, 10 + f as usize, 10, 20, 20)], 0.5, f, f);
+        }
+        // an occluded frame: the model is unsure (0.2), the track holds on, no new id
+        let s = t.update(&[det(1, 0.2, 15, 10, 20, 20)], 0.5, 5, 5);
+        assert_eq!(s.assigned, vec![Some(1)]);
+        let s = t.update(&[det(1, 0.9, 16, 10, 20, 20)], 0.5, 6, 6);
+        assert_eq!(s.assigned, vec![Some(1)]);
+        // below the low threshold the tracker never sees it
+        let s = t.update(&[det(1, 0.05, 17, 10, 20, 20)], 0.5, 7, 7);
+        assert_eq!(s.assigned, vec![None]);
+    }
+
+    #[test]
+    fn lost_tracks_are_recovered_then_removed() {
+        let mut t = Tracker::new(cfg());
+        for f in 0..5u64 {
+            t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, f, f);
+        }
+        for f in 5..7u64 {
+            let s = t.update(&[], 0.5, f, f);
+            assert!(s.ended.is_empty());
+        }
+        assert_eq!(t.tracks()[0].state, TrackState::Lost);
+        let s = t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, 7, 7);
+        assert_eq!(s.assigned, vec![Some(1)]);
+        let mut ended = Vec::new();
+        for f in 8..13u64 {
+            ended.extend(t.update(&[], 0.5, f, f).ended);
+        }
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].id, 1);
+        assert!(t.tracks().is_empty(), "removed tracks are freed");
+    }
+
+    #[test]
+    fn tentative_tracks_die_unconfirmed_and_labels_vote() {
+        let mut t = Tracker::new(cfg());
+        t.update(&[], 0.5, 0, 0);
+        t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, 1, 1);
+        assert!(!t.tracks()[0].confirmed);
+        let s = t.update(&[], 0.5, 2, 2);
+        assert!(
+            s.ended.is_empty(),
+            "a tentative track never started, so never ends"
+        );
+        assert!(t.tracks().is_empty());
+        for (f, (c, s)) in [(1, 0.9), (2, 0.6), (1, 0.8), (2, 0.7), (1, 0.9)]
+            .into_iter()
+            .enumerate()
+        {
+            t.update(&[det(c, s, 40, 40, 20, 20)], 0.5, f as u64 + 3, 0);
+        }
+        assert_eq!(t.tracks()[0].class_id(), 1);
+    }
+
+    #[test]
+    fn crossing_objects_keep_their_ids_by_motion() {
+        // two objects pass each other horizontally; boxes overlap for a few frames
+        let mut t = Tracker::new(cfg());
+        let mut first = None;
+        for f in 0..40u64 {
+            let a = det(1, 0.9, 4 + 2 * f as usize, 30, 14, 14);
+            let b = det(1, 0.9, 82 - 2 * f as usize, 34, 14, 14);
+            let s = t.update(&[a, b], 0.5, f, f);
+            let ids = (s.assigned[0].unwrap(), s.assigned[1].unwrap());
+            assert_eq!(*first.get_or_insert(ids), ids, "frame {f}");
+        }
+    }
+
+    #[test]
+    fn time_based_expiry() {
+        let mut t = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            max_lost_ms: Some(100),
+            ..Default::default()
+        });
+        t.update(&[det(1, 0.9, 10, 10, 20, 20)], 0.5, 0, 0);
+        assert!(t.update(&[], 0.5, 1, 90_000_000).ended.is_empty());
+        assert_eq!(t.update(&[], 0.5, 2, 110_000_000).ended.len(), 1);
+    }
+}
