@@ -1,6 +1,12 @@
-"""Measure the shapes model on a fresh held-out set with pycocotools (box AP, mask AP, mask AP50).
+"""Measure the shapes model on a fresh held-out set with pycocotools (box AP, mask AP, mask AP50) and a
+class confusion matrix at mask IoU 0.5.
 
-    evaluate.py --checkpoint engines/tools/work/shapes.pt --images 500 --out engines/shapes/metrics.txt
+    # a training checkpoint, on the wide world (issue 17)
+    evaluate.py --checkpoint /work/train-state/shapes-wide.pt --images 300 --out metrics-wide.txt
+    # the committed engine's own weights (read back from its ONNX graphs)
+    evaluate.py --engine engines/shapes --images 300 --out engines/shapes/metrics-wide-before.txt
+    # the first engine's figures (engines/shapes/metrics.txt): the v1 world
+    evaluate.py --world v1 --checkpoint engines/tools/work/shapes.pt --images 500 --out engines/shapes/metrics.txt
 
 Held-out seeds start at 10^9: training draws its images from seeds below 2^31/16 that never reach them.
 """
@@ -14,63 +20,152 @@ import sys
 import time
 
 import numpy as np
-import torch
+
+# Before torch loads OpenMP: on a machine whose cores are shared (other builds, a niced run), spinning OpenMP
+# threads burn CPU waiting for a descheduled partner (measured here: 10 s CPU and 60 s wall per training
+# step with spinning, 3 s and 19 s without). Passive waiting costs little when the cores are free.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import load_shapes_checkpoint  # noqa: E402
-from shapes import CocoWriter, make_image, random_size  # noqa: E402
+from model import load_shapes_checkpoint, load_shapes_from_engine  # noqa: E402
+from shapes import CLASSES, CocoWriter, make_image, random_size  # noqa: E402
 
 HELD_OUT_SEED = 1_000_000_000
+CONFUSION_IOU = 0.5
+CONFUSION_SCORE = 0.5
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default="engines/tools/work/shapes.pt")
-    ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_shapes_checkpoint(args.checkpoint)
-    gt, results = CocoWriter(), []
-    t0 = time.time()
-    for i in range(args.images):
-        rng = np.random.default_rng(HELD_OUT_SEED + i)
-        h, w = (360, 640) if i % 2 == 0 else random_size(rng)
-        img, inst = make_image(HELD_OUT_SEED + i, h, w)
-        gt.add(i, h, w, inst)
-        with torch.no_grad():
-            out = model([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0]
-        for b, label, s, m in zip(out["boxes"], out["labels"], out["scores"], out["masks"]):
-            rle = mask_util.encode(np.asfortranarray((m[0] > 0.5).numpy().astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            x1, y1, x2, y2 = (float(v) for v in b)
-            results.append({"image_id": i, "category_id": int(label), "score": float(s),
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": rle})
-    secs = (time.time() - t0) / args.images
-    path = "/tmp/shapes_heldout_gt.json"
-    gt.dump(path)
+def held_out_size(i: int, world: str) -> tuple[int, int]:
+    rng = np.random.default_rng(HELD_OUT_SEED + i)
+    if world == "v1":  # as the first engine's metrics.txt was measured
+        return (360, 640) if i % 2 == 0 else random_size(rng)
+    return random_size(rng, world=world)
+
+
+def detect(model, img: np.ndarray, image_id: int) -> list[dict]:
+    """COCO result entries (box, binary mask as RLE, class, score) of one image."""
+    with torch.no_grad():
+        out = model([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0]
+    results = []
+    for b, label, s, m in zip(out["boxes"], out["labels"], out["scores"], out["masks"]):
+        rle = mask_util.encode(np.asfortranarray((m[0] > 0.5).numpy().astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        x1, y1, x2, y2 = (float(v) for v in b)
+        results.append({"image_id": image_id, "category_id": int(label), "score": float(s),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": rle})
+    return results
+
+
+class Confusion:
+    """Per GT instance, the best-mask-IoU detection above CONFUSION_SCORE (any class): its class if the
+    IoU reaches CONFUSION_IOU, else "missed". Of the other confident detections, those that match no GT
+    are false positives and those on a GT already matched are duplicates (the same object reported
+    twice, often under another class). GT masks are disjoint, so a detection matches at most one GT."""
+
+    def __init__(self):
+        n = len(CLASSES)
+        self.matrix = np.zeros((n, n + 1), np.int64)  # rows: GT class; columns: predicted class, missed
+        self.false_positives = 0
+        self.duplicates = 0
+        self.duplicates_other_class = 0
+
+    def add(self, gts: list[dict], dets: list[dict]):
+        dets = [d for d in dets if d["score"] > CONFUSION_SCORE]
+        if gts and dets:
+            ious = mask_util.iou([d["segmentation"] for d in dets], [g["segmentation"] for g in gts],
+                                 [0] * len(gts))
+        else:
+            ious = np.zeros((len(dets), len(gts)))
+        chosen = set()
+        for g, gt in enumerate(gts):
+            j = int(np.argmax(ious[:, g])) if dets else -1
+            if j >= 0 and ious[j, g] >= CONFUSION_IOU:
+                self.matrix[gt["category_id"] - 1, dets[j]["category_id"] - 1] += 1
+                chosen.add(j)
+            else:
+                self.matrix[gt["category_id"] - 1, -1] += 1
+        for j, d in enumerate(dets):
+            if j in chosen:
+                continue
+            g = int(np.argmax(ious[j])) if gts else -1
+            if g < 0 or ious[j, g] < CONFUSION_IOU:
+                self.false_positives += 1
+            else:
+                self.duplicates += 1
+                self.duplicates_other_class += int(d["category_id"] != gts[g]["category_id"])
+
+    def lines(self) -> list[str]:
+        cols = CLASSES + ["missed"]
+        out = [f"confusion at mask IoU {CONFUSION_IOU} (detections with score > {CONFUSION_SCORE}; each GT "
+               f"instance counted under the class of its best-IoU detection):",
+               "gt \\ pred  " + "".join(f"{c:>10}" for c in cols) + f"{'correct':>10}"]
+        for i, name in enumerate(CLASSES):
+            row = self.matrix[i]
+            out.append(f"{name:<11}" + "".join(f"{v:>10d}" for v in row) + f"{row[i] / max(row.sum(), 1):>10.3f}")
+        n = int(self.matrix.sum())
+        wrong = n - int(np.trace(self.matrix[:, :-1])) - int(self.matrix[:, -1].sum())
+        out.append(f"instances {n}: correct class {np.trace(self.matrix[:, :-1])}, wrong class {wrong}, "
+                   f"missed {int(self.matrix[:, -1].sum())}")
+        out.append(f"false positives (no GT at IoU {CONFUSION_IOU}): {self.false_positives}; duplicates (a "
+                   f"second detection on a matched GT): {self.duplicates}, of them under another class: "
+                   f"{self.duplicates_other_class}")
+        return out
+
+
+def coco_lines(gt_path: str, results: list[dict]) -> list[str]:
     with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(path)
+        coco = COCO(gt_path)
         dets = coco.loadRes(results) if results else None
-    lines = [f"held-out images: {args.images} (seeds {HELD_OUT_SEED}..), instances: {len(gt.annotations)}, "
-             f"torch eager {secs * 1000:.0f} ms/image on {args.threads} threads"]
+    lines = []
     for iou_type in ("bbox", "segm"):
         if dets is None:
             lines.append(f"{iou_type}: no detections")
             continue
         ev = COCOeval(coco, dets, iou_type)
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(io.StringIO()):
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
         name = "box" if iou_type == "bbox" else "mask"
         lines.append(f"{name} AP={ev.stats[0]:.4f} AP50={ev.stats[1]:.4f} AP75={ev.stats[2]:.4f} "
                      f"APs={ev.stats[3]:.4f} APm={ev.stats[4]:.4f} APl={ev.stats[5]:.4f}")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--world", default="wide", choices=["v1", "wide"])
+    ap.add_argument("--checkpoint", default="engines/tools/work/shapes.pt")
+    ap.add_argument("--engine", help="an engine directory (e.g. engines/shapes): its weights instead of --checkpoint")
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_shapes_from_engine(args.engine) if args.engine else load_shapes_checkpoint(args.checkpoint)
+    gt, results, confusion = CocoWriter(), [], Confusion()
+    t0 = time.time()
+    for i in range(args.images):
+        h, w = held_out_size(i, args.world)
+        img, inst = make_image(HELD_OUT_SEED + i, h, w, world=args.world)
+        first = len(gt.annotations)
+        gt.add(i, h, w, inst)
+        dets = detect(model, img, i)
+        confusion.add(gt.annotations[first:], dets)
+        results += dets
+    secs = (time.time() - t0) / args.images
+    path = f"/tmp/shapes_heldout_gt_{os.getpid()}.json"
+    gt.dump(path)
+    weights = f"engine {args.engine}" if args.engine else f"checkpoint {args.checkpoint}"
+    lines = [f"world {args.world}, weights: {weights}",
+             f"held-out images: {args.images} (seeds {HELD_OUT_SEED}..), instances: {len(gt.annotations)}, "
+             f"{secs * 1000:.0f} ms/image (generation + torch eager) on {args.threads} threads"]
+    lines += coco_lines(path, results) + confusion.lines()
+    os.remove(path)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -100,10 +100,23 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def build_folded_shapes_model(cfg: dict = SHAPES_CONFIG) -> MaskRCNN:
+    """The shapes model without BatchNorm (every BN an Identity, the convolutions before them with a
+    bias): the structure of the exported engine, and what train.py fine-tunes when it starts from the
+    engine's weights (BN frozen into the convolutions). Weights are placeholders until loaded."""
+    return fold_batchnorm(build_shapes_model(cfg).eval())
+
+
 def load_shapes_checkpoint(path: str) -> MaskRCNN:
-    """A trained checkpoint (real BN) as an eval-mode model with BN folded in."""
+    """A trained checkpoint as an eval-mode model with BN folded in. The checkpoint holds either real BN
+    (training from scratch) or BN already folded (`bn_folded`: fine-tuned from an engine)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_shapes_model(ckpt.get("config", SHAPES_CONFIG))
+    cfg = ckpt.get("config", SHAPES_CONFIG)
+    if ckpt.get("bn_folded"):
+        model = build_folded_shapes_model(cfg)
+        model.load_state_dict(ckpt["model"])
+        return model.eval()
+    model = build_shapes_model(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return fold_batchnorm(model)
@@ -126,7 +139,7 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     import onnx
     from onnx import numpy_helper
 
-    model = fold_batchnorm(build_shapes_model(SHAPES_CONFIG).eval())
+    model = build_folded_shapes_model(SHAPES_CONFIG)
     state = model.state_dict()
     loaded = set()
     for file, prefixes in _GRAPH_PREFIXES.items():
