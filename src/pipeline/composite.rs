@@ -1,0 +1,254 @@
+//! The composite stage, on the pipeline's own thread: per source it opens the sinks on the first
+//! frame, runs the analytics (tracker, zones, lines, events), draws the overlay and hands the frame and
+//! its record to every sink; at a source's end it finalizes them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+
+use super::config::{expand, PipelineConfig, SourceKind};
+use super::infer::Inferred;
+use super::source::{Frame, SourceStats};
+use super::stats::StageStats;
+use super::tracking::{self, SourceTracking};
+use super::{rtsp, sink, Progress};
+use crate::analytics::AnalyticsStats;
+use crate::error::Result;
+use crate::output::FrameRecord;
+use crate::overlay::{Canvas, Compositor};
+
+/// What the composite stage knows of each source.
+pub(super) struct SourceInfo {
+    pub name: String,
+    pub kind: SourceKind,
+    pub stats: Arc<SourceStats>,
+    /// Its RTSP mount, until the sinks take it on the first frame.
+    pub mount: Option<rtsp::Mount>,
+}
+
+pub(super) struct Composer<'a> {
+    cfg: &'a PipelineConfig,
+    classes: Vec<String>,
+    compositor: Compositor,
+    run_id: String,
+    pub sources: Vec<SourceInfo>,
+    sinks: HashMap<usize, SourceSinks>,
+    trackers: HashMap<usize, SourceTracking>,
+    pub tracked: HashMap<usize, AnalyticsStats>,
+    pub stages: StageStats,
+    pub frames: u64,
+    pub errors: HashMap<usize, String>,
+}
+
+impl<'a> Composer<'a> {
+    pub fn new(cfg: &'a PipelineConfig, classes: Vec<String>, sources: Vec<SourceInfo>) -> Self {
+        Composer {
+            cfg,
+            classes,
+            compositor: Compositor::new(cfg.overlay.clone()),
+            run_id: tracking::run_id(),
+            sources,
+            sinks: HashMap::new(),
+            trackers: HashMap::new(),
+            tracked: HashMap::new(),
+            stages: StageStats::default(),
+            frames: 0,
+            errors: HashMap::new(),
+        }
+    }
+
+    /// One inferred frame through analytics, overlay and sinks. An error stops the run.
+    pub fn frame(&mut self, item: Inferred, progress: &mut dyn Progress) -> Result<()> {
+        let Inferred {
+            mut frame,
+            detections,
+            times,
+            batch,
+        } = item;
+        let sid = frame.source;
+        if !self.sinks.contains_key(&sid) {
+            self.open(sid, &frame, progress)?;
+        }
+        let t = Instant::now();
+        // the tracker sees all detections; outputs keep the user's score threshold
+        let (kept, record, track_ids) = tracking::frame_output(
+            self.trackers.get_mut(&sid),
+            &self.sources[sid].name,
+            &frame,
+            detections,
+            self.cfg.inference.score_threshold,
+            &self.classes,
+            &mut self.stages,
+        )?;
+        let Some(out) = self.sinks.get_mut(&sid) else {
+            return Ok(());
+        };
+        // JSON-only runs (analytics) never draw: no sink would show the pixels
+        if out.shows_pixels() {
+            let (w, h) = (frame.width, frame.height);
+            let mut canvas = Canvas {
+                data: &mut frame.data,
+                width: w,
+                height: h,
+                stride: w * 3,
+            };
+            self.compositor
+                .draw_tracked(&mut canvas, &kept, &self.classes, &track_ids);
+            if let Some(tr) = self.trackers.get(&sid) {
+                crate::analytics::draw::draw(&mut canvas, &self.compositor, &tr.analytics);
+            }
+        }
+        self.stages.record("composite", t.elapsed());
+        let t = Instant::now();
+        let decoded_at = frame.decoded_at;
+        out.write(record, frame)?;
+        self.stages.record("sinks", t.elapsed());
+        // decoded -> handed to every sink: queueing, batching, inference and compositing
+        self.stages.record("latency", decoded_at.elapsed());
+        let per = |d: Duration| d / batch.max(1) as u32;
+        for (name, d) in times.iter() {
+            self.stages.record(name, per(d));
+        }
+        self.stages.record_batch(batch, sid);
+        self.frames += 1;
+        progress.frame_done(sid);
+        Ok(())
+    }
+
+    /// The sinks and the analytics of a source, on its first frame (they need its size and rate).
+    fn open(&mut self, sid: usize, first: &Frame, progress: &mut dyn Progress) -> Result<()> {
+        let src = &mut self.sources[sid];
+        let expected = src.stats.expected.load(Ordering::Relaxed);
+        progress.source_started(sid, &src.name, (expected > 0).then_some(expected));
+        let live = src.kind.is_live();
+        let sinks = SourceSinks::open(self.cfg, &src.name, first, live, src.mount.take())?;
+        if let Some(t) = SourceTracking::open(self.cfg, &src.name, &self.run_id, &self.classes)? {
+            self.trackers.insert(sid, t);
+        }
+        self.sinks.insert(sid, sinks);
+        Ok(())
+    }
+
+    /// A source ended (`error` when it failed): its analytics and sinks are finalized.
+    pub fn end(&mut self, source: usize, error: Option<String>, progress: &mut dyn Progress) {
+        self.close(source);
+        progress.source_ended(source, error.as_deref());
+        if let Some(e) = error {
+            self.errors.insert(source, e);
+        }
+    }
+
+    fn close(&mut self, source: usize) {
+        if let Some(t) = self.trackers.remove(&source) {
+            t.finish_into(source, &mut self.tracked, &mut self.errors);
+        }
+        if let Some(s) = self.sinks.remove(&source) {
+            if let Err(e) = s.finish() {
+                self.errors.entry(source).or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
+    /// Finalizes whatever is still open (stop requested, or a sink failed).
+    pub fn close_all(&mut self) {
+        let open: Vec<usize> = self
+            .sinks
+            .keys()
+            .chain(self.trackers.keys())
+            .copied()
+            .collect();
+        for sid in open {
+            self.close(sid);
+        }
+    }
+}
+
+/// The sinks of one source, opened on its first frame (they need its size and rate).
+pub(super) struct SourceSinks {
+    video: Option<sink::AppSrcPipeline>,
+    preview: Option<sink::AppSrcPipeline>,
+    jsonl: Option<sink::JsonlSink>,
+    rtsp: Option<rtsp::Mount>,
+    caps: gst::Caps,
+}
+
+impl SourceSinks {
+    fn open(
+        cfg: &PipelineConfig,
+        name: &str,
+        first: &Frame,
+        live: bool,
+        rtsp: Option<rtsp::Mount>,
+    ) -> Result<Self> {
+        let o = &cfg.output;
+        let (w, h, fps) = (first.width, first.height, first.fps);
+        let video = match &o.video {
+            Some(t) => Some(sink::video_file(
+                &PathBuf::from(expand(t, name)),
+                w,
+                h,
+                fps,
+                o.bitrate_kbps,
+                live,
+                o.fragment_ms,
+            )?),
+            None => None,
+        };
+        let jsonl = match &o.jsonl {
+            Some(t) => Some(sink::JsonlSink::create(&PathBuf::from(expand(t, name)))?),
+            None => None,
+        };
+        let preview = if o.preview {
+            Some(sink::preview(name, w, h, fps)?)
+        } else {
+            None
+        };
+        let caps = sink::raw_caps(w, h, fps);
+        Ok(SourceSinks {
+            video,
+            preview,
+            jsonl,
+            rtsp,
+            caps,
+        })
+    }
+
+    /// A video file, preview or RTSP stream takes the frames' pixels.
+    fn shows_pixels(&self) -> bool {
+        self.video.is_some() || self.preview.is_some() || self.rtsp.is_some()
+    }
+
+    fn write(&mut self, record: FrameRecord, frame: Frame) -> Result<()> {
+        if let Some(j) = &mut self.jsonl {
+            j.write(&record)?;
+        }
+        if !self.shows_pixels() {
+            return Ok(());
+        }
+        let buffer = sink::rgb_buffer(frame.data, frame.pts_ns, frame.duration_ns);
+        if let Some(m) = &self.rtsp {
+            m.push(&buffer, &self.caps);
+        }
+        if let Some(p) = &self.preview {
+            p.push(buffer.clone())?;
+        }
+        if let Some(v) = &self.video {
+            v.push(buffer)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        let mut first_err = None;
+        for p in [self.video, self.preview].into_iter().flatten() {
+            if let Err(e) = p.finish(Duration::from_secs(30)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
