@@ -11,7 +11,6 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use crate::error::{Error, Result};
-use crate::output::FrameRecord;
 
 /// A GStreamer element by factory name; a missing plugin is an error that says so.
 pub(super) fn make(name: &str) -> Result<gst::Element> {
@@ -270,7 +269,8 @@ impl JsonlSink {
         })
     }
 
-    pub fn write(&mut self, record: &FrameRecord) -> Result<()> {
+    /// One record (a frame, an event) as one line, handed to the OS at once (the file is unbuffered).
+    pub fn write<T: serde::Serialize>(&mut self, record: &T) -> Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record)
             .map_err(|e| Error::Pipeline(e.to_string()))?;

@@ -2,8 +2,7 @@
 //! then the events file. Lives on the composite thread, between inference and the sinks.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -13,41 +12,13 @@ use super::source::Frame;
 use super::stats::StageStats;
 use crate::analytics::events::rfc3339_ms;
 use crate::analytics::{Analytics, AnalyticsStats, Event};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Detection;
 use crate::output::FrameRecord;
 
-/// One JSON line per event, each flushed as it is written (a consumer tailing the file sees events as
-/// they happen; a crash loses none already reported).
-pub struct EventsSink {
-    file: std::fs::File,
-    path: PathBuf,
-    line: Vec<u8>,
-}
-
-impl EventsSink {
-    pub fn create(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        Ok(EventsSink {
-            file,
-            path: path.to_path_buf(),
-            line: Vec::with_capacity(512),
-        })
-    }
-
-    pub fn write(&mut self, event: &Event) -> Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, event).map_err(|e| Error::Pipeline(e.to_string()))?;
-        self.line.push(b'\n');
-        // one write per line: an unbuffered File hands it to the OS at once
-        self.file
-            .write_all(&self.line)
-            .map_err(|e| Error::io(&self.path, e))
-    }
-}
+/// One JSON line per event, each handed to the OS as it is written (a consumer tailing the file sees
+/// events as they happen; a crash loses none already reported).
+type EventsSink = super::sink::JsonlSink;
 
 /// What the analytics stage hands the sinks for one frame.
 pub struct Tracked {
