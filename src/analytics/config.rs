@@ -138,7 +138,15 @@ pub struct Settings {
 
 impl Settings {
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        self.validate_tracker()?;
+        self.validate_analytics()?;
+        self.validate_zones()?;
+        self.validate_lines()?;
+        self.validate_unique_names()
+    }
+
+    /// `[tracker]`: thresholds within 0..1 and consistent, counts and durations bounded.
+    fn validate_tracker(&self) -> Result<()> {
         let t = &self.tracker;
         for (key, v) in [
             ("tracker.high_threshold", t.high_threshold),
@@ -183,6 +191,11 @@ impl Settings {
         if t.max_lost_ms.is_some_and(|ms| ms > 3_600_000) {
             return bad("tracker.max_lost_ms", "is over 3600000 (1 hour)".into());
         }
+        Ok(())
+    }
+
+    /// `[analytics]`.
+    fn validate_analytics(&self) -> Result<()> {
         let h = self.analytics.line_hysteresis_px;
         if !(0.0..=1000.0).contains(&h) {
             return bad(
@@ -190,7 +203,11 @@ impl Settings {
                 format!("{h} is outside 0..1000"),
             );
         }
-        let mut names: Vec<&str> = Vec::new();
+        Ok(())
+    }
+
+    /// Each `[[zone]]`: a name, a finite polygon of 3 points or more, bounded inertia and loiter.
+    fn validate_zones(&self) -> Result<()> {
         for (i, z) in self.zones.iter().enumerate() {
             let key = format!("zone[{i}] ({:?})", z.name);
             if z.name.trim().is_empty() {
@@ -220,8 +237,12 @@ impl Settings {
                     "must be a positive number".into(),
                 );
             }
-            names.push(&z.name);
         }
+        Ok(())
+    }
+
+    /// Each `[[line]]`: a name and two distinct finite points.
+    fn validate_lines(&self) -> Result<()> {
         for (i, l) in self.lines.iter().enumerate() {
             let key = format!("line[{i}] ({:?})", l.name);
             if l.name.trim().is_empty() {
@@ -233,8 +254,18 @@ impl Settings {
             if l.from == l.to {
                 return bad(&key, "from and to are the same point".into());
             }
-            names.push(&l.name);
         }
+        Ok(())
+    }
+
+    /// Zones and lines share one namespace: no name twice.
+    fn validate_unique_names(&self) -> Result<()> {
+        let names: Vec<&str> = self
+            .zones
+            .iter()
+            .map(|z| z.name.as_str())
+            .chain(self.lines.iter().map(|l| l.name.as_str()))
+            .collect();
         let mut sorted = names.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
@@ -269,6 +300,11 @@ impl Settings {
                 .collect(),
         }
     }
+}
+
+/// A `key: why` configuration error.
+fn bad(key: &str, why: String) -> Result<()> {
+    Err(Error::Config(format!("{key}: {why}")))
 }
 
 #[cfg(test)]

@@ -233,8 +233,31 @@ impl Analytics {
             .tracker
             .update(&detections, output_threshold, frame, pts_ns);
         let mut events = Vec::new();
+        self.start_tracks(&step.confirmed, frame, pts_ns, ts, &mut events);
+        self.follow_seen(frame, pts_ns, ts, &mut events);
+        for t in &step.ended {
+            self.end(t, frame, pts_ns, ts, &mut events);
+        }
+        let (instances, track_ids) =
+            self.tracked_instances(detections, &step.assigned, output_threshold);
+        FrameAnalytics {
+            instances,
+            track_ids,
+            summary: self.summary(),
+            events,
+        }
+    }
 
-        for id in &step.confirmed {
+    /// Analytics state and a `track_start` event for each track confirmed in this frame.
+    fn start_tracks(
+        &mut self,
+        confirmed: &[u64],
+        frame: u64,
+        pts_ns: u64,
+        ts: &str,
+        events: &mut Vec<Event>,
+    ) {
+        for id in confirmed {
             self.stats.tracks += 1;
             self.per_track.insert(
                 *id,
@@ -249,7 +272,10 @@ impl Analytics {
                 events.push(e);
             }
         }
+    }
 
+    /// Zones and lines follow confirmed tracks seen in this frame.
+    fn follow_seen(&mut self, frame: u64, pts_ns: u64, ts: &str, events: &mut Vec<Event>) {
         for c in &mut self.zone_counts {
             c.clear();
         }
@@ -263,16 +289,21 @@ impl Analytics {
             .cloned()
             .collect();
         for t in &seen {
-            self.follow(t, frame, pts_ns, ts, &mut events);
+            self.follow(t, frame, pts_ns, ts, events);
         }
+    }
 
-        for t in &step.ended {
-            self.end(t, frame, pts_ns, ts, &mut events);
-        }
-
+    /// The detections written out: at the output threshold, tracked, confirmed (or tentative
+    /// when `output_tentative`), with the track's voted class; and their track ids.
+    fn tracked_instances(
+        &self,
+        detections: Vec<Detection>,
+        assigned: &[Option<u64>],
+        output_threshold: f32,
+    ) -> (Vec<Detection>, Vec<u64>) {
         let mut instances = Vec::new();
         let mut track_ids = Vec::new();
-        for (d, id) in detections.into_iter().zip(&step.assigned) {
+        for (d, id) in detections.into_iter().zip(assigned) {
             if d.score < output_threshold {
                 continue;
             }
@@ -289,12 +320,7 @@ impl Analytics {
             instances.push(d);
             track_ids.push(id);
         }
-        FrameAnalytics {
-            instances,
-            track_ids,
-            summary: self.summary(),
-            events,
-        }
+        (instances, track_ids)
     }
 
     /// Zones and lines for one confirmed track seen at this frame.

@@ -78,93 +78,124 @@ pub fn evaluate(frames: &[FrameMatch], threshold: f64) -> MotMetrics {
     // object matched to another hypothesis than last time it was matched is an ID switch
     let mut current: HashMap<u64, u64> = HashMap::new();
     let mut last_match: HashMap<u64, u64> = HashMap::new();
-    let mut co: HashMap<(u64, u64), i64> = HashMap::new();
-    let mut gt_count: HashMap<u64, i64> = HashMap::new();
-    let mut hyp_count: HashMap<u64, i64> = HashMap::new();
+    let mut counts = IdCounts::default();
     for f in frames {
         m.gt += f.gt.len();
         m.hyp += f.hyp.len();
-        for &g in &f.gt {
-            *gt_count.entry(g).or_default() += 1;
-        }
-        for &h in &f.hyp {
-            *hyp_count.entry(h).or_default() += 1;
-        }
-        let ok = |g: usize, h: usize| f.iou[g][h] >= threshold;
-        for (g, &gid) in f.gt.iter().enumerate() {
-            for (h, &hid) in f.hyp.iter().enumerate() {
-                if ok(g, h) {
-                    *co.entry((gid, hid)).or_default() += 1;
-                }
-            }
-        }
-        let mut g_used = vec![false; f.gt.len()];
-        let mut h_used = vec![false; f.hyp.len()];
-        let mut pairs: Vec<(usize, usize)> = Vec::new();
-        for (g, gid) in f.gt.iter().enumerate() {
-            let Some(hid) = current.get(gid) else {
-                continue;
-            };
-            if let Some(h) = f.hyp.iter().position(|x| x == hid) {
-                if !h_used[h] && ok(g, h) {
-                    g_used[g] = true;
-                    h_used[h] = true;
-                    pairs.push((g, h));
-                }
-            }
-        }
-        let gs: Vec<usize> = (0..f.gt.len()).filter(|&g| !g_used[g]).collect();
-        let hs: Vec<usize> = (0..f.hyp.len()).filter(|&h| !h_used[h]).collect();
-        let new = max_assign(gs.len(), hs.len(), |r, c| {
-            let v = f.iou[gs[r]][hs[c]];
-            if v >= threshold {
-                // +1: an IoU of exactly the threshold still weighs more than no match
-                (v * 1e6) as i64 + 1
-            } else {
-                0
-            }
-        });
-        current.clear();
-        for &(g, h) in &pairs {
-            current.insert(f.gt[g], f.hyp[h]);
-        }
-        for (r, c) in new {
-            let (gid, hid) = (f.gt[gs[r]], f.hyp[hs[c]]);
-            if last_match.get(&gid).is_some_and(|&prev| prev != hid) {
-                m.id_switches += 1;
-            }
-            current.insert(gid, hid);
-        }
-        for (&g, &h) in &current {
-            last_match.insert(g, h);
-        }
+        counts.add(f, threshold);
+        m.id_switches += match_frame(f, threshold, &mut current, &mut last_match);
         m.matches += current.len();
         m.false_negatives += f.gt.len() - current.len();
         m.false_positives += f.hyp.len() - current.len();
     }
-    m.gt_tracks = gt_count.len();
+    m.gt_tracks = counts.gt.len();
     m.mota = if m.gt == 0 {
         0.0
     } else {
         1.0 - (m.false_negatives + m.false_positives + m.id_switches) as f64 / m.gt as f64
     };
-    // IDF1: one global one-to-one match of ground-truth tracks with hypothesis tracks maximising the
-    // frames they agree on (IDTP)
-    let gids: Vec<u64> = gt_count.keys().copied().collect();
-    let hids: Vec<u64> = hyp_count.keys().copied().collect();
-    let pairs = max_assign(gids.len(), hids.len(), |r, c| {
-        co.get(&(gids[r], hids[c])).copied().unwrap_or(0)
-    });
-    m.idtp = pairs
-        .iter()
-        .map(|&(r, c)| co.get(&(gids[r], hids[c])).copied().unwrap_or(0) as usize)
-        .sum();
+    m.idtp = counts.idtp();
     m.idf1 = if m.gt + m.hyp == 0 {
         0.0
     } else {
         2.0 * m.idtp as f64 / (m.gt + m.hyp) as f64
     };
     m
+}
+
+/// Per-track frame counts over the whole sequence, for IDF1.
+#[derive(Default)]
+struct IdCounts {
+    /// Frames in which ground-truth track and hypothesis track overlap above the threshold.
+    co: HashMap<(u64, u64), i64>,
+    gt: HashMap<u64, i64>,
+    hyp: HashMap<u64, i64>,
+}
+
+impl IdCounts {
+    fn add(&mut self, f: &FrameMatch, threshold: f64) {
+        for &g in &f.gt {
+            *self.gt.entry(g).or_default() += 1;
+        }
+        for &h in &f.hyp {
+            *self.hyp.entry(h).or_default() += 1;
+        }
+        for (g, &gid) in f.gt.iter().enumerate() {
+            for (h, &hid) in f.hyp.iter().enumerate() {
+                if f.iou[g][h] >= threshold {
+                    *self.co.entry((gid, hid)).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// IDF1: one global one-to-one match of ground-truth tracks with hypothesis tracks maximising
+    /// the frames they agree on (IDTP).
+    fn idtp(&self) -> usize {
+        let co = &self.co;
+        let gids: Vec<u64> = self.gt.keys().copied().collect();
+        let hids: Vec<u64> = self.hyp.keys().copied().collect();
+        let pairs = max_assign(gids.len(), hids.len(), |r, c| {
+            co.get(&(gids[r], hids[c])).copied().unwrap_or(0)
+        });
+        pairs
+            .iter()
+            .map(|&(r, c)| co.get(&(gids[r], hids[c])).copied().unwrap_or(0) as usize)
+            .sum()
+    }
+}
+
+/// One frame of CLEAR-MOT matching: `current` becomes this frame's (ground truth → hypothesis)
+/// pairs, `last_match` remembers each object's latest; returns the ID switches.
+fn match_frame(
+    f: &FrameMatch,
+    threshold: f64,
+    current: &mut HashMap<u64, u64>,
+    last_match: &mut HashMap<u64, u64>,
+) -> usize {
+    let mut id_switches = 0;
+    let ok = |g: usize, h: usize| f.iou[g][h] >= threshold;
+    let mut g_used = vec![false; f.gt.len()];
+    let mut h_used = vec![false; f.hyp.len()];
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    for (g, gid) in f.gt.iter().enumerate() {
+        let Some(hid) = current.get(gid) else {
+            continue;
+        };
+        if let Some(h) = f.hyp.iter().position(|x| x == hid) {
+            if !h_used[h] && ok(g, h) {
+                g_used[g] = true;
+                h_used[h] = true;
+                pairs.push((g, h));
+            }
+        }
+    }
+    let gs: Vec<usize> = (0..f.gt.len()).filter(|&g| !g_used[g]).collect();
+    let hs: Vec<usize> = (0..f.hyp.len()).filter(|&h| !h_used[h]).collect();
+    let new = max_assign(gs.len(), hs.len(), |r, c| {
+        let v = f.iou[gs[r]][hs[c]];
+        if v >= threshold {
+            // +1: an IoU of exactly the threshold still weighs more than no match
+            (v * 1e6) as i64 + 1
+        } else {
+            0
+        }
+    });
+    current.clear();
+    for &(g, h) in &pairs {
+        current.insert(f.gt[g], f.hyp[h]);
+    }
+    for (r, c) in new {
+        let (gid, hid) = (f.gt[gs[r]], f.hyp[hs[c]]);
+        if last_match.get(&gid).is_some_and(|&prev| prev != hid) {
+            id_switches += 1;
+        }
+        current.insert(gid, hid);
+    }
+    for (&g, &h) in current.iter() {
+        last_match.insert(g, h);
+    }
+    id_switches
 }
 
 #[derive(Debug, Deserialize)]

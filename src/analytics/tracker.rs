@@ -100,6 +100,14 @@ pub struct Step {
     pub ended: Vec<Track>,
 }
 
+/// One frame's detections, their mask areas and its position in the stream.
+struct FrameInput<'a> {
+    detections: &'a [Detection],
+    areas: &'a [usize],
+    frame: u64,
+    pts_ns: u64,
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -146,28 +154,55 @@ impl Tracker {
         let low = c.low_threshold.min(high);
         let start = c.new_track_threshold.min(floor);
         let areas: Vec<usize> = detections.iter().map(|d| d.mask.area()).collect();
+        let input = FrameInput {
+            detections,
+            areas: &areas,
+            frame,
+            pts_ns,
+        };
         let first_frame = self.frames == 0;
         self.frames += 1;
         let mut step = Step {
             assigned: vec![None; detections.len()],
             ..Default::default()
         };
+        self.predict();
+        let (matches, high_left) = self.associate(&input, high, low);
+        let matched_track = self.apply_matches(&input, &matches, &mut step);
+        self.retire_unmatched(&matched_track, pts_ns, &mut step);
+        self.start_tracks(&input, &high_left, start, first_frame, &mut step);
+        step
+    }
+
+    /// Moves every track's Kalman filter one frame on.
+    fn predict(&mut self) {
         for t in &mut self.tracks {
             t.kf.predict(t.state == TrackState::Lost);
         }
+    }
+
+    /// The three association rounds; returns the (track, detection) matches in round order and the
+    /// high-score detections the first round left.
+    fn associate(
+        &self,
+        input: &FrameInput,
+        high: f32,
+        low: f32,
+    ) -> (Vec<(usize, usize)>, Vec<usize>) {
+        let c = &self.cfg;
+        let (detections, areas) = (input.detections, input.areas);
         let high_dets: Vec<usize> = (0..detections.len())
             .filter(|&i| detections[i].score >= high)
             .collect();
         let low_dets: Vec<usize> = (0..detections.len())
             .filter(|&i| detections[i].score >= low && detections[i].score < high)
             .collect();
-        let mut matched_track = vec![false; self.tracks.len()];
 
         // 1: confirmed and lost tracks ↔ high-score detections
         let pool: Vec<usize> = (0..self.tracks.len())
             .filter(|&t| self.tracks[t].state != TrackState::Tentative)
             .collect();
-        let m1 = self.assign(&pool, &high_dets, detections, &areas, c.match_iou);
+        let m1 = self.assign(&pool, &high_dets, detections, areas, c.match_iou);
         // 2: confirmed tracks still unmatched ↔ low-score detections
         let left: Vec<usize> = pool
             .iter()
@@ -176,7 +211,7 @@ impl Tracker {
                 !m1.iter().any(|m| m.0 == *t) && self.tracks[*t].state == TrackState::Confirmed
             })
             .collect();
-        let m2 = self.assign(&left, &low_dets, detections, &areas, c.low_match_iou);
+        let m2 = self.assign(&left, &low_dets, detections, areas, c.low_match_iou);
         // 3: tentative tracks ↔ high-score detections left
         let tentative: Vec<usize> = (0..self.tracks.len())
             .filter(|&t| self.tracks[t].state == TrackState::Tentative)
@@ -186,24 +221,36 @@ impl Tracker {
             .copied()
             .filter(|d| !m1.iter().any(|m| m.1 == *d))
             .collect();
-        let m3 = self.assign(&tentative, &high_left, detections, &areas, c.match_iou);
+        let m3 = self.assign(&tentative, &high_left, detections, areas, c.match_iou);
+        let matches = m1.into_iter().chain(m2).chain(m3).collect();
+        (matches, high_left)
+    }
 
-        for &(t, d) in m1.iter().chain(&m2).chain(&m3) {
+    /// Updates each matched track with its detection; returns which tracks were matched.
+    fn apply_matches(
+        &mut self,
+        input: &FrameInput,
+        matches: &[(usize, usize)],
+        step: &mut Step,
+    ) -> Vec<bool> {
+        let min_hits = self.cfg.min_hits;
+        let mut matched_track = vec![false; self.tracks.len()];
+        for &(t, d) in matches {
             matched_track[t] = true;
             let track = &mut self.tracks[t];
-            let det = &detections[d];
+            let det = &input.detections[d];
             track.kf.update(&det.bbox);
             track.bbox = det.bbox;
             track.score = det.score;
             track.best_score = track.best_score.max(det.score);
             track.mask.clone_from(&det.mask);
-            track.mask_area = areas[d];
+            track.mask_area = input.areas[d];
             track.vote(det.class_id, det.score);
             track.hits += 1;
             track.missed = 0;
-            track.last_frame = frame;
-            track.last_pts_ns = pts_ns;
-            if track.state == TrackState::Lost || track.hits >= c.min_hits {
+            track.last_frame = input.frame;
+            track.last_pts_ns = input.pts_ns;
+            if track.state == TrackState::Lost || track.hits >= min_hits {
                 if !track.confirmed {
                     step.confirmed.push(track.id);
                 }
@@ -212,10 +259,13 @@ impl Tracker {
             }
             step.assigned[d] = Some(track.id);
         }
+        matched_track
+    }
 
-        // unmatched: tentative tracks die at once, confirmed ones become lost, lost ones age out
-        let max_lost_ms = c.max_lost_ms;
-        let max_lost_frames = c.max_lost_frames;
+    /// Unmatched: tentative tracks die at once, confirmed ones become lost, lost ones age out.
+    fn retire_unmatched(&mut self, matched_track: &[bool], pts_ns: u64, step: &mut Step) {
+        let max_lost_ms = self.cfg.max_lost_ms;
+        let max_lost_frames = self.cfg.max_lost_frames;
         let mut kept = Vec::with_capacity(self.tracks.len());
         for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
             if matched_track[t] {
@@ -237,9 +287,19 @@ impl Tracker {
             kept.push(track);
         }
         self.tracks = kept;
+    }
 
-        // new tracks from the high-score detections nobody took
-        for &d in &high_left {
+    /// New tracks from the high-score detections nobody took.
+    fn start_tracks(
+        &mut self,
+        input: &FrameInput,
+        high_left: &[usize],
+        start: f32,
+        first_frame: bool,
+        step: &mut Step,
+    ) {
+        let (detections, frame, pts_ns) = (input.detections, input.frame, input.pts_ns);
+        for &d in high_left {
             if step.assigned[d].is_some() || detections[d].score < start {
                 continue;
             }
@@ -255,7 +315,7 @@ impl Tracker {
                 score: det.score,
                 best_score: det.score,
                 mask: det.mask.clone(),
-                mask_area: areas[d],
+                mask_area: input.areas[d],
                 votes: Vec::new(),
                 first_frame: frame,
                 first_pts_ns: pts_ns,
@@ -263,7 +323,7 @@ impl Tracker {
                 last_pts_ns: pts_ns,
             };
             track.vote(det.class_id, det.score);
-            if c.min_hits <= 1 || first_frame {
+            if self.cfg.min_hits <= 1 || first_frame {
                 track.state = TrackState::Confirmed;
                 track.confirmed = true;
                 step.confirmed.push(track.id);
@@ -272,7 +332,6 @@ impl Tracker {
             step.assigned[d] = Some(track.id);
             self.tracks.push(track);
         }
-        step
     }
 
     /// Ends every track (end of stream): the confirmed ones come back for their `track_end`.

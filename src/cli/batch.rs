@@ -141,27 +141,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let mut base = match &args.pipeline {
-        Some(p) => PipelineConfig::load(p)?,
-        None => PipelineConfig {
-            engine: super::default_engine(),
-            ..Default::default()
-        },
-    };
-    args.model.apply(&mut base);
-    base.output.overwrite |= args.overwrite;
+    let base = base_config(&args)?;
     let configs: Vec<PipelineConfig> = files
         .iter()
         .map(|f| file_config(&base, f, &base_dir, &args))
         .collect();
-    // every input against every output of the whole batch, before any file is touched
-    let mut plan = OutputPlan::default();
-    for cfg in &configs {
-        pipeline::plan_outputs(cfg, &mut plan)?;
-    }
-    plan.check(base.output.overwrite)?;
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    check_outputs(&base, &configs, &args)?;
     let loading = std::time::Instant::now();
     let mut model = Some(
         pipeline::load_model(&base)
@@ -193,50 +178,105 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             progress: Box::new(Bars::new(multi.clone(), Some(overall.clone()))),
             on_rtsp_ready: None,
         };
-        match pipeline::run_with(cfg, m, ctx) {
-            Ok((summary, m)) => {
-                model = Some(m);
-                frames += summary.frames;
-                for s in summary.failed() {
-                    failures.push(format!(
-                        "{}: {}",
-                        file.display(),
-                        s.error.as_deref().unwrap_or("failed")
-                    ));
-                }
-            }
-            Err(e) => {
-                // the model went down with the run (it failed before handing it back): load it anew
-                match pipeline::load_model(&base) {
-                    Ok(m) => model = Some(m),
-                    Err(le) => failures.push(format!("reloading the engine: {le}")),
-                }
-                // most errors already name the file; name it once
-                let e = format!("{e}");
-                let shown = file.display().to_string();
-                failures.push(if e.contains(&shown) {
-                    e
-                } else {
-                    format!("{shown}: {e}")
-                });
-            }
-        }
+        let result = pipeline::run_with(cfg, m, ctx);
+        record_run(result, file, &base, &mut model, &mut failures, &mut frames);
         overall.inc(1);
     }
     overall.finish();
     let _ = model;
+    report(files.len(), frames, started, &failures)
+}
+
+/// The pipeline configuration every file starts from: `--pipeline` or the defaults, with the
+/// model options and `--overwrite` applied.
+fn base_config(args: &Args) -> anyhow::Result<PipelineConfig> {
+    let mut base = match &args.pipeline {
+        Some(p) => PipelineConfig::load(p)?,
+        None => PipelineConfig {
+            engine: super::default_engine(),
+            ..Default::default()
+        },
+    };
+    args.model.apply(&mut base);
+    base.output.overwrite |= args.overwrite;
+    Ok(base)
+}
+
+/// Every input against every output of the whole batch, before any file is touched; then the
+/// output directory.
+fn check_outputs(
+    base: &PipelineConfig,
+    configs: &[PipelineConfig],
+    args: &Args,
+) -> anyhow::Result<()> {
+    let mut plan = OutputPlan::default();
+    for cfg in configs {
+        pipeline::plan_outputs(cfg, &mut plan)?;
+    }
+    plan.check(base.output.overwrite)?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    Ok(())
+}
+
+/// Counts one file's frames and failures; keeps the model it handed back, or loads it anew.
+fn record_run(
+    result: maskstream::Result<(pipeline::stats::Summary, maskstream::MaskRcnn)>,
+    file: &Path,
+    base: &PipelineConfig,
+    model: &mut Option<maskstream::MaskRcnn>,
+    failures: &mut Vec<String>,
+    frames: &mut u64,
+) {
+    match result {
+        Ok((summary, m)) => {
+            *model = Some(m);
+            *frames += summary.frames;
+            for s in summary.failed() {
+                failures.push(format!(
+                    "{}: {}",
+                    file.display(),
+                    s.error.as_deref().unwrap_or("failed")
+                ));
+            }
+        }
+        Err(e) => {
+            // the model went down with the run (it failed before handing it back): load it anew
+            match pipeline::load_model(base) {
+                Ok(m) => *model = Some(m),
+                Err(le) => failures.push(format!("reloading the engine: {le}")),
+            }
+            // most errors already name the file; name it once
+            let e = format!("{e}");
+            let shown = file.display().to_string();
+            failures.push(if e.contains(&shown) {
+                e
+            } else {
+                format!("{shown}: {e}")
+            });
+        }
+    }
+}
+
+/// The closing line, each failure, and an error when any file failed.
+fn report(
+    files: usize,
+    frames: u64,
+    started: std::time::Instant,
+    failures: &[String],
+) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "batch: {} files, {frames} frames in {secs:.1} s ({:.1} frames/s), {} failed",
-        files.len(),
+        files,
         frames as f64 / secs.max(1e-9),
         failures.len()
     );
-    for f in &failures {
+    for f in failures {
         eprintln!("error: {f}");
     }
     if !failures.is_empty() {
-        bail!("{} of {} files failed", failures.len(), files.len());
+        bail!("{} of {} files failed", failures.len(), files);
     }
     Ok(())
 }

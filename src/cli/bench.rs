@@ -1,7 +1,7 @@
 //! `maskstream bench`: model-only throughput on a fixed set of decoded frames (per-stage ms, frames/s,
 //! peak RSS), then the full pipeline on the same video with a null sink, and the pipeline overhead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,8 +130,70 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model.detect_batch(chunk)?;
     }
     let timed = &views[(3 * batch).min(views.len() - 1)..];
+    let (stage_sum, overlay, model_time, n) = time_model(&mut model, timed, batch)?;
+    let model_secs = model_time.as_secs_f64();
+    let model_fps = n as f64 / model_secs;
+    let mut stages: Vec<(String, f64)> = stage_sum
+        .iter()
+        .chain([("overlay", overlay)])
+        .map(|(name, d)| (name.to_string(), d.as_secs_f64() * 1e3 / n as f64))
+        .collect();
+    // tracker + zones + lines + events at 20 objects (a synthetic scene: the demo has only a few)
+    stages.push((
+        "track".to_string(),
+        maskstream::analytics::bench::ms_per_frame(20, 300),
+    ));
+    let (w, h) = (frames[0].0, frames[0].1);
+    println!(
+        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
+        n,
+        model.provider(),
+        if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
+        1e3 / model_fps
+    );
+    for (name, ms) in &stages {
+        println!("  {name:<15} {ms:>8.2} ms/frame");
+    }
+    let rss = peak_rss_mb();
+    println!("  peak RSS       {rss:>8.1} MB");
+    drop(model);
+
+    let (pipeline_fps, overhead) = if args.model_only {
+        (None, None)
+    } else {
+        let (fps, ov) = run_pipeline(&args, &engine, batch, frames.len(), model_fps)?;
+        (Some(fps), Some(ov))
+    };
+    if let Some(path) = &args.json {
+        let report = Report {
+            engine: engine.display().to_string(),
+            backend: args.backend.to_string(),
+            threads: args.threads,
+            batch,
+            frames: n,
+            width: w,
+            height: h,
+            model_fps,
+            model_ms_per_frame: 1e3 / model_fps,
+            stages_ms: stages,
+            peak_rss_mb: rss,
+            pipeline_fps,
+            pipeline_overhead: overhead,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Times the model over `timed` in batches of `batch`, and the compositor's drawing apart (and left
+/// out of the model's time) on a copy of each frame: (first-frame stage sums, drawing, model, frames).
+fn time_model(
+    model: &mut MaskRcnn,
+    timed: &[RgbFrame<'_>],
+    batch: usize,
+) -> anyhow::Result<(StageTimes, Duration, Duration, usize)> {
     let mut stage_sum = StageTimes::default();
-    // the compositor's drawing, timed apart (and left out of the model's time) on a copy of each frame
     let compositor = Compositor::new(OverlayStyle::default());
     let threshold = InferenceConfig::default().score_threshold;
     let (mut overlay, mut canvas) = (Duration::ZERO, Vec::new());
@@ -168,81 +230,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         n += chunk.len();
     }
-    let model_secs = model_time.as_secs_f64();
-    let model_fps = n as f64 / model_secs;
-    let mut stages: Vec<(String, f64)> = stage_sum
-        .iter()
-        .chain([("overlay", overlay)])
-        .map(|(name, d)| (name.to_string(), d.as_secs_f64() * 1e3 / n as f64))
-        .collect();
-    // tracker + zones + lines + events at 20 objects (a synthetic scene: the demo has only a few)
-    stages.push((
-        "track".to_string(),
-        maskstream::analytics::bench::ms_per_frame(20, 300),
-    ));
-    let (w, h) = (frames[0].0, frames[0].1);
-    println!(
-        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
-        n,
-        model.provider(),
-        if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
-        1e3 / model_fps
-    );
-    for (name, ms) in &stages {
-        println!("  {name:<15} {ms:>8.2} ms/frame");
-    }
-    let rss = peak_rss_mb();
-    println!("  peak RSS       {rss:>8.1} MB");
-    drop(model);
+    Ok((stage_sum, overlay, model_time, n))
+}
 
-    let (mut pipeline_fps, mut overhead) = (None, None);
-    if !args.model_only {
-        let mut cfg = PipelineConfig {
-            engine: engine.clone(),
-            backend: args.backend,
-            threads: args.threads,
-            ..Default::default()
-        };
-        cfg.sources = vec![SourceConfig {
-            uri: args.video.display().to_string(),
-            name: Some("bench".into()),
-            max_frames: Some(frames.len() as u64),
-            ..SourceConfig::new("")
-        }];
-        cfg.inference.max_batch = Some(batch);
-        let summary = pipeline::run(&cfg, RunContext::default())?;
-        // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
-        let fps = summary.fps();
-        let model_all = frames.len() as f64 / model_fps;
-        let ov = summary.elapsed.as_secs_f64() / model_all - 1.0;
-        println!(
-            "full pipeline (decode → infer → null sink: nothing shows pixels, so no drawing): {} frames, {fps:.2} frames/s, overhead vs model-only {:+.1}%",
-            summary.frames,
-            ov * 100.0
-        );
-        pipeline_fps = Some(fps);
-        overhead = Some(ov);
-    }
-    if let Some(path) = &args.json {
-        let report = Report {
-            engine: engine.display().to_string(),
-            backend: args.backend.to_string(),
-            threads: args.threads,
-            batch,
-            frames: n,
-            width: w,
-            height: h,
-            model_fps,
-            model_ms_per_frame: 1e3 / model_fps,
-            stages_ms: stages,
-            peak_rss_mb: rss,
-            pipeline_fps,
-            pipeline_overhead: overhead,
-        };
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("{}", path.display()))?;
-    }
-    Ok(())
+/// The full pipeline on the same video (decode → infer → null sink): (frames/s, overhead vs
+/// model-only).
+fn run_pipeline(
+    args: &Args,
+    engine: &Path,
+    batch: usize,
+    frames: usize,
+    model_fps: f64,
+) -> anyhow::Result<(f64, f64)> {
+    let mut cfg = PipelineConfig {
+        engine: engine.to_path_buf(),
+        backend: args.backend,
+        threads: args.threads,
+        ..Default::default()
+    };
+    cfg.sources = vec![SourceConfig {
+        uri: args.video.display().to_string(),
+        name: Some("bench".into()),
+        max_frames: Some(frames as u64),
+        ..SourceConfig::new("")
+    }];
+    cfg.inference.max_batch = Some(batch);
+    let summary = pipeline::run(&cfg, RunContext::default())?;
+    // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
+    let fps = summary.fps();
+    let model_all = frames as f64 / model_fps;
+    let ov = summary.elapsed.as_secs_f64() / model_all - 1.0;
+    println!(
+        "full pipeline (decode → infer → null sink: nothing shows pixels, so no drawing): {} frames, {fps:.2} frames/s, overhead vs model-only {:+.1}%",
+        summary.frames,
+        ov * 100.0
+    );
+    Ok((fps, ov))
 }
 
 #[derive(clap::Args)]

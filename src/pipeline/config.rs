@@ -360,7 +360,20 @@ impl PipelineConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        self.validate_sources()?;
+        self.validate_inference()?;
+        self.validate_rtsp_input_timing()?;
+        self.validate_source_sizes()?;
+        self.validate_credentials_and_tls()?;
+        self.validate_queue_and_overlay()?;
+        self.validate_output()?;
+        self.validate_multi_source()?;
+        self.analytics_settings().validate()?;
+        Ok(())
+    }
+
+    /// At least one `[[source]]`, each with a parseable uri.
+    fn validate_sources(&self) -> Result<()> {
         if self.sources.is_empty() {
             return bad(
                 "source",
@@ -372,6 +385,11 @@ impl PipelineConfig {
                 .parse::<SourceKind>()
                 .map_err(|e| Error::Config(format!("source[{i}].uri: {e}")))?;
         }
+        Ok(())
+    }
+
+    /// `[inference]` and `threads`.
+    fn validate_inference(&self) -> Result<()> {
         let inf = &self.inference;
         if !(0.0..=1.0).contains(&inf.score_threshold) {
             return bad(
@@ -391,6 +409,11 @@ impl PipelineConfig {
         if self.threads > 1024 {
             return bad("threads", format!("{} is over 1024", self.threads));
         }
+        Ok(())
+    }
+
+    /// `[rtsp_input]` latency, reconnect interval and stall timeout.
+    fn validate_rtsp_input_timing(&self) -> Result<()> {
         let r = &self.rtsp_input;
         if r.latency_ms > 60_000 {
             return bad(
@@ -410,6 +433,11 @@ impl PipelineConfig {
                 format!("{} is over 3600000 (1 hour)", r.stall_timeout_ms),
             );
         }
+        Ok(())
+    }
+
+    /// Each source's `max_width` / `max_height`.
+    fn validate_source_sizes(&self) -> Result<()> {
         for (i, s) in self.sources.iter().enumerate() {
             for (key, v) in [("max_width", s.max_width), ("max_height", s.max_height)] {
                 if !(16..=SourceConfig::MAX_SIDE).contains(&v) {
@@ -420,6 +448,12 @@ impl PipelineConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// RTSP input credentials, RTSPS certificate pair and fragment length.
+    fn validate_credentials_and_tls(&self) -> Result<()> {
+        let r = &self.rtsp_input;
         if r.credentials_env.is_some() && r.credentials_file.is_some() {
             return bad(
                 "rtsp_input.credentials_env",
@@ -439,6 +473,11 @@ impl PipelineConfig {
                 format!("{} is over 60000 (1 minute)", o.fragment_ms),
             );
         }
+        Ok(())
+    }
+
+    /// `[queue]` and `[overlay]`.
+    fn validate_queue_and_overlay(&self) -> Result<()> {
         if let Some(n) = self.queue.capacity.filter(|&n| n == 0 || n > 1024) {
             return bad("queue.capacity", format!("{n} is outside 1..1024"));
         }
@@ -455,6 +494,11 @@ impl PipelineConfig {
         if o.line_width > 64 {
             return bad("overlay.line_width", format!("{} is over 64", o.line_width));
         }
+        Ok(())
+    }
+
+    /// `[output]`: RTSP address, file paths, video container, bitrate.
+    fn validate_output(&self) -> Result<()> {
         if let Some(url) = &self.output.rtsp {
             crate::pipeline::rtsp::ServeAddress::parse(url)
                 .map_err(|e| Error::Config(format!("output.rtsp: {e}")))?;
@@ -490,6 +534,11 @@ impl PipelineConfig {
         {
             return bad("output.bitrate_kbps", "must be within 64..100000".into());
         }
+        Ok(())
+    }
+
+    /// With several sources: `{name}` in every output path, unique names.
+    fn validate_multi_source(&self) -> Result<()> {
         if self.sources.len() > 1 {
             for (key, v) in [
                 ("output.video", &self.output.video),
@@ -511,7 +560,6 @@ impl PipelineConfig {
                 return bad("source.name", "source names must be unique".into());
             }
         }
-        self.analytics_settings().validate()?;
         Ok(())
     }
 
@@ -577,6 +625,11 @@ pub fn redact_uri(uri: &str) -> String {
 /// Replaces `{name}` in an output path or mount.
 pub fn expand(template: &str, name: &str) -> String {
     template.replace("{name}", name)
+}
+
+/// A `key: why` configuration error.
+fn bad(key: &str, why: String) -> Result<()> {
+    Err(Error::Config(format!("{key}: {why}")))
 }
 
 #[cfg(test)]

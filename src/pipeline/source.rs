@@ -171,6 +171,131 @@ enum Outcome {
     Failed(String),
 }
 
+/// What `pump` keeps across frames of one session.
+struct PumpState {
+    /// The frame index the session started at.
+    first: u64,
+    live: bool,
+    last_frame_at: Instant,
+    queried_duration: bool,
+    declared_ns: Option<u64>,
+    decoded_end_ns: Option<u64>,
+    missing_decoder: Option<String>,
+}
+
+impl PumpState {
+    /// The end of a file: complete, or shorter than its container says (truncated, damaged).
+    fn at_eos(&self, index: u64) -> Outcome {
+        if index == self.first {
+            return Outcome::Failed(match &self.missing_decoder {
+                Some(codec) => format!("no decoder installed for this codec ({codec})"),
+                None if index == 0 => "no video stream in this input".to_string(),
+                None => "the stream ended without a frame".to_string(),
+            });
+        }
+        if !self.live {
+            if let Some(why) = ends_early(self.declared_ns, self.decoded_end_ns) {
+                return Outcome::Failed(format!("{why} (after {index} frames)"));
+            }
+        }
+        Outcome::Eos
+    }
+}
+
+/// Handles the errors, EOS and missing-plugin messages waiting on the bus; `Some` ends the session.
+fn read_bus(
+    bus: &gst::Bus,
+    sink: &gst_app::AppSink,
+    index: u64,
+    st: &mut PumpState,
+) -> Option<Outcome> {
+    while let Some(msg) = bus.pop_filtered(&[
+        gst::MessageType::Error,
+        gst::MessageType::Eos,
+        gst::MessageType::Element,
+    ]) {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                let detail = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                return Some(failed(
+                    &e.error().to_string(),
+                    &detail,
+                    index,
+                    &st.missing_decoder,
+                ));
+            }
+            gst::MessageView::Eos(_) if sink.is_eos() || index == st.first => {
+                return Some(st.at_eos(index));
+            }
+            gst::MessageView::Element(m) => {
+                if let Some(codec) = m.structure().and_then(missing_plugin) {
+                    tracing::warn!(%codec, "no decoder installed");
+                    st.missing_decoder.get_or_insert(codec);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// No frame within the poll interval: EOS, an error a bin swallowed, or a stall end the session.
+fn no_sample(
+    pipeline: &gst::Pipeline,
+    sink: &gst_app::AppSink,
+    index: u64,
+    st: &PumpState,
+    stall: Option<Duration>,
+) -> Option<Outcome> {
+    if sink.is_eos() {
+        return Some(st.at_eos(index));
+    }
+    // an error a bin swallowed (see witness.rs): the bus will never say it
+    if let Some((message, debug)) = super::witness::lost_error(pipeline, LOST_ERROR_GRACE) {
+        tracing::debug!(%message, "error swallowed inside decodebin, seen by the tracer");
+        return Some(failed(&message, &debug, index, &st.missing_decoder));
+    }
+    if let Some(limit) = stall {
+        if st.last_frame_at.elapsed() >= limit {
+            return Some(Outcome::Failed(format!(
+                "no frame for {} ms: the stream stalled",
+                limit.as_millis()
+            )));
+        }
+    }
+    None
+}
+
+/// The `videotestsrc` front of a test-pattern source, linked to `scale`.
+fn build_test_source(
+    pipeline: &gst::Pipeline,
+    scale: &gst::Element,
+    pattern: &str,
+    (width, height, fps): (u32, u32, u32),
+    frames: Option<u64>,
+) -> Result<()> {
+    let src = make("videotestsrc")?;
+    src.set_property("is-live", true);
+    src.set_property_from_str("pattern", pattern);
+    if let Some(n) = frames {
+        src.set_property("num-buffers", i32::try_from(n).unwrap_or(i32::MAX));
+    }
+    let filter = make("capsfilter")?;
+    filter.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw")
+            .field("width", width as i32)
+            .field("height", height as i32)
+            .field("framerate", gst::Fraction::new(fps as i32, 1))
+            .build(),
+    );
+    pipeline
+        .add_many([&src, &filter])
+        .map_err(|e| Error::Pipeline(e.to_string()))?;
+    gst::Element::link_many([&src, &filter, scale]).map_err(|e| Error::Pipeline(e.to_string()))?;
+    Ok(())
+}
+
 impl SourceCtx {
     fn run(self) {
         let _span = tracing::info_span!("source", name = %self.spec.name).entered();
@@ -264,85 +389,74 @@ impl SourceCtx {
                 height,
                 fps,
                 frames,
-            } => {
-                let src = make("videotestsrc")?;
-                src.set_property("is-live", true);
-                src.set_property_from_str("pattern", pattern);
-                if let Some(n) = frames {
-                    src.set_property("num-buffers", i32::try_from(*n).unwrap_or(i32::MAX));
-                }
-                let filter = make("capsfilter")?;
-                filter.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("width", *width as i32)
-                        .field("height", *height as i32)
-                        .field("framerate", gst::Fraction::new(*fps as i32, 1))
-                        .build(),
-                );
-                pipeline
-                    .add_many([&src, &filter])
-                    .map_err(|e| Error::Pipeline(e.to_string()))?;
-                gst::Element::link_many([&src, &filter, &scale])
-                    .map_err(|e| Error::Pipeline(e.to_string()))?;
-            }
-            kind => {
-                let uri = match kind {
-                    SourceKind::File(p) => {
-                        let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
-                        gst::glib::filename_to_uri(&abs, None)
-                            .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?
-                            .to_string()
-                    }
-                    SourceKind::V4l2(dev) => format!("v4l2://{dev}"),
-                    SourceKind::Uri(u) | SourceKind::Rtsp(u) => u.clone(),
-                    SourceKind::Test { .. } => unreachable!("handled above"),
-                };
-                let decode = make("uridecodebin")?;
-                decode.set_property("uri", &uri);
-                let rtsp = self.spec.rtsp.clone();
-                let creds = self.spec.credentials.clone();
-                decode.connect("source-setup", false, move |args| {
-                    if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
-                        configure_network_source(&src, &rtsp, creds.as_ref());
-                    }
-                    None
-                });
-                let scale_weak = scale.downgrade();
-                let oversize = self.oversize.clone();
-                decode.connect_pad_added(move |_, pad| {
-                    let Some(scale) = scale_weak.upgrade() else {
-                        return;
-                    };
-                    let caps = pad.current_caps();
-                    let Some(st) = caps.as_ref().and_then(|c| c.structure(0)) else {
-                        return;
-                    };
-                    if !st.name().starts_with("video/") {
-                        return;
-                    }
-                    if let Some(why) = absurd_size(st) {
-                        if let Ok(mut o) = oversize.lock() {
-                            o.get_or_insert(why);
-                        }
-                        return;
-                    }
-                    if let Some(sinkpad) = scale.static_pad("sink") {
-                        if !sinkpad.is_linked() {
-                            let _ = pad.link(&sinkpad);
-                        }
-                    }
-                });
-                pipeline
-                    .add(&decode)
-                    .map_err(|e| Error::Pipeline(e.to_string()))?;
-            }
+            } => build_test_source(&pipeline, &scale, pattern, (*width, *height, *fps), *frames)?,
+            kind => self.build_uri_source(&pipeline, &scale, kind)?,
         }
         super::witness::watch(&pipeline);
         pipeline.set_state(gst::State::Playing).map_err(|_| {
             Error::Pipeline("cannot start decoding (see the error that follows)".into())
         })?;
         Ok((pipeline, sink))
+    }
+
+    /// The `uridecodebin` front of a file, V4L2, URI or RTSP source, linked to `scale` when its
+    /// video pad appears.
+    fn build_uri_source(
+        &self,
+        pipeline: &gst::Pipeline,
+        scale: &gst::Element,
+        kind: &SourceKind,
+    ) -> Result<()> {
+        let uri = match kind {
+            SourceKind::File(p) => {
+                let abs = std::fs::canonicalize(p).map_err(|e| Error::io(p, e))?;
+                gst::glib::filename_to_uri(&abs, None)
+                    .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?
+                    .to_string()
+            }
+            SourceKind::V4l2(dev) => format!("v4l2://{dev}"),
+            SourceKind::Uri(u) | SourceKind::Rtsp(u) => u.clone(),
+            SourceKind::Test { .. } => unreachable!("handled above"),
+        };
+        let decode = make("uridecodebin")?;
+        decode.set_property("uri", &uri);
+        let rtsp = self.spec.rtsp.clone();
+        let creds = self.spec.credentials.clone();
+        decode.connect("source-setup", false, move |args| {
+            if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+                configure_network_source(&src, &rtsp, creds.as_ref());
+            }
+            None
+        });
+        let scale_weak = scale.downgrade();
+        let oversize = self.oversize.clone();
+        decode.connect_pad_added(move |_, pad| {
+            let Some(scale) = scale_weak.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps();
+            let Some(st) = caps.as_ref().and_then(|c| c.structure(0)) else {
+                return;
+            };
+            if !st.name().starts_with("video/") {
+                return;
+            }
+            if let Some(why) = absurd_size(st) {
+                if let Ok(mut o) = oversize.lock() {
+                    o.get_or_insert(why);
+                }
+                return;
+            }
+            if let Some(sinkpad) = scale.static_pad("sink") {
+                if !sinkpad.is_linked() {
+                    let _ = pad.link(&sinkpad);
+                }
+            }
+        });
+        pipeline
+            .add(&decode)
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        Ok(())
     }
 
     /// Pulls frames until EOS, an error or stop.
@@ -362,30 +476,14 @@ impl SourceCtx {
             ms if ms > 0 && self.spec.kind.is_network() => Some(Duration::from_millis(ms)),
             _ => None,
         };
-        let first = *index;
-        let mut last_frame_at = Instant::now();
-        let mut queried_duration = false;
-        let mut declared_ns: Option<u64> = None;
-        let mut decoded_end_ns: Option<u64> = None;
-        let mut missing_decoder: Option<String> = None;
-        // the end of a file: complete, or shorter than its container says (truncated, damaged)
-        let at_eos = |index: u64,
-                      declared: Option<u64>,
-                      decoded_end: Option<u64>,
-                      missing: &Option<String>| {
-            if index == first {
-                return Outcome::Failed(match missing {
-                    Some(codec) => format!("no decoder installed for this codec ({codec})"),
-                    None if index == 0 => "no video stream in this input".to_string(),
-                    None => "the stream ended without a frame".to_string(),
-                });
-            }
-            if !live {
-                if let Some(why) = ends_early(declared, decoded_end) {
-                    return Outcome::Failed(format!("{why} (after {index} frames)"));
-                }
-            }
-            Outcome::Eos
+        let mut st = PumpState {
+            first: *index,
+            live,
+            last_frame_at: Instant::now(),
+            queried_duration: false,
+            declared_ns: None,
+            decoded_end_ns: None,
+            missing_decoder: None,
         };
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -397,75 +495,46 @@ impl SourceCtx {
             if let Some(why) = self.oversize.lock().ok().and_then(|mut o| o.take()) {
                 return Outcome::Failed(why);
             }
-            while let Some(msg) = bus.pop_filtered(&[
-                gst::MessageType::Error,
-                gst::MessageType::Eos,
-                gst::MessageType::Element,
-            ]) {
-                match msg.view() {
-                    gst::MessageView::Error(e) => {
-                        let detail = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                        return failed(&e.error().to_string(), &detail, *index, &missing_decoder);
-                    }
-                    gst::MessageView::Eos(_) if sink.is_eos() || *index == first => {
-                        return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
-                    }
-                    gst::MessageView::Element(m) => {
-                        if let Some(codec) = m.structure().and_then(missing_plugin) {
-                            tracing::warn!(%codec, "no decoder installed");
-                            missing_decoder.get_or_insert(codec);
-                        }
-                    }
-                    _ => {}
-                }
+            if let Some(outcome) = read_bus(&bus, sink, *index, &mut st) {
+                return outcome;
             }
             let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(50)) else {
-                if sink.is_eos() {
-                    return at_eos(*index, declared_ns, decoded_end_ns, &missing_decoder);
-                }
-                // an error a bin swallowed (see witness.rs): the bus will never say it
-                if let Some((message, debug)) =
-                    super::witness::lost_error(pipeline, LOST_ERROR_GRACE)
-                {
-                    tracing::debug!(%message, "error swallowed inside decodebin, seen by the tracer");
-                    return failed(&message, &debug, *index, &missing_decoder);
-                }
-                if let Some(limit) = stall {
-                    if last_frame_at.elapsed() >= limit {
-                        return Outcome::Failed(format!(
-                            "no frame for {} ms: the stream stalled",
-                            limit.as_millis()
-                        ));
-                    }
+                if let Some(outcome) = no_sample(pipeline, sink, *index, &st, stall) {
+                    return outcome;
                 }
                 continue;
             };
-            last_frame_at = Instant::now();
+            st.last_frame_at = Instant::now();
             let Some(frame) = self.to_frame(&sample, *index, timeline) else {
                 continue;
             };
-            if !queried_duration && !live {
-                queried_duration = true;
-                if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
-                    declared_ns = Some(d.nseconds());
-                    let (n, dn) = frame.fps;
-                    if n > 0 && dn > 0 {
-                        let frames = d.nseconds() as f64 * n as f64 / dn as f64 / 1e9;
-                        self.stats
-                            .expected
-                            .store(frames.round() as u64, Ordering::Relaxed);
-                    }
-                }
-            }
-            if let Some(pts) = frame.pts_ns {
-                let end = pts.saturating_add(frame.duration_ns.unwrap_or(0));
-                decoded_end_ns = Some(decoded_end_ns.map_or(end, |e| e.max(end)));
-            }
+            self.note_frame(pipeline, &frame, &mut st);
             *index += 1;
             self.stats.decoded.fetch_add(1, Ordering::Relaxed);
             if !self.send(frame, live) {
                 return Outcome::Stopped;
             }
+        }
+    }
+
+    /// The declared duration (asked once, for files) and the end of the frames decoded so far.
+    fn note_frame(&self, pipeline: &gst::Pipeline, frame: &Frame, st: &mut PumpState) {
+        if !st.queried_duration && !st.live {
+            st.queried_duration = true;
+            if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
+                st.declared_ns = Some(d.nseconds());
+                let (n, dn) = frame.fps;
+                if n > 0 && dn > 0 {
+                    let frames = d.nseconds() as f64 * n as f64 / dn as f64 / 1e9;
+                    self.stats
+                        .expected
+                        .store(frames.round() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some(pts) = frame.pts_ns {
+            let end = pts.saturating_add(frame.duration_ns.unwrap_or(0));
+            st.decoded_end_ns = Some(st.decoded_end_ns.map_or(end, |e| e.max(end)));
         }
     }
 
