@@ -272,6 +272,10 @@ fn camera_credentials_come_from_the_environment_or_a_file() {
     // 5 frames decoded from a live camera; under load the oldest queued ones are dropped, not inferred
     for json in [&by_env, &by_file] {
         let lines = std::fs::read_to_string(json).unwrap().lines().count();
-        assert!((1..=5).contains(&lines), "{}: {lines} lines", json.display());
+        assert!(
+            (1..=5).contains(&lines),
+            "{}: {lines} lines",
+            json.display()
+        );
     }
 }
