@@ -47,6 +47,8 @@ fn start(
         on_rtsp_ready: Some(Box::new(move |urls| {
             let _ = tx.send(urls);
         })),
+
+        ..Default::default()
     };
     let handle = std::thread::spawn(move || pipeline::run(&cfg, ctx));
     let urls = rx

@@ -94,6 +94,8 @@ fn rtsp_round_trip_latency() {
         on_rtsp_ready: Some(Box::new(move |u| {
             let _ = tx.send(u);
         })),
+
+        ..Default::default()
     };
     let run = std::thread::spawn(move || pipeline::run(&cfg, ctx));
     let url = rx.recv_timeout(Duration::from_secs(60)).unwrap()[0].clone();

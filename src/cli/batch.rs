@@ -177,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             stop: stop.clone(),
             progress: Box::new(Bars::new(multi.clone(), Some(overall.clone()))),
             on_rtsp_ready: None,
+            ..Default::default()
         };
         let result = pipeline::run_with(cfg, m, ctx);
         record_run(result, file, &base, &mut model, &mut failures, &mut frames);

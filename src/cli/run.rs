@@ -118,6 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("serving {u}");
             }
         })),
+
+        ..Default::default()
     };
     let summary = pipeline::run(&cfg, ctx).context("running the pipeline")?;
     eprint!("{summary}");

@@ -12,6 +12,7 @@ use gstreamer as gst;
 
 use super::config::{expand, PipelineConfig, SourceKind};
 use super::infer::Inferred;
+use super::observe::Observers;
 use super::source::{Frame, SourceStats};
 use super::stats::StageStats;
 use super::tracking::{self, SourceTracking};
@@ -42,10 +43,16 @@ pub(super) struct Composer<'a> {
     pub stages: StageStats,
     pub frames: u64,
     pub errors: HashMap<usize, String>,
+    observers: Observers,
 }
 
 impl<'a> Composer<'a> {
-    pub fn new(cfg: &'a PipelineConfig, classes: Vec<String>, sources: Vec<SourceInfo>) -> Self {
+    pub fn new(
+        cfg: &'a PipelineConfig,
+        classes: Vec<String>,
+        sources: Vec<SourceInfo>,
+        observers: Observers,
+    ) -> Self {
         Composer {
             cfg,
             classes,
@@ -58,6 +65,7 @@ impl<'a> Composer<'a> {
             stages: StageStats::default(),
             frames: 0,
             errors: HashMap::new(),
+            observers,
         }
     }
 
@@ -87,8 +95,13 @@ impl<'a> Composer<'a> {
         let Some(out) = self.sinks.get_mut(&sid) else {
             return Ok(());
         };
-        // JSON-only runs (analytics) never draw: no sink would show the pixels
-        if out.shows_pixels() {
+        let name = &self.sources[sid].name;
+        for o in self.observers.iter() {
+            o.frame(name, &record);
+        }
+        let observed = self.observers.wants_pixels(name);
+        // JSON-only runs (analytics) never draw: no sink or viewer would show the pixels
+        if out.shows_pixels() || observed {
             let (w, h) = (frame.width, frame.height);
             let mut canvas = Canvas {
                 data: &mut frame.data,
@@ -100,6 +113,11 @@ impl<'a> Composer<'a> {
                 .draw_tracked(&mut canvas, &kept, &self.classes, &track_ids);
             if let Some(tr) = self.trackers.get(&sid) {
                 crate::analytics::draw::draw(&mut canvas, &self.compositor, &tr.analytics);
+            }
+            if observed {
+                for o in self.observers.iter() {
+                    o.annotated(name, &frame.data, w, h);
+                }
             }
         }
         self.stages.record("composite", t.elapsed());
@@ -126,10 +144,16 @@ impl<'a> Composer<'a> {
         progress.source_started(sid, &src.name, (expected > 0).then_some(expected));
         let live = src.kind.is_live();
         let sinks = SourceSinks::open(self.cfg, &src.name, first, live, src.mount.take())?;
-        if let Some(t) = SourceTracking::open(self.cfg, &src.name, &self.run_id, &self.classes)? {
+        let observers = self.observers.clone();
+        if let Some(t) =
+            SourceTracking::open(self.cfg, &src.name, &self.run_id, &self.classes, observers)?
+        {
             self.trackers.insert(sid, t);
         }
         self.sinks.insert(sid, sinks);
+        for o in self.observers.iter() {
+            o.source_started(&src.name, first.width, first.height);
+        }
         Ok(())
     }
 
@@ -137,6 +161,9 @@ impl<'a> Composer<'a> {
     pub fn end(&mut self, source: usize, error: Option<String>, progress: &mut dyn Progress) {
         self.close(source);
         progress.source_ended(source, error.as_deref());
+        for o in self.observers.iter() {
+            o.source_ended(&self.sources[source].name, error.as_deref());
+        }
         if let Some(e) = error {
             self.errors.insert(source, e);
         }

@@ -4,6 +4,7 @@
 mod composite;
 pub mod config;
 mod infer;
+pub mod observe;
 pub mod outputs;
 pub mod rtsp;
 pub mod sink;
@@ -51,6 +52,8 @@ pub struct RunContext {
     pub progress: Box<dyn Progress>,
     /// Called with the served URLs once the RTSP server is listening.
     pub on_rtsp_ready: Option<RtspReady>,
+    /// Live consumers of events, records and pixels (MQTT, HTTP API).
+    pub observers: observe::Observers,
 }
 
 impl Default for RunContext {
@@ -59,6 +62,7 @@ impl Default for RunContext {
             stop: Arc::new(AtomicBool::new(false)),
             progress: Box::new(NoProgress),
             on_rtsp_ready: None,
+            observers: observe::Observers::default(),
         }
     }
 }
@@ -242,7 +246,7 @@ impl Running<'_> {
             receivers,
             started,
         } = built;
-        let mut composer = Composer::new(cfg, classes, sources);
+        let mut composer = Composer::new(cfg, classes, sources, ctx.observers.clone());
         let mut sink_error = None;
         for w in work.iter() {
             let result = match w {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::config::{expand, PipelineConfig};
+use super::observe::Observers;
 use super::source::Frame;
 use super::stats::StageStats;
 use crate::analytics::events::rfc3339_ms;
@@ -30,6 +31,9 @@ pub struct Tracked {
 pub struct SourceTracking {
     pub analytics: Analytics,
     events: Option<EventsSink>,
+    name: String,
+    /// Live consumers of the events (MQTT, HTTP API), after the file.
+    observers: Observers,
 }
 
 impl SourceTracking {
@@ -39,6 +43,7 @@ impl SourceTracking {
         name: &str,
         run_id: &str,
         classes: &[String],
+        observers: Observers,
     ) -> Result<Option<Self>> {
         if !cfg.tracker.enabled {
             return Ok(None);
@@ -55,6 +60,8 @@ impl SourceTracking {
                 cfg.analytics_settings().for_source(name),
             ),
             events,
+            name: name.to_string(),
+            observers,
         }))
     }
 
@@ -88,6 +95,9 @@ impl SourceTracking {
             for e in events {
                 sink.write(e)?;
             }
+        }
+        for e in events {
+            self.observers.event(&self.name, e);
         }
         Ok(())
     }
@@ -198,7 +208,7 @@ events = "EVENTS"
         let cfg = PipelineConfig::parse(&text).unwrap();
         assert_eq!((cfg.zones.len(), cfg.lines.len()), (2, 1));
         let classes: Vec<String> = ["bg", "circle"].map(String::from).to_vec();
-        let mut t = SourceTracking::open(&cfg, "cam", "run", &classes)
+        let mut t = SourceTracking::open(&cfg, "cam", "run", &classes, Observers::default())
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -259,8 +269,10 @@ events = "EVENTS"
             .to_string();
         assert!(e.contains("line[0]") && e.contains("same point"), "{e}");
         let off = PipelineConfig::parse(&FILE.replace("min_hits = 1", "enabled = false")).unwrap();
-        assert!(SourceTracking::open(&off, "cam", "r", &[])
-            .unwrap()
-            .is_none());
+        assert!(
+            SourceTracking::open(&off, "cam", "r", &[], Observers::default())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -1,0 +1,49 @@
+//! Live consumers of what the composite stage produces (MQTT, the HTTP API). They run on the composite
+//! thread, between inference and the next frame, so an observer never blocks: it copies what it needs
+//! into its own bounded queue and returns.
+
+use std::sync::Arc;
+
+use crate::analytics::Event;
+use crate::output::FrameRecord;
+
+pub trait Observer: Send + Sync {
+    /// A source's first frame reached the composite stage (its outputs are open).
+    fn source_started(&self, _source: &str, _width: usize, _height: usize) {}
+    /// Each event, in the order it is written to the events file.
+    fn event(&self, _source: &str, _event: &Event) {}
+    /// Each frame's record (its `analytics` holds zone occupancy and line totals when tracking is on).
+    fn frame(&self, _source: &str, _record: &FrameRecord) {}
+    /// Whether `annotated` is wanted now for this source (drawing and copying pixels cost).
+    fn wants_pixels(&self, _source: &str) -> bool {
+        false
+    }
+    /// The frame as drawn (RGB, tightly packed), when `wants_pixels` said so.
+    fn annotated(&self, _source: &str, _rgb: &[u8], _width: usize, _height: usize) {}
+    /// The source ended (`error` when it failed); its outputs are finalized.
+    fn source_ended(&self, _source: &str, _error: Option<&str>) {}
+}
+
+/// Every observer of a run.
+#[derive(Clone, Default)]
+pub struct Observers(pub Vec<Arc<dyn Observer>>);
+
+impl Observers {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Observer>> {
+        self.0.iter()
+    }
+
+    pub fn push(&mut self, o: Arc<dyn Observer>) {
+        self.0.push(o);
+    }
+
+    pub fn wants_pixels(&self, source: &str) -> bool {
+        self.0.iter().any(|o| o.wants_pixels(source))
+    }
+
+    pub fn event(&self, source: &str, e: &Event) {
+        for o in &self.0 {
+            o.event(source, e);
+        }
+    }
+}
