@@ -3,7 +3,8 @@
 //! Data flow (docs/architecture.md): [`pipeline`] sources (GStreamer) → [`model`] (preprocess →
 //! backbone → anchors + RPN → ROIAlign → box head → ROIAlign → mask head → paste) → [`overlay`] →
 //! [`pipeline`] sinks, with [`output`] as the JSON Lines schema; [`analytics`] (tracker, zones, lines,
-//! events) runs between the model and the sinks. [`engine`] reads the engine package,
+//! events) runs between the model and the sinks; [`http`] serves metrics, health, the streams (added and
+//! removed at run time) and a live page. [`engine`] reads the engine package,
 //! [`backend`] opens its graphs with ONNX Runtime. [`gpu`] holds CUDA kernels that are not wired into
 //! the model yet.
 
@@ -14,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod frame;
 pub mod gpu;
+pub mod http;
 pub mod model;
 pub mod output;
 pub mod overlay;

@@ -2,9 +2,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressDrawTarget};
+use maskstream::http::{hub::Hub, HttpServer};
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::control::Control;
 use maskstream::pipeline::{self, RunContext};
 
 use super::progress::Bars;
@@ -32,6 +36,9 @@ pub struct Args {
     /// Show a preview window.
     #[arg(long)]
     pub preview: bool,
+    /// HTTP API, metrics and live page on PORT (127.0.0.1) or ADDR:PORT; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
     /// Replace output files that already exist (inputs are never replaced).
     #[arg(long)]
     pub overwrite: bool,
@@ -46,8 +53,10 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     let mut cfg = match &args.pipeline {
         Some(p) => PipelineConfig::load(p)?,
         None => {
-            if args.inputs.is_empty() {
-                bail!("give a pipeline file or at least one --input");
+            if args.inputs.is_empty() && args.http.is_none() {
+                bail!(
+                    "give a pipeline file or at least one --input (or --http to add streams later)"
+                );
             }
             PipelineConfig {
                 engine: super::default_engine(),
@@ -79,6 +88,9 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     if args.serve.is_some() {
         cfg.output.rtsp = args.serve.clone();
     }
+    if args.http.is_some() {
+        cfg.http.listen = args.http.clone();
+    }
     cfg.output.preview |= args.preview;
     cfg.output.overwrite |= args.overwrite;
     args.model.apply(&mut cfg);
@@ -87,6 +99,22 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The HTTP API when `[http] listen` is set: its hub observes the run, its control adds and removes
+/// streams.
+fn start_http(cfg: &PipelineConfig, ctx: &mut RunContext) -> anyhow::Result<Option<HttpServer>> {
+    if cfg.http.listen.is_none() {
+        return Ok(None);
+    }
+    let hub = Arc::new(Hub::new(Duration::from_secs_f64(cfg.http.ready_within_s)));
+    let (control, commands) = Control::channel();
+    let server = HttpServer::start(&cfg.http, hub.clone(), Some(control), None)
+        .context("starting the HTTP API")?;
+    ctx.observers.push(hub);
+    ctx.control = Some(commands);
+    eprintln!("http: serving on http://{}/", server.addr());
+    Ok(Some(server))
 }
 
 /// SIGINT/SIGTERM: the first asks for a clean stop (EOS, files finalized), the second exits at once.
@@ -110,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = config(&args)?;
     let stop = install_signal_handler();
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let ctx = RunContext {
+    let mut ctx = RunContext {
         stop: stop.clone(),
         progress: Box::new(Bars::new(multi, None)),
         on_rtsp_ready: Some(Box::new(|urls| {
@@ -118,10 +146,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("serving {u}");
             }
         })),
-
         ..Default::default()
     };
-    let summary = pipeline::run(&cfg, ctx).context("running the pipeline")?;
+    // the API first: health answers while the engine loads, and a taken port fails before it
+    let http = start_http(&cfg, &mut ctx)?;
+    let summary = pipeline::run(&cfg, ctx).context("running the pipeline");
+    drop(http);
+    let summary = summary?;
     eprint!("{summary}");
     let failed = summary.failed();
     if !failed.is_empty() {

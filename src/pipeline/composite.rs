@@ -12,7 +12,7 @@ use gstreamer as gst;
 
 use super::config::{expand, PipelineConfig, SourceKind};
 use super::infer::Inferred;
-use super::observe::Observers;
+use super::observe::{Observer, Observers};
 use super::source::{Frame, SourceStats};
 use super::stats::StageStats;
 use super::tracking::{self, SourceTracking};
@@ -96,9 +96,7 @@ impl<'a> Composer<'a> {
             return Ok(());
         };
         let name = &self.sources[sid].name;
-        for o in self.observers.iter() {
-            o.frame(name, &record);
-        }
+        self.observers.frame(name, &record);
         let observed = self.observers.wants_pixels(name);
         // JSON-only runs (analytics) never draw: no sink or viewer would show the pixels
         if out.shows_pixels() || observed {
@@ -115,9 +113,7 @@ impl<'a> Composer<'a> {
                 crate::analytics::draw::draw(&mut canvas, &self.compositor, &tr.analytics);
             }
             if observed {
-                for o in self.observers.iter() {
-                    o.annotated(name, &frame.data, w, h);
-                }
+                self.observers.annotated(name, &frame.data, w, h);
             }
         }
         self.stages.record("composite", t.elapsed());
@@ -133,6 +129,7 @@ impl<'a> Composer<'a> {
         }
         self.stages.record_batch(batch, sid);
         self.frames += 1;
+        super::metrics::frame(&self.sources[sid].name);
         progress.frame_done(sid);
         Ok(())
     }
@@ -151,19 +148,22 @@ impl<'a> Composer<'a> {
             self.trackers.insert(sid, t);
         }
         self.sinks.insert(sid, sinks);
-        for o in self.observers.iter() {
-            o.source_started(&src.name, first.width, first.height);
-        }
+        self.observers
+            .source_started(&src.name, first.width, first.height);
         Ok(())
+    }
+
+    /// A source added at run time; its id is the next index.
+    pub fn add(&mut self, info: SourceInfo) {
+        self.sources.push(info);
     }
 
     /// A source ended (`error` when it failed): its analytics and sinks are finalized.
     pub fn end(&mut self, source: usize, error: Option<String>, progress: &mut dyn Progress) {
         self.close(source);
         progress.source_ended(source, error.as_deref());
-        for o in self.observers.iter() {
-            o.source_ended(&self.sources[source].name, error.as_deref());
-        }
+        self.observers
+            .source_ended(&self.sources[source].name, error.as_deref());
         if let Some(e) = error {
             self.errors.insert(source, e);
         }

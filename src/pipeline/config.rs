@@ -32,6 +32,7 @@ pub struct PipelineConfig {
     pub zones: Vec<ZoneConfig>,
     #[serde(rename = "line")]
     pub lines: Vec<LineConfig>,
+    pub http: crate::http::HttpConfig,
 }
 
 impl Default for PipelineConfig {
@@ -50,6 +51,7 @@ impl Default for PipelineConfig {
             analytics: AnalyticsConfig::default(),
             zones: Vec::new(),
             lines: Vec::new(),
+            http: crate::http::HttpConfig::default(),
         }
     }
 }
@@ -369,12 +371,14 @@ impl PipelineConfig {
         self.validate_output()?;
         self.validate_multi_source()?;
         self.analytics_settings().validate()?;
+        self.http.validate()?;
         Ok(())
     }
 
     /// At least one `[[source]]`, each with a parseable uri.
     fn validate_sources(&self) -> Result<()> {
-        if self.sources.is_empty() {
+        // with the HTTP API a run may start empty: streams are added with POST /api/streams
+        if self.sources.is_empty() && self.http.listen.is_none() {
             return bad(
                 "source",
                 "at least one [[source]] with a uri is needed".into(),

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
+use super::composite::SourceInfo;
 use super::config::InferenceConfig;
+use super::control::{Command, ControlError, Spawner};
 use super::source::{Frame, SourceEvent};
 use crate::error::Result;
 use crate::frame::RgbFrame;
@@ -26,10 +28,22 @@ pub(super) struct Inferred {
 /// What the inference stage hands the composite stage.
 pub(super) enum Work {
     Frame(Box<Inferred>),
+    /// A source added at run time, before any of its frames.
+    Added(Box<SourceInfo>),
     End {
         source: usize,
         error: Option<String>,
+        /// A removal waiting for the source's outputs to be finalized.
+        reply: Option<Sender<std::result::Result<(), ControlError>>>,
     },
+}
+
+/// Commands from the API and what carries them out; absent when nothing can change the sources.
+pub(super) struct Controls {
+    pub commands: Receiver<Command>,
+    pub spawner: Spawner,
+    /// Go on with no source left (until stopped), waiting for streams to be added.
+    pub keep_running: bool,
 }
 
 /// The stage's thread body: returns the model (a batch reuses it) with the outcome.
@@ -40,7 +54,8 @@ pub(super) fn infer_loop(
     cfg: InferenceConfig,
     max_batch: usize,
     stop: Arc<AtomicBool>,
-) -> (MaskRcnn, Result<()>) {
+    controls: Option<Controls>,
+) -> (MaskRcnn, Result<()>, Option<Spawner>) {
     let _span = tracing::info_span!("infer").entered();
     let mut gather = Gather {
         open: vec![true; receivers.len()],
@@ -49,15 +64,19 @@ pub(super) fn infer_loop(
         max_batch,
         max_wait: Duration::from_millis(cfg.max_wait_ms),
         stop,
+        controls,
     };
     let result = infer_batches(&mut model, &mut gather, &out);
-    (model, result)
+    (model, result, gather.controls.map(|c| c.spawner))
 }
 
 fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) -> Result<()> {
     let mut batch: Vec<Frame> = Vec::with_capacity(gather.max_batch);
-    while gather.open.iter().any(|&o| o) {
+    while gather.running() {
         batch.clear();
+        if !gather.obey(out) {
+            return Ok(());
+        }
         let ended = gather.fill(&mut batch);
         if !batch.is_empty() {
             let views: Result<Vec<RgbFrame<'_>>> = batch
@@ -76,10 +95,20 @@ fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) 
                 if out.send(Work::Frame(Box::new(item))).is_err() {
                     return Ok(());
                 }
+                super::metrics::inferred_queue(out.len());
             }
         }
         for (source, error) in ended {
-            if out.send(Work::End { source, error }).is_err() {
+            let reply = gather
+                .controls
+                .as_mut()
+                .and_then(|c| c.spawner.ended(source));
+            let end = Work::End {
+                source,
+                error,
+                reply,
+            };
+            if out.send(end).is_err() {
                 return Ok(());
             }
         }
@@ -96,9 +125,53 @@ struct Gather {
     max_batch: usize,
     max_wait: Duration,
     stop: Arc<AtomicBool>,
+    controls: Option<Controls>,
 }
 
 impl Gather {
+    /// Some source is open, or the API may still add one (until the run is stopped).
+    fn running(&self) -> bool {
+        self.open.iter().any(|&o| o)
+            || self
+                .controls
+                .as_ref()
+                .is_some_and(|c| c.keep_running && !c.spawner.stopping())
+    }
+
+    fn commands_waiting(&self) -> bool {
+        self.controls
+            .as_ref()
+            .is_some_and(|c| !c.commands.is_empty())
+    }
+
+    /// Carries out the API's commands; false when the composite stage is gone.
+    fn obey(&mut self, out: &Sender<Work>) -> bool {
+        let Some(c) = self.controls.as_mut() else {
+            return true;
+        };
+        while let Ok(cmd) = c.commands.try_recv() {
+            match cmd {
+                Command::Add { source, reply } => match c.spawner.add(source) {
+                    Ok(added) => {
+                        let name = added.info.name.clone();
+                        // the composite stage learns of the source before any of its frames
+                        if out.send(Work::Added(Box::new(added.info))).is_err() {
+                            return false;
+                        }
+                        self.receivers.push(added.rx);
+                        self.open.push(true);
+                        let _ = reply.send(Ok(name));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::Remove { name, reply } => c.spawner.remove(&name, reply),
+            }
+        }
+        true
+    }
+
     /// Fills `batch` (up to max_batch frames, waiting at most max_wait after the first); returns
     /// the sources that ended meanwhile.
     fn fill(&mut self, batch: &mut Vec<Frame>) -> Vec<(usize, Option<String>)> {
@@ -115,6 +188,7 @@ impl Gather {
             if waited_enough
                 || (first_at.is_none() && Instant::now() >= deadline)
                 || self.stop.load(Ordering::Relaxed) && batch.is_empty()
+                || batch.is_empty() && self.commands_waiting()
             {
                 break;
             }
@@ -165,7 +239,8 @@ impl Gather {
         got
     }
 
-    /// Blocks until any open source has something, for at most `wait`; false when none is open.
+    /// Blocks until any open source (or the API) has something, for at most `wait`; false when
+    /// nothing is left to wait on.
     fn wait_any(&self, wait: Duration) -> bool {
         let mut sel = Select::new();
         let mut any = false;
@@ -174,6 +249,10 @@ impl Gather {
                 sel.recv(rx);
                 any = true;
             }
+        }
+        if let Some(c) = &self.controls {
+            sel.recv(&c.commands);
+            any = true;
         }
         if any {
             let _ = sel.ready_timeout(wait);

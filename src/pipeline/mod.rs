@@ -3,7 +3,9 @@
 
 mod composite;
 pub mod config;
+pub mod control;
 mod infer;
+pub mod metrics;
 pub mod observe;
 pub mod outputs;
 pub mod rtsp;
@@ -28,6 +30,7 @@ use crate::model::MaskRcnn;
 use composite::{Composer, SourceInfo};
 use config::{expand, PipelineConfig, SourceKind};
 use infer::Work;
+use observe::Observer;
 use outputs::OutputPlan;
 use source::{SourceEvent, SourceSpec};
 use stats::{SourceSummary, Summary};
@@ -54,6 +57,9 @@ pub struct RunContext {
     pub on_rtsp_ready: Option<RtspReady>,
     /// Live consumers of events, records and pixels (MQTT, HTTP API).
     pub observers: observe::Observers,
+    /// Commands adding and removing sources while the run goes on (`control::Control`'s other end).
+    /// With it, the run also goes on when every source has ended, until `stop`.
+    pub control: Option<Receiver<control::Command>>,
 }
 
 impl Default for RunContext {
@@ -63,6 +69,7 @@ impl Default for RunContext {
             progress: Box::new(NoProgress),
             on_rtsp_ready: None,
             observers: observe::Observers::default(),
+            control: None,
         }
     }
 }
@@ -136,19 +143,22 @@ pub fn run_with(
 struct Built<'a> {
     cfg: &'a PipelineConfig,
     ctx: RunContext,
-    server: Option<rtsp::RtspServer>,
+    server: Option<Arc<rtsp::RtspServer>>,
+    spawner: control::Spawner,
     sources: Vec<SourceInfo>,
     threads: Vec<std::thread::JoinHandle<()>>,
     receivers: Vec<Receiver<SourceEvent>>,
     started: Instant,
 }
 
+type InferThread = std::thread::JoinHandle<(MaskRcnn, Result<()>, Option<control::Spawner>)>;
+
 /// A pipeline whose inference thread runs; the composite stage runs on the caller's thread in `join`.
 struct Running<'a> {
     built: Built<'a>,
     provider: String,
     classes: Vec<String>,
-    infer: std::thread::JoinHandle<(MaskRcnn, Result<()>)>,
+    infer: InferThread,
     work: Receiver<Work>,
 }
 
@@ -171,10 +181,20 @@ impl<'a> Built<'a> {
             "rtsp_input",
         )?;
         let started = Instant::now();
+        let server = server.map(Arc::new);
+        ctx.observers.pipeline_started();
+        let spawner = control::Spawner::new(
+            cfg,
+            credentials.clone(),
+            server.clone(),
+            ctx.stop.clone(),
+            ctx.observers.clone(),
+        );
         let mut built = Built {
             cfg,
             ctx,
             server,
+            spawner,
             sources: Vec::new(),
             threads: Vec::new(),
             receivers: Vec::new(),
@@ -193,6 +213,11 @@ impl<'a> Built<'a> {
                 SourceKind::File(_) => e,
                 _ => Error::Input(format!("source {name} ({}): {e}", kind.describe())),
             })?;
+            built
+                .ctx
+                .observers
+                .source_added(&name, &kind.describe(), &handle.stats);
+            built.spawner.started(s, &name, handle.cancel);
             built.receivers.push(handle.rx);
             built.threads.push(handle.thread);
             built.sources.push(SourceInfo {
@@ -206,16 +231,29 @@ impl<'a> Built<'a> {
     }
 
     /// Starts the inference thread, fed by every source.
-    fn start(self, model: MaskRcnn) -> Result<Running<'a>> {
-        let any_live = self.sources.iter().any(|s| s.kind.is_live());
+    fn start(mut self, model: MaskRcnn) -> Result<Running<'a>> {
+        // sources added at run time are mostly cameras: keep the live (short) queue then
+        let any_live = self.sources.iter().any(|s| s.kind.is_live()) || self.ctx.control.is_some();
         let (work_tx, work) = crossbeam_channel::bounded(self.cfg.queue.capacity_for(any_live));
         let inf = self.cfg.inference.clone();
         let max_batch = inf.max_batch_for(model.provider());
         let (provider, classes) = (model.provider().to_string(), model.classes().to_vec());
         let (receivers, stop) = (self.receivers.clone(), self.ctx.stop.clone());
+        let spawner = std::mem::replace(
+            &mut self.spawner,
+            control::Spawner::new(self.cfg, None, None, stop.clone(), Default::default()),
+        );
+        let keep_running = self.cfg.http.keep_running;
+        let controls = self.ctx.control.take().map(|commands| infer::Controls {
+            commands,
+            spawner,
+            keep_running,
+        });
         let infer = std::thread::Builder::new()
             .name("infer".into())
-            .spawn(move || infer::infer_loop(model, receivers, work_tx, inf, max_batch, stop))
+            .spawn(move || {
+                infer::infer_loop(model, receivers, work_tx, inf, max_batch, stop, controls)
+            })
             .map_err(|e| Error::Pipeline(format!("starting inference thread: {e}")))?;
         Ok(Running {
             built: self,
@@ -241,6 +279,7 @@ impl Running<'_> {
             cfg,
             mut ctx,
             server,
+            spawner: _,
             sources,
             threads,
             receivers,
@@ -251,8 +290,19 @@ impl Running<'_> {
         for w in work.iter() {
             let result = match w {
                 Work::Frame(item) => composer.frame(*item, ctx.progress.as_mut()),
-                Work::End { source, error } => {
+                Work::Added(info) => {
+                    composer.add(*info);
+                    Ok(())
+                }
+                Work::End {
+                    source,
+                    error,
+                    reply,
+                } => {
                     composer.end(source, error, ctx.progress.as_mut());
+                    if let Some(r) = reply {
+                        let _ = r.send(Ok(()));
+                    }
                     Ok(())
                 }
             };
@@ -264,12 +314,13 @@ impl Running<'_> {
         }
         drop(work);
         composer.close_all();
-        let (model, infer_result) = infer
+        let (model, infer_result, spawner) = infer
             .join()
             .map_err(|_| Error::Pipeline("inference thread panicked".into()))?;
         // our receivers go first, so a source still sending into a full queue is released
         drop(receivers);
-        for t in threads {
+        let added = spawner.map(|s| s.threads).unwrap_or_default();
+        for t in threads.into_iter().chain(added) {
             let _ = t.join();
         }
         drop(server);

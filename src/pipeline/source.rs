@@ -56,12 +56,16 @@ pub struct SourceStats {
     pub reconnects: AtomicU64,
     /// Estimated total frames of a file (0 = unknown / live).
     pub expected: AtomicU64,
+    /// Frames waiting for inference, as of the last one queued.
+    pub queued: AtomicU64,
 }
 
 pub struct SourceHandle {
     pub rx: Receiver<SourceEvent>,
     pub stats: Arc<SourceStats>,
     pub thread: std::thread::JoinHandle<()>,
+    /// Ends this source alone (removed at run time); it then ends as if its input had.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// What a source thread is started with.
@@ -96,6 +100,7 @@ impl SourceSpec {
 
 /// Starts the source thread. Frames go into a bounded queue of `spec.capacity`.
 pub fn spawn(spec: SourceSpec, stop: Arc<AtomicBool>) -> Result<SourceHandle> {
+    let cancel = Arc::new(AtomicBool::new(false));
     if let SourceKind::File(p) = &spec.kind {
         check_file(p)?;
     }
@@ -108,13 +113,19 @@ pub fn spawn(spec: SourceSpec, stop: Arc<AtomicBool>) -> Result<SourceHandle> {
         drain: rx.clone(),
         stats: stats.clone(),
         stop,
+        cancel: cancel.clone(),
         oversize: Arc::new(Mutex::new(None)),
     };
     let thread = std::thread::Builder::new()
         .name(format!("source-{name}"))
         .spawn(move || ctx.run())
         .map_err(|e| Error::Pipeline(format!("starting source thread: {e}")))?;
-    Ok(SourceHandle { rx, stats, thread })
+    Ok(SourceHandle {
+        rx,
+        stats,
+        thread,
+        cancel,
+    })
 }
 
 /// A clear error for files that cannot be read, before GStreamer is involved.
@@ -158,6 +169,7 @@ struct SourceCtx {
     drain: Receiver<SourceEvent>,
     stats: Arc<SourceStats>,
     stop: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
     /// Set when the decoder announces a frame size no camera or file has (a corrupt or hostile
     /// stream): the source fails instead of allocating it.
     oversize: Arc<Mutex<Option<String>>>,
@@ -297,6 +309,11 @@ fn build_test_source(
 }
 
 impl SourceCtx {
+    /// The run stops, or this source was removed.
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+
     fn run(self) {
         let _span = tracing::info_span!("source", name = %self.spec.name).entered();
         let mut index = 0u64;
@@ -316,7 +333,7 @@ impl SourceCtx {
                 }
                 Err(e) => Outcome::Failed(e.to_string()),
             };
-            let retry = self.spec.kind.is_network() && !self.stop.load(Ordering::Relaxed);
+            let retry = self.spec.kind.is_network() && !self.stopped();
             match outcome {
                 Outcome::Stopped | Outcome::Done => break None,
                 Outcome::Eos if !retry => break None,
@@ -349,7 +366,7 @@ impl SourceCtx {
                     );
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     let started = Instant::now();
-                    while started.elapsed() < wait && !self.stop.load(Ordering::Relaxed) {
+                    while started.elapsed() < wait && !self.stopped() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
@@ -486,7 +503,7 @@ impl SourceCtx {
             missing_decoder: None,
         };
         loop {
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stopped() {
                 return Outcome::Stopped;
             }
             if self.spec.max_frames.is_some_and(|m| *index >= m) {
@@ -538,6 +555,14 @@ impl SourceCtx {
         }
     }
 
+    /// Notes the queue's depth for the metrics; true (sent).
+    fn queued(&self) -> bool {
+        self.stats
+            .queued
+            .store(self.tx.len() as u64, Ordering::Relaxed);
+        true
+    }
+
     /// Files block (back-pressure); live sources replace their oldest queued frame.
     fn send(&self, frame: Frame, live: bool) -> bool {
         let mut ev = SourceEvent::Frame(frame);
@@ -545,9 +570,9 @@ impl SourceCtx {
             // block, but keep checking stop so that shutdown never hangs on a full queue
             loop {
                 match self.tx.send_timeout(ev, Duration::from_millis(100)) {
-                    Ok(()) => return true,
+                    Ok(()) => return self.queued(),
                     Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                        if self.stop.load(Ordering::Relaxed) {
+                        if self.stopped() {
                             return false;
                         }
                         ev = back;
@@ -558,7 +583,7 @@ impl SourceCtx {
         }
         loop {
             match self.tx.try_send(ev) {
-                Ok(()) => return true,
+                Ok(()) => return self.queued(),
                 Err(TrySendError::Full(back)) => {
                     if self.drain.try_recv().is_ok() {
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -34,6 +34,7 @@ impl StageStats {
         }
         if let Some(h) = self.samples.get_mut(stage) {
             h.saturating_record((d.as_micros() as u64).clamp(1, MAX_US));
+            super::metrics::stage(stage, d);
         }
     }
 
@@ -71,6 +72,7 @@ impl StageStats {
             Some((left, first, mixed)) => (left, first, mixed || source != first),
             None => {
                 *self.batch_calls.entry(batch).or_default() += 1;
+                super::metrics::batch(batch);
                 (batch, source, false)
             }
         };

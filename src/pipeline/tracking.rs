@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::config::{expand, PipelineConfig};
-use super::observe::Observers;
+use super::observe::{Observer, Observers};
 use super::source::Frame;
 use super::stats::StageStats;
 use crate::analytics::events::rfc3339_ms;
@@ -97,6 +97,7 @@ impl SourceTracking {
             }
         }
         for e in events {
+            super::metrics::event(&self.name, e.kind.as_str());
             self.observers.event(&self.name, e);
         }
         Ok(())
