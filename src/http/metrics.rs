@@ -116,6 +116,8 @@ pub fn render(hub: &Hub, mqtt: Option<&dyn QueueGauge>) -> Result<String, String
         .map(|m| m.registry.gather())
         .unwrap_or_default();
     families.extend(stream_families(hub, mqtt).map_err(|e| e.to_string())?);
+    // a family with no series yet (no stream) is not valid text format
+    families.retain(|f| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     prometheus::TextEncoder::new()

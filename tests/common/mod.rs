@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod camera;
+pub mod http;
 pub mod roi_align;
 
 use std::path::{Path, PathBuf};
