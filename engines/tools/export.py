@@ -5,6 +5,10 @@
     # a full-size R50-FPN (v1 or v2) with random weights, for speed work (not committed)
     export.py --model maskrcnn_resnet50_fpn --seed 0 --out engines/r50fpn
     export.py --model maskrcnn_resnet50_fpn_v2 --checkpoint my.pth --out engines/r50fpn-v2
+    # torchvision's COCO weights: the manifest gets COCO's 91 names (with torchvision's N/A gaps)
+    export.py --model maskrcnn_resnet50_fpn --checkpoint maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth --out engines/coco
+    # your own fine-tuned model with 5 classes: names from a file, one per line
+    export.py --model maskrcnn_resnet50_fpn --num-classes 6 --classes my-classes.txt --checkpoint my.pth --out engines/mine
 
 Three graphs hold only the dense work: backbone.onnx (backbone + FPN + RPN head), box_head.onnx and
 mask_head.onnx. Everything data dependent (anchors, proposals, ROIAlign, NMS, paste) is the runtime's, so
@@ -83,8 +87,27 @@ def load_model(args):
         sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(sd.get("model", sd))
     model.eval()
-    classes = ["__background__"] + [f"class{i}" for i in range(1, args.num_classes)]
-    return model, classes
+    return model, class_names(args, args.num_classes)
+
+
+def class_names(args, num_classes):
+    """--classes FILE (one name per line, background first or left out), else COCO's 91 names (with
+    torchvision's N/A gaps, so class ids stay the checkpoint's) for a 91-class torchvision model, else
+    class1..classN."""
+    if args.classes:
+        with open(args.classes) as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) == num_classes - 1:
+            names = ["__background__"] + names
+        if len(names) != num_classes:
+            sys.exit(f"--classes {args.classes}: {len(names)} names for a model of {num_classes} classes "
+                     f"(background included; give {num_classes - 1} or {num_classes})")
+        return names
+    if num_classes == 91 and args.model != "shapes":
+        import torchvision.models.detection as det
+
+        return list(det.MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+    return ["__background__"] + [f"class{i}" for i in range(1, num_classes)]
 
 
 def sha256(path):
@@ -159,6 +182,7 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-classes", type=int, default=91)
+    ap.add_argument("--classes", help="class names, one per line (background first or left out)")
     ap.add_argument("--name")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tolerance", type=float, default=1e-4)
@@ -211,7 +235,7 @@ def main():
                                       args.tolerance)
     num_classes = heads.box_predictor.cls_score.out_features
     if len(classes) != num_classes:
-        classes = ["__background__"] + [f"class{i}" for i in range(1, num_classes)]
+        classes = class_names(args, num_classes)
 
     # -- manifest ------------------------------------------------------------------------------------
     ag = rpn.anchor_generator
