@@ -41,6 +41,13 @@ pub struct Args {
     /// Skip the full-pipeline run.
     #[arg(long)]
     pub model_only: bool,
+    /// Also run N live test cameras at once through the full pipeline, for each N listed (e.g.
+    /// 1,2,4), with and without cross-stream batching.
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Vec<usize>,
+    /// Seconds of each camera in the --streams runs.
+    #[arg(long, default_value_t = 20)]
+    pub stream_secs: u64,
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -61,6 +68,7 @@ struct Report {
     peak_rss_mb: f64,
     pipeline_fps: Option<f64>,
     pipeline_overhead: Option<f64>,
+    streams: Vec<super::bench_streams::Row>,
 }
 
 /// Decodes the first `n` frames of a video into memory.
@@ -112,6 +120,9 @@ fn peak_rss_mb() -> f64 {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let engine = args.engine.clone().unwrap_or_else(super::default_engine);
     let batch = args.batch.max(1);
+    if let Some(n) = args.streams.iter().find(|&&n| n == 0 || n > 64) {
+        bail!("--streams: {n} is outside 1..64");
+    }
     let frames = decode_frames(&args.video, args.frames + 3 * batch)?;
     let opts = BackendOptions {
         kind: args.backend,
@@ -156,7 +167,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let rss = peak_rss_mb();
     println!("  peak RSS       {rss:>8.1} MB");
-    drop(model);
+    let streams = if args.streams.is_empty() {
+        drop(model);
+        Vec::new()
+    } else {
+        let base = super::bench_streams::base_config(&engine, args.backend, args.threads);
+        super::bench_streams::run(&base, model, &args.streams, args.stream_secs)?
+    };
 
     let (pipeline_fps, overhead) = if args.model_only {
         (None, None)
@@ -179,6 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             peak_rss_mb: rss,
             pipeline_fps,
             pipeline_overhead: overhead,
+            streams,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("{}", path.display()))?;

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bench_streams;
 pub mod detect;
 pub mod inspect;
 pub mod progress;
