@@ -209,14 +209,22 @@ impl Spawner {
             credentials: self.credentials.clone(),
             ..SourceSpec::new(id, name.clone(), kind.clone(), &source)
         };
+        let handle = source::spawn(spec, self.stop.clone()).map_err(invalid)?;
         let mount = match &self.server {
             Some(server) => {
                 let (path, auth) = serve_path(&self.cfg, &name);
-                Some(server.mount(&path, auth).map_err(invalid)?)
+                match server.mount(&path, auth) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        // the source is running already: end it, joined with the others at the end
+                        handle.cancel.store(true, Ordering::Relaxed);
+                        self.threads.push(handle.thread);
+                        return Err(invalid(e));
+                    }
+                }
             }
             None => None,
         };
-        let handle = source::spawn(spec, self.stop.clone()).map_err(invalid)?;
         self.observers
             .source_added(&name, &kind.describe(), &handle.stats);
         self.threads.push(handle.thread);
