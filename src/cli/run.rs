@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressDrawTarget};
-use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::config::{MqttConfig, PipelineConfig, SourceConfig};
+use maskstream::pipeline::mqtt::MqttPublisher;
+use maskstream::pipeline::observe::Observers;
 use maskstream::pipeline::{self, RunContext};
 
 use super::progress::Bars;
@@ -29,6 +31,10 @@ pub struct Args {
     /// Serve the annotated stream at rtsp://HOST:PORT/PATH.
     #[arg(long)]
     pub serve: Option<String>,
+    /// Publish events (and counts) to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT; the
+    /// other settings come from the pipeline file's [output.mqtt].
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
     /// Show a preview window.
     #[arg(long)]
     pub preview: bool,
@@ -79,6 +85,9 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     if args.serve.is_some() {
         cfg.output.rtsp = args.serve.clone();
     }
+    if let Some(url) = &args.mqtt {
+        set_mqtt_url(&mut cfg, url);
+    }
     cfg.output.preview |= args.preview;
     cfg.output.overwrite |= args.overwrite;
     args.model.apply(&mut cfg);
@@ -87,6 +96,47 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--mqtt URL`: the pipeline file's `[output.mqtt]` with this broker, or the defaults.
+pub fn set_mqtt_url(cfg: &mut PipelineConfig, url: &str) {
+    match &mut cfg.output.mqtt {
+        Some(m) => m.url = url.to_string(),
+        None => cfg.output.mqtt = Some(MqttConfig::new(url)),
+    }
+}
+
+/// The MQTT publisher of `[output.mqtt]` (connected, or queuing for an unreachable broker) and the
+/// observers of a run holding it. A refused connection or a TLS failure is an error here, before
+/// any frame.
+pub fn start_mqtt(cfg: &PipelineConfig) -> anyhow::Result<(Option<Arc<MqttPublisher>>, Observers)> {
+    let mut observers = Observers::default();
+    let Some(m) = &cfg.output.mqtt else {
+        return Ok((None, observers));
+    };
+    let publisher = MqttPublisher::start(m)?;
+    observers.push(publisher.clone());
+    Ok((Some(publisher), observers))
+}
+
+/// Delivers what is still queued (waiting a bounded time), publishes `offline` and reports.
+pub fn close_mqtt(publisher: Option<Arc<MqttPublisher>>) {
+    if let Some(p) = publisher {
+        let r = p.close(maskstream::pipeline::mqtt::CLOSE_WAIT);
+        eprintln!(
+            "mqtt: {} messages delivered to {}{}",
+            r.delivered,
+            p.url(),
+            if r.undelivered > 0 || r.dropped > 0 {
+                format!(
+                    "; {} not delivered, {} dropped (buffer full)",
+                    r.undelivered, r.dropped
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 /// SIGINT/SIGTERM: the first asks for a clean stop (EOS, files finalized), the second exits at once.
@@ -108,6 +158,7 @@ pub fn install_signal_handler() -> Arc<AtomicBool> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    let (mqtt, observers) = start_mqtt(&cfg)?;
     let stop = install_signal_handler();
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let ctx = RunContext {
@@ -118,10 +169,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("serving {u}");
             }
         })),
-
-        ..Default::default()
+        observers,
     };
-    let summary = pipeline::run(&cfg, ctx).context("running the pipeline")?;
+    let result = pipeline::run(&cfg, ctx);
+    close_mqtt(mqtt);
+    let summary = result.context("running the pipeline")?;
     eprint!("{summary}");
     let failed = summary.failed();
     if !failed.is_empty() {

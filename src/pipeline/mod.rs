@@ -4,6 +4,7 @@
 mod composite;
 pub mod config;
 mod infer;
+pub mod mqtt;
 pub mod observe;
 pub mod outputs;
 pub mod rtsp;
