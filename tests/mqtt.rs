@@ -403,10 +403,14 @@ fn events_and_frames_queued_while_the_broker_restarts_arrive() {
     let pipeline = pipeline_file(
         dir.path(),
         &format!(
-            "[[source]]\nuri = \"{}\"\nname = \"cam\"\n[rtsp_input]\nreconnect_attempts = 0\n",
+            "[[source]]\nuri = \"{}\"\nname = \"cam\"\nmax_frames = 240\n\
+             [rtsp_input]\nreconnect_attempts = 0\n",
             camera.url()
         ),
-        "[output.mqtt]\nframes = true\n",
+        &format!(
+            "[output.mqtt]\nurl = \"{}\"\nframes = true\n",
+            broker.url("mqtt")
+        ),
     );
     let _one = one_at_a_time();
     let stderr_path = dir.path().join("stderr.txt");
@@ -418,7 +422,6 @@ fn events_and_frames_queued_while_the_broker_restarts_arrive() {
             .arg(&events)
             .arg("--json")
             .arg(&jsonl)
-            .args(["--mqtt", &broker.url("mqtt")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
@@ -426,7 +429,7 @@ fn events_and_frames_queued_while_the_broker_restarts_arrive() {
             .unwrap(),
     );
     let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    // the camera plays 10 s of video live: stop the broker once frames flow, for 3 s
+    // the camera plays 10 s of video live (the run takes 8): stop the broker once frames flow, for 3 s
     let t0 = Instant::now();
     while common::line_count(&jsonl) < 10 {
         if let Ok(Some(s)) = run.0.try_wait() {

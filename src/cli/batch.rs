@@ -34,8 +34,8 @@ pub struct Args {
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
     /// Publish every file's events (and counts) to an MQTT broker: mqtt://HOST:PORT or
-    /// mqtts://HOST:PORT (other settings from the pipeline file's [output.mqtt]); the source name is
-    /// the file's stem.
+    /// mqtts://HOST:PORT (replaces the pipeline file's [output.mqtt] url; its other keys apply); the
+    /// source name is the file's stem.
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
 }

@@ -31,8 +31,8 @@ pub struct Args {
     /// Serve the annotated stream at rtsp://HOST:PORT/PATH.
     #[arg(long)]
     pub serve: Option<String>,
-    /// Publish events (and counts) to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT; the
-    /// other settings come from the pipeline file's [output.mqtt].
+    /// Publish events (and counts) to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT
+    /// (replaces the pipeline file's [output.mqtt] url; its other keys apply).
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
     /// Show a preview window.
