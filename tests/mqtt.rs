@@ -799,3 +799,171 @@ fn wrong_or_missing_credentials_are_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A TCP relay to the broker that can swallow everything in both directions for a while (messages
+/// in flight get lost and unacknowledged, as on a dying link) and then cut every connection.
+struct Relay {
+    port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    swallowed: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let swallowed = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (f, s, o) = (frozen.clone(), swallowed.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                o.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (f, s) = (f.clone(), s.clone());
+                    std::thread::spawn(move || pump(from, to, &f, &s));
+                }
+            }
+        });
+        Relay {
+            port,
+            frozen,
+            swallowed,
+            open,
+        }
+    }
+
+    /// Swallows all traffic for `d`, then closes every open connection (new ones pass again).
+    fn drop_link(&self, d: Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        self.frozen.store(true, Ordering::SeqCst);
+        std::thread::sleep(d);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.frozen.store(false, Ordering::SeqCst);
+        self.swallowed.load(Ordering::SeqCst)
+    }
+}
+
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    frozen: &std::sync::atomic::AtomicBool,
+    swallowed: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            swallowed.fetch_add(n, Ordering::SeqCst);
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn messages_lost_in_flight_are_sent_again_after_the_connection_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "allow_anonymous true\n");
+    let sub = Subscriber::start(broker.port, "maskstream", "sub-relay", &[]);
+    let relay = Relay::start(broker.port);
+    let (events, jsonl) = (dir.path().join("e.jsonl"), dir.path().join("f.jsonl"));
+    let pipeline = pipeline_file(
+        dir.path(),
+        "[[source]]\nuri = \"assets/shapes-line.mp4\"\nname = \"line\"\nmax_frames = 120\n",
+        &format!(
+            "[output.mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nframes = true\n",
+            relay.port
+        ),
+    );
+    let _one = one_at_a_time();
+    let stderr_path = dir.path().join("stderr.txt");
+    let mut run = Reap(
+        common::maskstream()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--events")
+            .arg(&events)
+            .arg("--json")
+            .arg(&jsonl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let t0 = Instant::now();
+    while common::line_count(&jsonl) < 5 {
+        if let Ok(Some(s)) = run.0.try_wait() {
+            panic!("maskstream ended early ({s}): {}", stderr());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{}", stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // frame records go out per frame: some are on the wire when the link dies
+    let swallowed = relay.drop_link(Duration::from_secs(2));
+    let status = wait_exit(&mut run.0, Duration::from_secs(240), &stderr);
+    let log = stderr();
+    assert!(status.success(), "{log}");
+    let want: HashSet<String> = file_event_ids(&events).into_iter().collect();
+    let got = wait_for_ids(&sub, "line/events", &want, Duration::from_secs(20));
+    let got_set: HashSet<String> = got.iter().cloned().collect();
+    let records = maskstream::eval::read_jsonl(&jsonl).unwrap();
+    let want_frames: HashSet<u64> = records.iter().map(|r| r.frame.unwrap()).collect();
+    let frames = |sub: &Subscriber| -> Vec<u64> {
+        sub.payloads("line/frames")
+            .iter()
+            .map(|p| {
+                serde_json::from_str::<serde_json::Value>(p).unwrap()["frame"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    sub.wait_until(
+        |_| {
+            frames(&sub)
+                .into_iter()
+                .collect::<HashSet<_>>()
+                .is_superset(&want_frames)
+        },
+        Duration::from_secs(20),
+    );
+    let got_frames = frames(&sub);
+    let got_frames_set: HashSet<u64> = got_frames.iter().copied().collect();
+    println!(
+        "link dropped after 2 s of silence ({swallowed} bytes swallowed): events {} of {} \
+         ({} duplicates), frame records {} of {} ({} duplicates)",
+        want.intersection(&got_set).count(),
+        want.len(),
+        got.len() - got_set.len(),
+        want_frames.intersection(&got_frames_set).count(),
+        want_frames.len(),
+        got_frames.len() - got_frames_set.len()
+    );
+    assert!(swallowed > 0, "nothing was in flight when the link died");
+    assert!(log.contains("connection lost"), "{log}");
+    assert_eq!(got_set, want);
+    assert_eq!(got_frames_set, want_frames);
+}
