@@ -967,3 +967,69 @@ fn messages_lost_in_flight_are_sent_again_after_the_connection_drops() {
     assert_eq!(got_set, want);
     assert_eq!(got_frames_set, want_frames);
 }
+
+#[test]
+fn a_broker_that_is_down_at_start_gets_everything_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let mut broker = Broker::start(
+        dir.path(),
+        &format!(
+            "allow_anonymous true\npersistence true\npersistence_location {}/\n",
+            store.display()
+        ),
+    );
+    // the subscriber's persistent session (saved when the broker stops) outlives the broker, so
+    // what arrives before it reconnects waits for it
+    let sub = Subscriber::start(broker.port, "maskstream", "sub-late", &[]);
+    let (events, jsonl) = (dir.path().join("e.jsonl"), dir.path().join("f.jsonl"));
+    let pipeline = pipeline_file(
+        dir.path(),
+        "[[source]]\nuri = \"assets/shapes-line.mp4\"\nname = \"line\"\nmax_frames = 90\n",
+        "",
+    );
+    let _one = one_at_a_time();
+    broker.stop();
+    let stderr_path = dir.path().join("stderr.txt");
+    let mut run = Reap(
+        common::maskstream()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--events")
+            .arg(&events)
+            .arg("--json")
+            .arg(&jsonl)
+            .args(["--mqtt", &broker.url("mqtt")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // frames are processed while nobody answers
+    let t0 = Instant::now();
+    while common::line_count(&jsonl) < 5 {
+        if let Ok(Some(s)) = run.0.try_wait() {
+            panic!("maskstream ended early ({s}): {}", stderr());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{}", stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(stderr().contains("unreachable"), "{}", stderr());
+    broker.restart();
+    let status = wait_exit(&mut run.0, Duration::from_secs(240), &stderr);
+    assert!(status.success(), "{}", stderr());
+    let want: HashSet<String> = file_event_ids(&events).into_iter().collect();
+    assert!(!want.is_empty());
+    let got: HashSet<String> = wait_for_ids(&sub, "line/events", &want, Duration::from_secs(30))
+        .into_iter()
+        .collect();
+    println!(
+        "broker down at start: {} of {} events arrived once it was up",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(got, want);
+}
