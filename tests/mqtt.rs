@@ -784,6 +784,32 @@ fn wrong_or_missing_credentials_are_a_clear_error() {
         assert!(!jsonl.exists(), "frames were processed");
         assert!(t0.elapsed() < Duration::from_secs(20));
     }
+    // batch: one connection for all its files, refused before any file is read
+    let out_dir = dir.path().join("batch");
+    let out = output_within(
+        common::maskstream()
+            .args([
+                "batch",
+                "assets/shapes-line.mp4",
+                "--backend",
+                "cpu",
+                "--out-dir",
+            ])
+            .arg(&out_dir)
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .args(["--mqtt", &broker.url("mqtt")])
+            .env("MASKSTREAM_TEST_MQTT", "cam:wrong"),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("batch: {stderr}");
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&broker.url("mqtt")) && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!out_dir.join("shapes-line.mp4.jsonl").exists());
     // no credentials at all
     let out = output_within(
         common::maskstream()

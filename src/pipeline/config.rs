@@ -254,6 +254,12 @@ impl MqttConfig {
 
     /// Every key; errors name it (`output.mqtt.KEY: why`).
     pub fn validate(&self) -> Result<()> {
+        if self.url.is_empty() {
+            return bad(
+                "output.mqtt.url",
+                "missing: the broker, as url = \"mqtt://HOST:PORT\" (or --mqtt)".into(),
+            );
+        }
         let addr = BrokerAddress::parse(&self.url)
             .map_err(|why| Error::Config(format!("output.mqtt.url: {why}")))?;
         let p = &self.topic_prefix;

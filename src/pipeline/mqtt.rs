@@ -661,6 +661,7 @@ fn network_loop(mut connection: Connection, shared: &Shared, qos: QoS, url: &str
                 }
                 st.connected = false;
                 if st.first.is_none() {
+                    st.lost_at = Some(Instant::now());
                     st.first = Some(if is_fatal(&e) {
                         First::Fatal(why)
                     } else {
@@ -707,7 +708,8 @@ fn handle(event: Event, st: &mut State, shared: &Shared, qos: QoS, url: &str) ->
                 tracing::info!(
                     broker = %url,
                     queued = st.unacked(),
-                    "MQTT: reconnected after {:.1} s",
+                    "MQTT: {} after {:.1} s",
+                    if st.ever_connected { "reconnected" } else { "connected" },
                     t.elapsed().as_secs_f64()
                 );
             }
