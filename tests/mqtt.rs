@@ -431,7 +431,7 @@ fn events_and_frames_queued_while_the_broker_restarts_arrive() {
     let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
     // the camera plays 10 s of video live (the run takes 8): stop the broker once frames flow, for 3 s
     let t0 = Instant::now();
-    while common::line_count(&jsonl) < 10 {
+    while common::line_count(&jsonl) < 3 {
         if let Ok(Some(s)) = run.0.try_wait() {
             panic!("maskstream ended early ({s}): {}", stderr());
         }
@@ -948,7 +948,7 @@ fn messages_lost_in_flight_are_sent_again_after_the_connection_drops() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // frame records go out per frame: some are on the wire when the link dies
-    let swallowed = relay.drop_link(Duration::from_secs(2));
+    let swallowed = relay.drop_link(Duration::from_secs(3));
     let status = wait_exit(&mut run.0, Duration::from_secs(240), &stderr);
     let log = stderr();
     assert!(status.success(), "{log}");
@@ -979,7 +979,7 @@ fn messages_lost_in_flight_are_sent_again_after_the_connection_drops() {
     let got_frames = frames(&sub);
     let got_frames_set: HashSet<u64> = got_frames.iter().copied().collect();
     println!(
-        "link dropped after 2 s of silence ({swallowed} bytes swallowed): events {} of {} \
+        "link dropped after 3 s of silence ({swallowed} bytes swallowed): events {} of {} \
          ({} duplicates), frame records {} of {} ({} duplicates)",
         want.intersection(&got_set).count(),
         want.len(),
