@@ -155,10 +155,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // one connection for the whole batch; a refused one fails before any file is read
     let (mqtt, observers) = super::run::start_mqtt(&base)?;
     let loading = std::time::Instant::now();
-    let mut model = Some(
-        pipeline::load_model(&base)
-            .with_context(|| format!("loading engine {}", base.engine.display()))?,
-    );
+    let loaded = pipeline::load_model(&base)
+        .with_context(|| format!("loading engine {}", base.engine.display()));
+    let mut model = match loaded {
+        Ok(m) => Some(m),
+        Err(e) => {
+            super::run::close_mqtt(mqtt);
+            return Err(e);
+        }
+    };
     eprintln!(
         "batch: model ready in {:.2} s, shared by {} files",
         loading.elapsed().as_secs_f64(),

@@ -494,15 +494,12 @@ impl Observer for MqttPublisher {
     }
 }
 
+/// Dropped without `close`: the threads end and the connection closes without a DISCONNECT, so the
+/// broker publishes the last will (`offline`).
 impl Drop for MqttPublisher {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        if !st.closing {
-            st.closing = true;
-            drop(st);
-            self.shared.changed.notify_all();
-            let _ = self.client.try_disconnect();
-        }
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
     }
 }
 
