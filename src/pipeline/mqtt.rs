@@ -162,6 +162,7 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     delivered: AtomicU64,
+    /// Messages dropped before queuing: too large, or a topic the client refuses.
     oversized: AtomicU64,
     /// `<prefix>/available`.
     available: String,
@@ -329,7 +330,8 @@ impl MqttPublisher {
         self.shared.lock().unacked()
     }
 
-    /// Messages dropped so far: the oldest when the buffer was full, and any over the size limit.
+    /// Messages dropped so far: the oldest when the buffer was full, and any over the size limit
+    /// (or with a topic the broker would refuse).
     pub fn dropped(&self) -> u64 {
         self.shared.lock().queue.dropped() + self.shared.oversized.load(Ordering::Relaxed)
     }
@@ -353,6 +355,12 @@ impl MqttPublisher {
                 bytes = payload.len(),
                 "MQTT: message too large, dropped"
             );
+            return;
+        }
+        // the client refuses such topics: a message stuck at the queue's head would block the rest
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            self.shared.oversized.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic, "MQTT: not a valid topic name, message dropped");
             return;
         }
         let mut st = self.shared.lock();
