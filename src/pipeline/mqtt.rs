@@ -646,15 +646,7 @@ fn network_loop(mut connection: Connection, shared: &Shared, qos: QoS, url: &str
                 connection.eventloop.clean();
                 connection.eventloop.pending.clear();
                 connection.eventloop.state.events.clear();
-                let inflight: Vec<Message> = st.inflight.drain(..).map(|(_, m)| m).collect();
-                let submitted: Vec<Message> = st.submitted.drain(..).collect();
-                st.queue.requeue(
-                    inflight
-                        .into_iter()
-                        .chain(submitted)
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
+                requeue_unacked(&mut st);
                 let why = describe(&e);
                 if st.connected {
                     tracing::warn!(
@@ -703,6 +695,15 @@ fn network_loop(mut connection: Connection, shared: &Shared, qos: QoS, url: &str
     st.connected = false;
     drop(st);
     shared.changed.notify_all();
+}
+
+/// After a lost connection: what was written but not acknowledged, then what was handed over but
+/// not written, back to the front of the queue in their order.
+fn requeue_unacked(st: &mut State) {
+    let inflight: Vec<Message> = st.inflight.drain(..).map(|(_, m)| m).collect();
+    let submitted: Vec<Message> = st.submitted.drain(..).collect();
+    let all: Vec<Message> = inflight.into_iter().chain(submitted).collect();
+    st.queue.requeue(all.into_iter());
 }
 
 /// One event of the connection; true when the loop is done (our disconnect went out).
@@ -849,6 +850,68 @@ mod tests {
             ]
         );
         assert_eq!(q.dropped(), 0);
+    }
+
+    #[test]
+    fn unacknowledged_messages_go_back_in_order_after_a_lost_connection() {
+        let shared = Shared {
+            state: Mutex::new(State {
+                queue: BoundedQueue::new(100),
+                submitted: VecDeque::new(),
+                inflight: VecDeque::new(),
+                connected: true,
+                ever_connected: true,
+                first: Some(First::Connected),
+                closing: false,
+                finished: false,
+                lost_at: None,
+            }),
+            changed: Condvar::new(),
+            delivered: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
+            available: "p/available".into(),
+        };
+        let mut st = shared.lock();
+        for n in 0..5 {
+            st.submitted.push_back(msg("p/c/events", n, false));
+        }
+        st.queue.push(msg("p/c/events", 5, false));
+        // messages 0, 1, 2 written with packet ids 1, 2, 3; only 1 acknowledged; 3 and 4 handed
+        // over but not written
+        for pkid in 1..=3 {
+            handle(
+                Event::Outgoing(Outgoing::Publish(pkid)),
+                &mut st,
+                &shared,
+                QoS::AtLeastOnce,
+                "u",
+            );
+        }
+        let ack = Event::Incoming(Incoming::PubAck(rumqttc::PubAck::new(2)));
+        handle(ack, &mut st, &shared, QoS::AtLeastOnce, "u");
+        assert_eq!(shared.delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(st.unacked(), 5);
+        requeue_unacked(&mut st);
+        let order: Vec<u8> = std::iter::from_fn(|| st.queue.pop())
+            .map(|m| m.payload[0])
+            .collect();
+        assert_eq!(order, [0, 2, 3, 4, 5]);
+        // a reconnect announces `online` first
+        handle(
+            Event::Incoming(Incoming::ConnAck(rumqttc::ConnAck::new(
+                ConnectReturnCode::Success,
+                false,
+            ))),
+            &mut st,
+            &shared,
+            QoS::AtLeastOnce,
+            "u",
+        );
+        let first = st.queue.pop().unwrap();
+        assert_eq!(
+            (first.topic.as_str(), first.payload.as_slice(), first.retain),
+            ("p/available", &b"online"[..], true)
+        );
     }
 
     #[test]
