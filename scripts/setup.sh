@@ -11,7 +11,7 @@ APT_PACKAGES=(
   pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x xvfb xauth glib-networking openssl
-  gstreamer1.0-plugins-base-apps
+  gstreamer1.0-plugins-base-apps mosquitto mosquitto-clients
   prometheus chromium
 )
 missing=()

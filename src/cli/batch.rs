@@ -33,6 +33,11 @@ pub struct Args {
     /// Pipeline file whose engine, inference, overlay and queue settings apply to every file.
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
+    /// Publish every file's events (and counts) to an MQTT broker: mqtt://HOST:PORT or
+    /// mqtts://HOST:PORT (replaces the pipeline file's [output.mqtt] url; its other keys apply); the
+    /// source name is the file's stem.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
 }
 
 /// The suffix of annotated videos: a folder listing skips them, so a batch whose outputs go next to
@@ -147,11 +152,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|f| file_config(&base, f, &base_dir, &args))
         .collect();
     check_outputs(&base, &configs, &args)?;
+    // one connection for the whole batch; a refused one fails before any file is read
+    let (mqtt, observers) = super::run::start_mqtt(&base)?;
     let loading = std::time::Instant::now();
-    let mut model = Some(
-        pipeline::load_model(&base)
-            .with_context(|| format!("loading engine {}", base.engine.display()))?,
-    );
+    let loaded = pipeline::load_model(&base)
+        .with_context(|| format!("loading engine {}", base.engine.display()));
+    let mut model = match loaded {
+        Ok(m) => Some(m),
+        Err(e) => {
+            super::run::close_mqtt(mqtt);
+            return Err(e);
+        }
+    };
     eprintln!(
         "batch: model ready in {:.2} s, shared by {} files",
         loading.elapsed().as_secs_f64(),
@@ -177,7 +189,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             stop: stop.clone(),
             progress: Box::new(Bars::new(multi.clone(), Some(overall.clone()))),
             on_rtsp_ready: None,
-            ..Default::default()
+            observers: observers.clone(),
+            control: None,
         };
         let result = pipeline::run_with(cfg, m, ctx);
         record_run(result, file, &base, &mut model, &mut failures, &mut frames);
@@ -185,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     overall.finish();
     let _ = model;
+    super::run::close_mqtt(mqtt);
     report(files.len(), frames, started, &failures)
 }
 
@@ -200,6 +214,9 @@ fn base_config(args: &Args) -> anyhow::Result<PipelineConfig> {
     };
     args.model.apply(&mut base);
     base.output.overwrite |= args.overwrite;
+    if let Some(url) = &args.mqtt {
+        super::run::set_mqtt_url(&mut base, url);
+    }
     Ok(base)
 }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressDrawTarget};
-use maskstream::http::{hub::Hub, HttpServer};
-use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::http::{hub::Hub, HttpServer, QueueGauge};
+use maskstream::pipeline::config::{MqttConfig, PipelineConfig, SourceConfig};
 use maskstream::pipeline::control::Control;
+use maskstream::pipeline::mqtt::MqttPublisher;
+use maskstream::pipeline::observe::Observers;
 use maskstream::pipeline::{self, RunContext};
 
 use super::progress::Bars;
@@ -33,6 +35,10 @@ pub struct Args {
     /// Serve the annotated stream at rtsp://HOST:PORT/PATH.
     #[arg(long)]
     pub serve: Option<String>,
+    /// Publish events (and counts) to an MQTT broker: mqtt://HOST:PORT or mqtts://HOST:PORT
+    /// (replaces the pipeline file's [output.mqtt] url; its other keys apply).
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
     /// Show a preview window.
     #[arg(long)]
     pub preview: bool,
@@ -91,6 +97,9 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     if args.http.is_some() {
         cfg.http.listen = args.http.clone();
     }
+    if let Some(url) = &args.mqtt {
+        set_mqtt_url(&mut cfg, url);
+    }
     cfg.output.preview |= args.preview;
     cfg.output.overwrite |= args.overwrite;
     args.model.apply(&mut cfg);
@@ -103,18 +112,63 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
 
 /// The HTTP API when `[http] listen` is set: its hub observes the run, its control adds and removes
 /// streams.
-fn start_http(cfg: &PipelineConfig, ctx: &mut RunContext) -> anyhow::Result<Option<HttpServer>> {
+fn start_http(
+    cfg: &PipelineConfig,
+    ctx: &mut RunContext,
+    mqtt: Option<Arc<dyn QueueGauge>>,
+) -> anyhow::Result<Option<HttpServer>> {
     if cfg.http.listen.is_none() {
         return Ok(None);
     }
     let hub = Arc::new(Hub::new(Duration::from_secs_f64(cfg.http.ready_within_s)));
     let (control, commands) = Control::channel();
-    let server = HttpServer::start(&cfg.http, hub.clone(), Some(control), None)
+    let server = HttpServer::start(&cfg.http, hub.clone(), Some(control), mqtt)
         .context("starting the HTTP API")?;
     ctx.observers.push(hub);
     ctx.control = Some(commands);
     eprintln!("http: serving on http://{}/", server.addr());
     Ok(Some(server))
+}
+
+/// `--mqtt URL`: the pipeline file's `[output.mqtt]` with this broker, or the defaults.
+pub fn set_mqtt_url(cfg: &mut PipelineConfig, url: &str) {
+    match &mut cfg.output.mqtt {
+        Some(m) => m.url = url.to_string(),
+        None => cfg.output.mqtt = Some(MqttConfig::new(url)),
+    }
+}
+
+/// The MQTT publisher of `[output.mqtt]` (connected, or queuing for an unreachable broker) and the
+/// observers of a run holding it. A refused connection or a TLS failure is an error here, before
+/// any frame.
+pub fn start_mqtt(cfg: &PipelineConfig) -> anyhow::Result<(Option<Arc<MqttPublisher>>, Observers)> {
+    let mut observers = Observers::default();
+    let Some(m) = &cfg.output.mqtt else {
+        return Ok((None, observers));
+    };
+    let publisher = MqttPublisher::start(m)?;
+    observers.push(publisher.clone());
+    Ok((Some(publisher), observers))
+}
+
+/// Delivers what is still queued (waiting a bounded time), publishes `offline` and reports.
+pub fn close_mqtt(publisher: Option<Arc<MqttPublisher>>) {
+    if let Some(p) = publisher {
+        let r = p.close(maskstream::pipeline::mqtt::CLOSE_WAIT);
+        eprintln!(
+            "mqtt: {} messages delivered to {}{}",
+            r.delivered,
+            p.url(),
+            if r.undelivered > 0 || r.dropped > 0 {
+                format!(
+                    "; {} not delivered, {} dropped (buffer full)",
+                    r.undelivered, r.dropped
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 /// SIGINT/SIGTERM: the first asks for a clean stop (EOS, files finalized), the second exits at once.
@@ -136,6 +190,7 @@ pub fn install_signal_handler() -> Arc<AtomicBool> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    let (mqtt, observers) = start_mqtt(&cfg)?;
     let stop = install_signal_handler();
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let mut ctx = RunContext {
@@ -146,13 +201,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("serving {u}");
             }
         })),
+        observers,
         ..Default::default()
     };
     // the API first: health answers while the engine loads, and a taken port fails before it
-    let http = start_http(&cfg, &mut ctx)?;
-    let summary = pipeline::run(&cfg, ctx).context("running the pipeline");
+    let gauge = mqtt.clone().map(|m| m as Arc<dyn QueueGauge>);
+    let http = start_http(&cfg, &mut ctx, gauge)?;
+    let result = pipeline::run(&cfg, ctx);
+    close_mqtt(mqtt);
     drop(http);
-    let summary = summary?;
+    let summary = result.context("running the pipeline")?;
     eprint!("{summary}");
     let failed = summary.failed();
     if !failed.is_empty() {

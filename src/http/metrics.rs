@@ -15,6 +15,15 @@ pub trait QueueGauge: Send + Sync {
     fn dropped(&self) -> u64;
 }
 
+impl QueueGauge for crate::pipeline::mqtt::MqttPublisher {
+    fn queued(&self) -> u64 {
+        crate::pipeline::mqtt::MqttPublisher::queued(self) as u64
+    }
+    fn dropped(&self) -> u64 {
+        crate::pipeline::mqtt::MqttPublisher::dropped(self)
+    }
+}
+
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
 }

@@ -194,6 +194,178 @@ pub struct OutputConfig {
     /// PEM certificate (chain) and key: serve RTSPS (RTSP over TLS) instead of plain RTSP.
     pub rtsp_tls_cert: Option<PathBuf>,
     pub rtsp_tls_key: Option<PathBuf>,
+    /// Publish events, counts and (optionally) frame records to an MQTT broker.
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// `[output.mqtt]`: events to an MQTT broker (see `pipeline::mqtt`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// mqtt://HOST[:PORT] (1883 by default) or mqtts://HOST[:PORT] (TLS, 8883 by default).
+    pub url: String,
+    /// Topics are `<topic_prefix>/<source>/events`, `.../counts`, `.../frames` and
+    /// `<topic_prefix>/available`.
+    pub topic_prefix: String,
+    /// MQTT client id (default: maskstream-<host>-<pid>); two clients with one id evict each other.
+    pub client_id: Option<String>,
+    /// Environment variable holding the broker's `user:password`.
+    pub credentials_env: Option<String>,
+    /// File holding the broker's `user:password`.
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the broker's certificate must chain to (mqtts:// only; default: the
+    /// system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// 0 (at most once) or 1 (at least once: the broker acknowledges, unacknowledged messages are
+    /// sent again after a reconnect).
+    pub qos: u8,
+    /// Also publish every frame record on `<prefix>/<source>/frames`.
+    pub frames: bool,
+    /// Messages buffered while the broker is unreachable; when full the oldest is dropped (and
+    /// counted).
+    pub queue: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: String::new(),
+            topic_prefix: "maskstream".into(),
+            client_id: None,
+            credentials_env: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            qos: 1,
+            frames: false,
+            queue: Self::QUEUE_DEFAULT,
+        }
+    }
+}
+
+impl MqttConfig {
+    pub const QUEUE_DEFAULT: usize = 10_000;
+    pub const QUEUE_MAX: usize = 10_000_000;
+
+    /// A broker with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        MqttConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Every key; errors name it (`output.mqtt.KEY: why`).
+    pub fn validate(&self) -> Result<()> {
+        if self.url.is_empty() {
+            return bad(
+                "output.mqtt.url",
+                "missing: the broker, as url = \"mqtt://HOST:PORT\" (or --mqtt)".into(),
+            );
+        }
+        let addr = BrokerAddress::parse(&self.url)
+            .map_err(|why| Error::Config(format!("output.mqtt.url: {why}")))?;
+        let p = &self.topic_prefix;
+        if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['+', '#', '\0']) {
+            return bad(
+                "output.mqtt.topic_prefix",
+                format!("{p:?} must be non-empty, without + or # and not start or end with /"),
+            );
+        }
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.len() > 65_535)
+        {
+            return bad("output.mqtt.client_id", "is empty or too long".into());
+        }
+        if self.credentials_env.is_some() && self.credentials_file.is_some() {
+            return bad(
+                "output.mqtt.credentials_env",
+                "give credentials_env or credentials_file, not both".into(),
+            );
+        }
+        if self.tls_ca_file.is_some() && !addr.tls {
+            return bad(
+                "output.mqtt.tls_ca_file",
+                format!("needs an mqtts:// url, not {}", self.url),
+            );
+        }
+        if self.qos > 1 {
+            return bad(
+                "output.mqtt.qos",
+                format!(
+                    "{} is not supported: 0 (at most once) or 1 (at least once; events carry an \
+                     id to drop duplicates)",
+                    self.qos
+                ),
+            );
+        }
+        if !(1..=Self::QUEUE_MAX).contains(&self.queue) {
+            return bad(
+                "output.mqtt.queue",
+                format!("{} is outside 1..{}", self.queue, Self::QUEUE_MAX),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where an MQTT broker listens: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerAddress {
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?}: expected mqtt://HOST:PORT or mqtts://HOST:PORT"))?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => {
+                return Err(format!(
+                    "{url:?}: the scheme must be mqtt:// or mqtts://, not {scheme}://"
+                ))
+            }
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains(['/', '?', '#']) {
+            return Err(format!("{url:?}: expected no path, only HOST:PORT"));
+        }
+        if authority.contains('@') {
+            return Err(format!(
+                "{url:?}: no user:password in the url; use credentials_env or credentials_file"
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match authority.rsplit_once(':') {
+            // [v6]:port or host:port; a bare IPv6 address has more colons and needs brackets
+            Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| format!("{url:?}: port {p:?} is not a number in 1..65535"))?;
+                if port == 0 {
+                    return Err(format!("{url:?}: port 0 is not a broker's port"));
+                }
+                (h, port)
+            }
+            Some(_) => return Err(format!("{url:?}: write an IPv6 address as [ADDR]:PORT")),
+            None => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        Ok(BrokerAddress {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
 }
 
 impl Default for OutputConfig {
@@ -211,6 +383,7 @@ impl Default for OutputConfig {
             fragment_ms: 1000,
             rtsp_tls_cert: None,
             rtsp_tls_key: None,
+            mqtt: None,
         }
     }
 }
@@ -538,6 +711,9 @@ impl PipelineConfig {
         {
             return bad("output.bitrate_kbps", "must be within 64..100000".into());
         }
+        if let Some(m) = &self.output.mqtt {
+            m.validate()?;
+        }
         Ok(())
     }
 
@@ -698,6 +874,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("rtsp_tls_cert"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_section_parses_and_errors_name_the_key() {
+        let base = "[[source]]\nuri = \"a.mp4\"\n[output.mqtt]\n";
+        let c = PipelineConfig::parse(&format!("{base}url = \"mqtt://127.0.0.1:1884\"\n")).unwrap();
+        let m = c.output.mqtt.unwrap();
+        assert_eq!((m.qos, m.frames, m.queue), (1, false, 10_000));
+        assert_eq!(m.topic_prefix, "maskstream");
+        assert_eq!(
+            BrokerAddress::parse(&m.url).unwrap(),
+            BrokerAddress {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(
+            BrokerAddress::parse("mqtts://broker.lan").unwrap().port,
+            8883
+        );
+        assert_eq!(BrokerAddress::parse("mqtt://[::1]:1").unwrap().host, "::1");
+        assert!(PipelineConfig::parse(
+            "[[source]]\nuri = \"a.mp4\"\n[output]\nmqtt = { url = \"mqtt://h\" }\n"
+        )
+        .is_ok());
+        for (text, key) in [
+            ("url = \"mqtt://h\"\nqos = 2\n", "output.mqtt.qos"),
+            ("url = \"http://h:1\"\n", "output.mqtt.url"),
+            ("url = \"mqtt://h:99999\"\n", "output.mqtt.url"),
+            ("url = \"mqtt://u:p@h:1\"\n", "output.mqtt.url"),
+            ("url = \"\"\n", "output.mqtt.url"),
+            ("qos = 1\n", "output.mqtt.url"),
+            ("url = \"mqtt://h\"\nqueue = 0\n", "output.mqtt.queue"),
+            (
+                "url = \"mqtt://h\"\ntopic_prefix = \"a/#\"\n",
+                "output.mqtt.topic_prefix",
+            ),
+            (
+                "url = \"mqtt://h\"\ntls_ca_file = \"ca.pem\"\n",
+                "output.mqtt.tls_ca_file",
+            ),
+            (
+                "url = \"mqtt://h\"\ncredentials_env = \"A\"\ncredentials_file = \"f\"\n",
+                "output.mqtt.credentials_env",
+            ),
+            ("url = \"mqtt://h\"\nqso = 1\n", "qso"),
+        ] {
+            let e = PipelineConfig::parse(&format!("{base}{text}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 mod infer;
 pub mod metrics;
+pub mod mqtt;
 pub mod observe;
 pub mod outputs;
 pub mod rtsp;
