@@ -10,6 +10,8 @@
 //! | `mask` | string | COCO compressed RLE of the full-frame mask (column-major, as `detect`'s `counts`) |
 //! | `mask-height`, `mask-width` | uint | the RLE's size (COCO `size` is [height, width]) |
 //! | `track-id` | guint64 | only once `masktracker` has run |
+//!
+//! The meta's id is the instance's index in the frame (instances are best first).
 
 use std::ops::ControlFlow;
 
@@ -56,19 +58,28 @@ pub fn attach(buf: &mut gst::BufferRef, d: &Detection, label: &str, track_id: Op
     if let Some(id) = track_id {
         s = s.field("track-id", id);
     }
+    // the buffer lists metas newest first: the meta's id keeps the order of the instances
+    let index = buf
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .filter(|m| m.param(INSTANCE).is_some())
+        .count();
     let mut meta = VideoRegionOfInterestMeta::add(buf, label, roi_rect(&d.bbox, fw, fh));
+    meta.set_id(index as i32);
     meta.add_param(s.build());
 }
 
-/// The instances on `buf`, in the order they were attached (metas without an [`INSTANCE`] structure
+/// The instances on `buf`, in the order they were attached (by meta id; metas without an [`INSTANCE`] structure
 /// are not ours and are skipped; so are ours that do not parse, with `Err` naming why).
 pub fn instances(buf: &gst::BufferRef) -> Vec<Result<Instance, String>> {
-    buf.iter_meta::<VideoRegionOfInterestMeta>()
+    let mut found: Vec<(i32, Result<Instance, String>)> = buf
+        .iter_meta::<VideoRegionOfInterestMeta>()
         .filter_map(|m| {
             let p = m.param(INSTANCE)?;
-            Some(parse(m.roi_type(), p))
+            Some((m.id(), parse(m.roi_type(), p)))
         })
-        .collect()
+        .collect();
+    found.sort_by_key(|(id, _)| *id);
+    found.into_iter().map(|(_, i)| i).collect()
 }
 
 fn parse(label: &str, s: &gst::StructureRef) -> Result<Instance, String> {

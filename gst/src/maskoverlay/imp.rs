@@ -250,13 +250,17 @@ impl BaseTransformImpl for MaskOverlay {
             Vec::new()
         };
         let Some(info) = self.info.lock().unwrap().clone() else {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["No caps"]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps negotiated"));
             return Err(gst::FlowError::NotNegotiated);
         };
         let (offsets, bpp) = layout(info.format()).ok_or(gst::FlowError::NotNegotiated)?;
         let mut frame =
             gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ["Cannot map frame"]);
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("Cannot map the video frame")
+                );
                 gst::FlowError::Error
             })?;
         let (w, h) = (frame.width() as usize, frame.height() as usize);

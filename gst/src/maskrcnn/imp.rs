@@ -248,7 +248,7 @@ impl BaseTransformImpl for MaskRcnn {
         let model = maskstream::MaskRcnn::load(&engine, &opts).map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::OpenRead,
-                ["Could not load engine {}: {}", engine.display(), e]
+                ("Could not load engine {}: {}", engine.display(), e)
             )
         })?;
         gst::info!(
@@ -350,23 +350,27 @@ impl BaseTransformImpl for MaskRcnn {
         let (detections, classes) = {
             let mut guard = self.state.lock().unwrap();
             let Some(state) = guard.as_mut() else {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
                 return Err(gst::FlowError::NotNegotiated);
             };
             let Some(info) = state.info.clone() else {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["No caps"]);
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps negotiated"));
                 return Err(gst::FlowError::NotNegotiated);
             };
             let frame =
                 gst_video::VideoFrameRef::from_buffer_ref_readable(&*buf, &info).map_err(|_| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ["Cannot map frame"]);
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("Cannot map the video frame")
+                    );
                     gst::FlowError::Error
                 })?;
             let detections = state.detect(&frame).map_err(|e| {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
-                    ["Inference failed: {}", e]
+                    ("Inference failed: {}", e)
                 );
                 gst::FlowError::Error
             })?;

@@ -288,7 +288,7 @@ impl BaseTransformImpl for MaskTracker {
         let threshold = self.config.lock().unwrap().score_threshold;
         let mut guard = self.state.lock().unwrap();
         let Some(state) = guard.as_mut() else {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
             return Err(gst::FlowError::NotNegotiated);
         };
         let mut detections = Vec::new();
