@@ -97,7 +97,7 @@ pub fn video_buffer(
 }
 
 /// The frame of a packed RGB buffer as tightly packed rows (stride removed).
-pub fn rgb_pixels(buf: &gst::BufferRef, caps: &gst::Caps) -> Vec<u8> {
+pub fn rgb_pixels(buf: &gst::BufferRef, caps: &gst::CapsRef) -> Vec<u8> {
     let info = gst_video::VideoInfo::from_caps(caps).unwrap();
     let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &info).unwrap();
     let stride = frame.plane_stride()[0] as usize;
@@ -108,4 +108,81 @@ pub fn rgb_pixels(buf: &gst::BufferRef, caps: &gst::Caps) -> Vec<u8> {
         .collect()
 }
 
+use gst::prelude::*;
 use gst_video::prelude::*;
+
+/// Where cargo put the plugin's shared library for this test binary's profile
+/// (target/<profile>/deps/<test> → target/<profile>).
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary under target/<profile>/deps")
+        .to_path_buf();
+    assert!(
+        dir.join("libgstmaskstream.so").is_file(),
+        "{}: no libgstmaskstream.so (cargo builds it with the tests)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `cmd` to the end, killing it (and failing the test) after `limit`.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what}: still running after {limit:?}, killed; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Decodes a video file to packed RGB frames at `fps` frames per second (videorate picks them).
+pub fn decode_sampled(path: &std::path::Path, fps: i32) -> (Vec<Vec<u8>>, usize, usize) {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! videorate ! \
+         video/x-raw,format=RGB,framerate={fps}/1 ! appsink name=sink sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (mut frames, mut w, mut h) = (Vec::new(), 0, 0);
+    while let Ok(sample) = sink.pull_sample() {
+        let caps = sample.caps().unwrap();
+        let info = gst_video::VideoInfo::from_caps(caps).unwrap();
+        w = info.width() as usize;
+        h = info.height() as usize;
+        frames.push(rgb_pixels(sample.buffer().unwrap(), caps));
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (frames, w, h)
+}
