@@ -170,7 +170,7 @@ fn maskoverlay_changes_pixels_inside_masks_only() {
             }
         }
         let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&*out, &info).unwrap();
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&out, &info).unwrap();
         let stride = frame.plane_stride()[0] as usize;
         let bpp = if format == gst_video::VideoFormat::Rgb {
             3
