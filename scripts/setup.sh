@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what maskstream needs on Debian bookworm, idempotently (fast when everything is present):
 #   - Debian packages: GStreamer (dev headers for gstreamer-rs, plugins, RTSP server), Xvfb for the
-#     preview test;
+#     preview test, python3-gi + GStreamer typelibs for the plugin's Python test;
 #   - the ONNX Runtime shared library, from the pinned `onnxruntime` PyPI wheel (sha256-checked), into
 #     .cache/onnxruntime/<version>/ (git-ignored).
 set -euo pipefail
@@ -12,6 +12,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x xvfb xauth glib-networking openssl
   gstreamer1.0-plugins-base-apps
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
