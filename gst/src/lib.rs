@@ -4,12 +4,14 @@
 //! - `maskrcnn` infers each frame and attaches one `GstVideoRegionOfInterestMeta` per instance
 //!   (roi type = label, x/y/w/h = box) carrying a `maskstream/instance` structure ([`meta`]);
 //! - `masktracker` gives those instances track ids (the `run` tracker);
-//! - `maskoverlay` draws them (the `run` compositor).
+//! - `maskoverlay` draws them (the `run` compositor);
+//! - `maskjsonsink` writes them as `run`'s JSON Lines.
 //!
 //! Layout as in gst-plugins-rs: one module per element, its subclass in `imp.rs`.
 
 use gst::glib;
 
+mod maskjsonsink;
 mod maskoverlay;
 mod maskrcnn;
 mod masktracker;
@@ -21,6 +23,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     maskrcnn::register(plugin)?;
     masktracker::register(plugin)?;
     maskoverlay::register(plugin)?;
+    maskjsonsink::register(plugin)?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use std::ops::ControlFlow;
 use gst_video::VideoRegionOfInterestMeta;
 use maskstream::model::paste::InstanceMask;
 use maskstream::model::Detection;
+use maskstream::output::{InstanceRecord, RleRecord};
 use maskstream::rle;
 
 /// Name of the parameter structure on each region-of-interest meta.
@@ -80,6 +81,48 @@ pub fn instances(buf: &gst::BufferRef) -> Vec<Result<Instance, String>> {
         .collect();
     found.sort_by_key(|(id, _)| *id);
     found.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The instances on `buf` as `run`'s JSON records (no mask decoding), in order.
+pub fn records(buf: &gst::BufferRef) -> Vec<Result<InstanceRecord, String>> {
+    let mut found: Vec<(i32, Result<InstanceRecord, String>)> = buf
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .filter_map(|m| {
+            let p = m.param(INSTANCE)?;
+            Some((m.id(), record(m.roi_type(), p)))
+        })
+        .collect();
+    found.sort_by_key(|(id, _)| *id);
+    found.into_iter().map(|(_, i)| i).collect()
+}
+
+fn record(label: &str, s: &gst::StructureRef) -> Result<InstanceRecord, String> {
+    let f64_field = |name: &str| s.get::<f64>(name).map_err(|e| format!("{name}: {e}"));
+    let u32_field = |name: &str| s.get::<u32>(name).map_err(|e| format!("{name}: {e}"));
+    Ok(InstanceRecord {
+        class_id: u32_field("class-id")? as usize,
+        label: label.to_string(),
+        score: f64_field("score")? as f32,
+        bbox: [
+            f64_field("x1")? as f32,
+            f64_field("y1")? as f32,
+            f64_field("x2")? as f32,
+            f64_field("y2")? as f32,
+        ],
+        track_id: s
+            .get_optional::<u64>("track-id")
+            .map_err(|e| format!("track-id: {e}"))?,
+        mask: RleRecord {
+            size: [
+                u32_field("mask-height")? as usize,
+                u32_field("mask-width")? as usize,
+            ],
+            counts: s
+                .get::<&str>("mask")
+                .map_err(|e| format!("mask: {e}"))?
+                .to_string(),
+        },
+    })
 }
 
 fn parse(label: &str, s: &gst::StructureRef) -> Result<Instance, String> {

@@ -297,3 +297,31 @@ fn engine_load_error_is_an_element_error() {
         "message: {text}"
     );
 }
+
+#[test]
+fn maskjsonsink_writes_detects_json() {
+    let img = common::fixture_image("odd_517x333");
+    let expected = detect_record(&img).with_frame(0, Some(0));
+    common::init();
+    let dir = std::env::temp_dir().join(format!("maskstream-jsonsink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("out.jsonl");
+    let mut h = Harness::new_parse(&format!(
+        "{} ! maskjsonsink source=image location={}",
+        common::maskrcnn_desc(),
+        path.display()
+    ));
+    h.play();
+    let (caps, buf) = common::video_buffer(&img, gst_video::VideoFormat::Rgb);
+    h.set_src_caps(caps);
+    h.push(buf).unwrap();
+    assert!(h.push_event(gst::event::Eos::new()));
+    // the line is flushed as it is written
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let got: FrameRecord = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(got, expected);
+    drop(h);
+    let _ = std::fs::remove_dir_all(&dir);
+}

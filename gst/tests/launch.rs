@@ -1,5 +1,6 @@
 //! gst-launch-1.0 end to end: the demo video through maskrcnn ! masktracker ! maskoverlay into an MP4
-//! that gst-discoverer-1.0 reads back, with the instances drawn on it. The plugin is found through
+//! that gst-discoverer-1.0 reads back, with the instances drawn on it, and through a tee into
+//! maskjsonsink's JSON Lines. The plugin is found through
 //! GST_PLUGIN_PATH (the cdylib cargo built next to this test).
 
 mod common;
@@ -13,12 +14,15 @@ fn gst_launch_writes_an_annotated_mp4() {
     let dir = std::env::temp_dir().join(format!("maskstream-gst-launch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("annotated.mp4");
+    let json = dir.join("annotated.jsonl");
     let desc = format!(
         "filesrc location=assets/shapes-demo.mp4 ! decodebin ! videoconvert ! \
-         maskrcnn engine=engines/shapes backend=cpu threads=2 ! masktracker ! maskoverlay ! \
-         videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=ultrafast ! mp4mux ! \
-         filesink location={}",
-        out.display()
+         maskrcnn engine=engines/shapes backend=cpu threads=2 ! masktracker ! tee name=t \
+         t. ! queue ! maskoverlay ! videoconvert ! video/x-raw,format=I420 ! \
+         x264enc speed-preset=ultrafast ! mp4mux ! filesink location={} \
+         t. ! queue ! maskjsonsink location={}",
+        out.display(),
+        json.display()
     );
     let run = common::output_within(
         Command::new("gst-launch-1.0")
@@ -74,5 +78,20 @@ fn gst_launch_writes_an_annotated_mp4() {
         drawn * 2 >= changed.len(),
         "share of pixels changed per sampled frame: {changed:?}"
     );
+
+    // the JSON Lines branch: a line per frame, tracked instances
+    let text = std::fs::read_to_string(&json).unwrap();
+    let records: Vec<maskstream::output::FrameRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(records.len(), 300);
+    assert!(records.windows(2).all(|w| w[0].pts_ns < w[1].pts_ns));
+    let tracked = records.iter().flat_map(|r| &r.instances).count();
+    assert!(tracked >= 100, "{tracked} instances in 300 frames");
+    assert!(records
+        .iter()
+        .flat_map(|r| &r.instances)
+        .all(|i| i.track_id.is_some() && i.score >= 0.5));
     let _ = std::fs::remove_dir_all(&dir);
 }

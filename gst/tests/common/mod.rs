@@ -111,20 +111,25 @@ pub fn rgb_pixels(buf: &gst::BufferRef, caps: &gst::CapsRef) -> Vec<u8> {
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-/// Where cargo put the plugin's shared library for this test binary's profile
-/// (target/<profile>/deps/<test> → target/<profile>).
+/// A folder holding only the plugin as cargo built it for this test binary, for GST_PLUGIN_PATH.
+///
+/// `cargo test` leaves the cdylib in target/<profile>/deps (next to this binary) and only `cargo
+/// build` copies it up to target/<profile>, so the copy there may be stale or missing; and deps holds
+/// every other shared library of the build, which GStreamer would try as plugins.
 pub fn plugin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("test binary under target/<profile>/deps")
-        .to_path_buf();
-    assert!(
-        dir.join("libgstmaskstream.so").is_file(),
-        "{}: no libgstmaskstream.so (cargo builds it with the tests)",
-        dir.display()
-    );
+    let deps = exe.parent().unwrap();
+    let so = [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("libgstmaskstream.so"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no libgstmaskstream.so in {} or above", deps.display()));
+    let dir = std::env::temp_dir().join(format!("maskstream-gst-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("libgstmaskstream.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&so, &link).unwrap();
     dir
 }
 
