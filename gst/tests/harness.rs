@@ -325,3 +325,55 @@ fn maskjsonsink_writes_detects_json() {
     drop(h);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn maskrcnn_batches_late_buffers_and_drains_at_eos() {
+    let img = common::fixture_image("landscape_640x360");
+    let expected = detect_record(&img);
+    common::init();
+    let mut h = Harness::new_parse(&format!("{} max-batch=3", common::maskrcnn_desc()));
+    h.play();
+    let buffer = |k: u64| {
+        let (caps, mut buf) = common::video_buffer(&img, gst_video::VideoFormat::Rgb);
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(33 * k));
+        (caps, buf)
+    };
+    let (caps, first) = buffer(0);
+    h.set_src_caps(caps);
+    // the (test) clock stands at 100 s: every buffer is late, so they wait to be inferred together
+    h.set_time(gst::ClockTime::from_seconds(100)).unwrap();
+    h.push(first).unwrap();
+    assert!(h.try_pull().is_none(), "first buffer held for the batch");
+    h.push(buffer(1).1).unwrap();
+    assert!(h.try_pull().is_none(), "second buffer held for the batch");
+    h.push(buffer(2).1).unwrap();
+    let check = |buf: &gst::BufferRef, k: u64| {
+        assert_eq!(buf.pts(), Some(gst::ClockTime::from_mseconds(33 * k)));
+        let got = instances(buf);
+        assert_eq!(got.len(), expected.instances.len(), "frame {k}");
+        for (g, e) in got.iter().zip(&expected.instances) {
+            assert_eq!(g.label, e.label, "frame {k}");
+            let iou = maskstream::model::boxes::iou(&g.detection.bbox, &e.bbox);
+            assert!(iou > 0.99, "frame {k}: box IoU {iou} against detect");
+        }
+    };
+    for k in 0..3 {
+        check(&h.try_pull().expect("batch of three out"), k);
+    }
+    // a held buffer goes out before EOS
+    h.push(buffer(3).1).unwrap();
+    assert!(h.try_pull().is_none());
+    assert!(h.push_event(gst::event::Eos::new()));
+    check(&h.try_pull().expect("drained at EOS"), 3);
+    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
+    let maskrcnn = bin
+        .iterate_elements()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == "maskrcnn"))
+        .unwrap();
+    let frames: u64 = maskrcnn.property("frames");
+    assert_eq!(frames, 4);
+}

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_SCORE_THRESHOLD: f32 = 0.5;
 const DEFAULT_THREADS: u32 = 0;
+const DEFAULT_MAX_BATCH: u32 = 1;
 
 /// The bundled engine: ./engines/shapes when run from a checkout, else the one this plugin was built
 /// next to (as `maskstream detect` does).
@@ -41,6 +43,7 @@ struct Settings {
     backend: Backend,
     score_threshold: f32,
     threads: u32,
+    max_batch: u32,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             backend: Backend::Auto,
             score_threshold: DEFAULT_SCORE_THRESHOLD,
             threads: DEFAULT_THREADS,
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -66,7 +70,15 @@ struct State {
 struct Convert {
     converter: gst_video::VideoConverter,
     rgb_info: gst_video::VideoInfo,
-    rgb: gst::Buffer,
+    /// One per frame of the largest batch so far.
+    rgb: Vec<gst::Buffer>,
+}
+
+/// Buffers held for a batch, and those inferred but not pushed yet.
+#[derive(Default)]
+struct Batch {
+    pending: Vec<gst::Buffer>,
+    ready: VecDeque<gst::Buffer>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +94,7 @@ pub struct MaskRcnn {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
+    batch: Mutex<Batch>,
 }
 
 #[glib::object_subclass]
@@ -124,6 +137,18 @@ impl ObjectImpl for MaskRcnn {
                     .default_value(DEFAULT_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-batch")
+                    .nick("Maximum batch")
+                    .blurb(
+                        "Frames inferred together when the element is behind (a buffer already \
+                         late against the clock waits for the next ones, up to this many); 1 = \
+                         every frame on its own",
+                    )
+                    .minimum(1)
+                    .maximum(64)
+                    .default_value(DEFAULT_MAX_BATCH)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt64::builder("frames")
                     .nick("Frames")
                     .blurb("Frames inferred since the element started")
@@ -147,6 +172,7 @@ impl ObjectImpl for MaskRcnn {
             "backend" => s.backend = value.get().expect("type checked upstream"),
             "score-threshold" => s.score_threshold = value.get().expect("type checked upstream"),
             "threads" => s.threads = value.get().expect("type checked upstream"),
+            "max-batch" => s.max_batch = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -159,6 +185,7 @@ impl ObjectImpl for MaskRcnn {
             "backend" => s.backend.to_value(),
             "score-threshold" => s.score_threshold.to_value(),
             "threads" => s.threads.to_value(),
+            "max-batch" => s.max_batch.to_value(),
             "frames" => self.stats.lock().unwrap().frames.to_value(),
             "mean-inference-ms" => {
                 let st = self.stats.lock().unwrap();
@@ -273,6 +300,7 @@ impl BaseTransformImpl for MaskRcnn {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // drops the sessions and their memory
         *self.state.lock().unwrap() = None;
+        *self.batch.lock().unwrap() = Batch::default();
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
     }
@@ -303,12 +331,10 @@ impl BaseTransformImpl for MaskRcnn {
             .map_err(|e| gst::loggable_error!(CAT, "RGB video info: {}", e))?;
             let converter = gst_video::VideoConverter::new(&info, &rgb_info, None)
                 .map_err(|e| gst::loggable_error!(CAT, "No converter to RGB: {}", e))?;
-            let rgb = gst::Buffer::with_size(rgb_info.size())
-                .map_err(|e| gst::loggable_error!(CAT, "RGB buffer: {}", e))?;
             Some(Convert {
                 converter,
                 rgb_info,
-                rgb,
+                rgb: Vec::new(),
             })
         };
         let mut state = self.state.lock().unwrap();
@@ -344,29 +370,111 @@ impl BaseTransformImpl for MaskRcnn {
         BaseTransformImplExt::parent_query(self, direction, query)
     }
 
-    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn generate_output(
+        &self,
+    ) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
+        use gst_base::subclass::base_transform::GenerateOutputSuccess as Out;
+        if let Some(b) = self.batch.lock().unwrap().ready.pop_front() {
+            return Ok(Out::Buffer(b));
+        }
+        let Some(inbuf) = self.take_queued_buffer() else {
+            return Ok(Out::NoOutput);
+        };
+        let max = self.settings.lock().unwrap().max_batch as usize;
+        let wait = {
+            let mut batch = self.batch.lock().unwrap();
+            let late = max > 1 && self.behind(&inbuf);
+            batch.pending.push(inbuf);
+            late && batch.pending.len() < max
+        };
+        if wait {
+            return Ok(Out::NoOutput);
+        }
+        self.infer_pending()?;
+        Ok(self
+            .batch
+            .lock()
+            .unwrap()
+            .ready
+            .pop_front()
+            .map_or(Out::NoOutput, Out::Buffer))
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::FlushStop(_) => {
+                *self.batch.lock().unwrap() = Batch::default();
+            }
+            // a held batch goes out before whatever follows it in the stream
+            gst::EventView::Eos(_)
+            | gst::EventView::Caps(_)
+            | gst::EventView::Segment(_)
+            | gst::EventView::Gap(_) => {
+                if let Err(e) = self.drain() {
+                    gst::debug!(CAT, imp = self, "draining the batch: {:?}", e);
+                }
+            }
+            _ => {}
+        }
+        self.parent_sink_event(event)
+    }
+}
+
+impl MaskRcnn {
+    /// Whether `buf` is already late against the pipeline clock (by more than the inference latency
+    /// the element announced); never without a clock or timestamps.
+    fn behind(&self, buf: &gst::BufferRef) -> bool {
+        let obj = self.obj();
+        let (Some(clock), Some(base), Some(pts)) = (obj.clock(), obj.base_time(), buf.pts()) else {
+            return false;
+        };
+        let Ok(segment) = obj.segment().downcast::<gst::ClockTime>() else {
+            return false;
+        };
+        let Some(running) = segment.to_running_time(pts) else {
+            return false;
+        };
+        let now = clock.time().saturating_sub(base);
+        let latency = gst::ClockTime::try_from(self.stats.lock().unwrap().latency)
+            .unwrap_or(gst::ClockTime::ZERO);
+        now > running + latency
+    }
+
+    /// Infers the held buffers together; they join the ready queue.
+    fn infer_pending(&self) -> Result<(), gst::FlowError> {
+        let pending = std::mem::take(&mut self.batch.lock().unwrap().pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let out = self.infer(pending)?;
+        self.batch.lock().unwrap().ready.extend(out);
+        Ok(())
+    }
+
+    /// Infers and pushes whatever is held (before EOS, caps, segments, gaps).
+    fn drain(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.infer_pending()?;
+        let src = self.obj().static_pad("src").expect("always pad");
+        loop {
+            let next = self.batch.lock().unwrap().ready.pop_front();
+            match next {
+                Some(b) => src.push(b)?,
+                None => return Ok(gst::FlowSuccess::Ok),
+            };
+        }
+    }
+
+    /// One pass of the model over `bufs`; each gets its instance metas.
+    fn infer(&self, mut bufs: Vec<gst::Buffer>) -> Result<Vec<gst::Buffer>, gst::FlowError> {
         let threshold = self.settings.lock().unwrap().score_threshold;
         let t0 = Instant::now();
-        let (detections, classes) = {
+        let (results, classes) = {
             let mut guard = self.state.lock().unwrap();
             let Some(state) = guard.as_mut() else {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
                 return Err(gst::FlowError::NotNegotiated);
             };
-            let Some(info) = state.info.clone() else {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps negotiated"));
-                return Err(gst::FlowError::NotNegotiated);
-            };
-            let frame =
-                gst_video::VideoFrameRef::from_buffer_ref_readable(&*buf, &info).map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ("Cannot map the video frame")
-                    );
-                    gst::FlowError::Error
-                })?;
-            let detections = state.detect(&frame).map_err(|e| {
+            let results = state.detect_batch(&bufs).map_err(|e| {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
@@ -374,26 +482,23 @@ impl BaseTransformImpl for MaskRcnn {
                 );
                 gst::FlowError::Error
             })?;
-            (detections, state.classes.clone())
+            (results, state.classes.clone())
         };
         let took = t0.elapsed();
-        let mut kept = 0;
-        for d in detections.iter().filter(|d| d.score >= threshold) {
-            let label = classes.get(d.class_id).map_or("", String::as_str);
-            meta::attach(buf, d, label, None);
-            kept += 1;
+        for (buf, detections) in bufs.iter_mut().zip(results) {
+            let buf = buf.make_mut();
+            let mut kept = 0;
+            for d in detections.iter().filter(|d| d.score >= threshold) {
+                let label = classes.get(d.class_id).map_or("", String::as_str);
+                meta::attach(buf, d, label, None);
+                kept += 1;
+            }
+            gst::log!(CAT, imp = self, "{:?}: {} instances", buf.pts(), kept);
         }
-        gst::log!(
-            CAT,
-            imp = self,
-            "{:?}: {} instances in {:?}",
-            buf.pts(),
-            kept,
-            took
-        );
+        gst::log!(CAT, imp = self, "{} frames in {:?}", bufs.len(), took);
         let announce = {
             let mut st = self.stats.lock().unwrap();
-            st.frames += 1;
+            st.frames += bufs.len() as u64;
             st.total += took;
             // tell the pipeline when inference got slower than the latency it was told about
             // (the first frame, then only by more than a quarter)
@@ -410,38 +515,61 @@ impl BaseTransformImpl for MaskRcnn {
                 .obj()
                 .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
         }
-        Ok(gst::FlowSuccess::Ok)
+        Ok(bufs)
     }
 }
 
 impl State {
-    /// The detections of one frame, converted to packed RGB first unless it is RGB already.
-    fn detect(
-        &mut self,
-        frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
-    ) -> Result<Vec<Detection>, String> {
-        let (w, h) = (frame.width() as usize, frame.height() as usize);
+    /// The detections of each buffer's frame, converted to packed RGB first unless it is RGB already.
+    fn detect_batch(&mut self, bufs: &[gst::Buffer]) -> Result<Vec<Vec<Detection>>, String> {
+        let info = self.info.clone().ok_or("no caps")?;
+        let (w, h) = (info.width() as usize, info.height() as usize);
+        let frames = bufs
+            .iter()
+            .map(|b| {
+                gst_video::VideoFrameRef::from_buffer_ref_readable(b.as_ref(), &info)
+                    .map_err(|_| "cannot map a frame".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let result = match &mut self.convert {
             None => {
-                let data = frame.plane_data(0).map_err(|e| e.to_string())?;
-                let stride = frame.plane_stride()[0] as usize;
-                let rgb = RgbFrame::new(w, h, stride, data).map_err(|e| e.to_string())?;
-                self.model.detect(&rgb)
+                let rgb = frames
+                    .iter()
+                    .map(|f| {
+                        let data = f.plane_data(0).map_err(|e| e.to_string())?;
+                        RgbFrame::new(w, h, f.plane_stride()[0] as usize, data)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.model.detect_batch(&rgb)
             }
             Some(c) => {
-                {
-                    let out = c.rgb.get_mut().ok_or("RGB buffer is shared")?;
+                while c.rgb.len() < frames.len() {
+                    c.rgb.push(
+                        gst::Buffer::with_size(c.rgb_info.size()).map_err(|e| e.to_string())?,
+                    );
+                }
+                for (f, out) in frames.iter().zip(c.rgb.iter_mut()) {
+                    let out = out.get_mut().ok_or("RGB buffer is shared")?;
                     let mut dest =
                         gst_video::VideoFrameRef::from_buffer_ref_writable(out, &c.rgb_info)
                             .map_err(|_| "cannot map the RGB buffer".to_string())?;
-                    c.converter.frame_ref(frame, &mut dest);
+                    c.converter.frame_ref(f, &mut dest);
                 }
-                let map = c.rgb.map_readable().map_err(|e| e.to_string())?;
                 let stride = c.rgb_info.stride()[0] as usize;
-                let rgb = RgbFrame::new(w, h, stride, map.as_slice()).map_err(|e| e.to_string())?;
-                self.model.detect(&rgb)
+                let maps = c.rgb[..frames.len()]
+                    .iter()
+                    .map(|b| b.map_readable().map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let rgb = maps
+                    .iter()
+                    .map(|m| RgbFrame::new(w, h, stride, m.as_slice()).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.model.detect_batch(&rgb)
             }
         };
-        result.map(|r| r.detections).map_err(|e| e.to_string())
+        result
+            .map(|v| v.into_iter().map(|r| r.detections).collect())
+            .map_err(|e| e.to_string())
     }
 }
