@@ -39,23 +39,25 @@ fn python_gi_reads_the_instance_metas() {
             assert!(i["score"].as_f64().unwrap() >= 0.5, "{i}");
             assert!(i["track_id"].as_u64().unwrap() >= 1, "{i}");
             assert_eq!(i["mask"]["size"], serde_json::json!([360, 640]), "{i}");
-            // the RLE decodes to a mask that fills the meta's rectangle (the pasted mask may
-            // reach a pixel or two past the box, as torchvision's does)
+            // the RLE decodes to a mask inside the meta's rectangle (the pasted mask may reach a
+            // pixel or two past the box, as torchvision's does)
             let rle: maskstream::output::RleRecord =
                 serde_json::from_value(i["mask"].clone()).unwrap();
-            let m = gstmaskstream::meta::crop(&rle.decode().unwrap(), 360, 640);
-            assert!(m.area() > 0, "{i}");
-            let rect = ["x", "y", "w", "h"].map(|k| i[k].as_u64().unwrap() as f32);
-            let iou = maskstream::model::boxes::iou(
-                &[
-                    m.x0 as f32,
-                    m.y0 as f32,
-                    (m.x0 + m.width) as f32,
-                    (m.y0 + m.height) as f32,
-                ],
-                &[rect[0], rect[1], rect[0] + rect[2], rect[1] + rect[3]],
+            let bits = rle.decode().unwrap();
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| i[k].as_u64().unwrap() as usize);
+            let (mut inside, mut all) = (0usize, 0usize);
+            for (k, _) in bits.iter().enumerate().filter(|(_, &b)| b != 0) {
+                let (px, py) = (k % 640, k / 640);
+                all += 1;
+                if px + 2 >= x && px < x + w + 2 && py + 2 >= y && py < y + h + 2 {
+                    inside += 1;
+                }
+            }
+            assert!(all > 0, "empty mask: {i}");
+            assert!(
+                inside * 100 >= all * 99,
+                "{inside} of {all} mask pixels in the rectangle: {i}"
             );
-            assert!(iou >= 0.7, "mask extent vs rectangle IoU {iou}: {i}");
         }
     }
     assert!(seen >= 10, "{seen} instances in 20 frames: {stdout}");
