@@ -95,6 +95,9 @@ pub struct MaskRcnn {
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     batch: Mutex<Batch>,
+    /// The pipeline's latency (from the sink's latency event): a live buffer is due that long
+    /// after its running time.
+    pipeline_latency: Mutex<gst::ClockTime>,
 }
 
 #[glib::object_subclass]
@@ -301,6 +304,7 @@ impl BaseTransformImpl for MaskRcnn {
         // drops the sessions and their memory
         *self.state.lock().unwrap() = None;
         *self.batch.lock().unwrap() = Batch::default();
+        *self.pipeline_latency.lock().unwrap() = gst::ClockTime::ZERO;
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
     }
@@ -400,6 +404,13 @@ impl BaseTransformImpl for MaskRcnn {
             .map_or(Out::NoOutput, Out::Buffer))
     }
 
+    fn src_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Latency(l) = event.view() {
+            *self.pipeline_latency.lock().unwrap() = l.latency();
+        }
+        self.parent_src_event(event)
+    }
+
     fn sink_event(&self, event: gst::Event) -> bool {
         match event.view() {
             gst::EventView::FlushStop(_) => {
@@ -421,8 +432,9 @@ impl BaseTransformImpl for MaskRcnn {
 }
 
 impl MaskRcnn {
-    /// Whether `buf` is already late against the pipeline clock (by more than the inference latency
-    /// the element announced); never without a clock or timestamps.
+    /// Whether `buf` is already late against the pipeline clock (by more than the pipeline's latency,
+    /// or the inference latency the element announced when that is more); never without a clock or
+    /// timestamps.
     fn behind(&self, buf: &gst::BufferRef) -> bool {
         let obj = self.obj();
         let (Some(clock), Some(base), Some(pts)) = (obj.clock(), obj.base_time(), buf.pts()) else {
@@ -435,9 +447,10 @@ impl MaskRcnn {
             return false;
         };
         let now = clock.time().saturating_sub(base);
-        let latency = gst::ClockTime::try_from(self.stats.lock().unwrap().latency)
+        let ours = gst::ClockTime::try_from(self.stats.lock().unwrap().latency)
             .unwrap_or(gst::ClockTime::ZERO);
-        now > running + latency
+        let pipeline = *self.pipeline_latency.lock().unwrap();
+        now > running + ours.max(pipeline)
     }
 
     /// Infers the held buffers together; they join the ready queue.
