@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what maskstream needs on Debian bookworm, idempotently (fast when everything is present):
 #   - Debian packages: GStreamer (dev headers for gstreamer-rs, plugins, RTSP server), Xvfb for the
-#     preview test, Prometheus (promtool checks the metrics) and Chromium (loads the live page);
+#     preview test, Prometheus (promtool checks the metrics), Chromium (loads the live page),
+#     mosquitto (the MQTT tests' broker and client), python3-gi + GStreamer typelibs (the plugin's
+#     Python test);
 #   - the ONNX Runtime shared library, from the pinned `onnxruntime` PyPI wheel (sha256-checked), into
 #     .cache/onnxruntime/<version>/ (git-ignored).
 set -euo pipefail
@@ -13,6 +15,7 @@ APT_PACKAGES=(
   gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x xvfb xauth glib-networking openssl
   gstreamer1.0-plugins-base-apps mosquitto mosquitto-clients
   prometheus chromium
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
