@@ -19,6 +19,18 @@ pub mod meta;
 
 pub use maskrcnn::Backend;
 
+/// The always-present `src` and `sink` pads of an in-place transform, both with `caps` (static caps,
+/// so the templates cannot fail to build).
+fn src_and_sink(caps: &gst::Caps) -> Vec<gst::PadTemplate> {
+    [
+        ("src", gst::PadDirection::Src),
+        ("sink", gst::PadDirection::Sink),
+    ]
+    .into_iter()
+    .filter_map(|(name, dir)| gst::PadTemplate::new(name, dir, gst::PadPresence::Always, caps).ok())
+    .collect()
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     maskrcnn::register(plugin)?;
     masktracker::register(plugin)?;

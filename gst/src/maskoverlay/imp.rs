@@ -174,22 +174,7 @@ impl ElementImpl for MaskOverlay {
             let caps = gst_video::VideoCapsBuilder::new()
                 .format_list(FORMATS)
                 .build();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
+            crate::src_and_sink(&caps)
         });
         TEMPLATES.as_ref()
     }

@@ -238,22 +238,7 @@ impl ElementImpl for MaskRcnn {
                     gst_video::VideoFormat::I420,
                 ])
                 .build();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .unwrap(),
-            ]
+            crate::src_and_sink(&caps)
         });
         TEMPLATES.as_ref()
     }
