@@ -119,30 +119,32 @@ fn maskrcnn_converts_other_formats() {
             (e.class_id, e.bbox)
         );
     }
-    // I420 (chroma subsampled, then back to RGB inside): every confident instance still found
+    // I420 and NV12 (chroma subsampled, then back to RGB inside): every confident instance still found
     common::init();
-    let mut h = Harness::new_parse(&format!(
-        "videoconvert ! video/x-raw,format=I420 ! {}",
-        common::maskrcnn_desc()
-    ));
-    h.play();
-    let (caps, buf) = common::video_buffer(&img, gst_video::VideoFormat::Rgb);
-    h.set_src_caps(caps);
-    h.push(buf).unwrap();
-    let out = h.pull().unwrap();
-    let got = instances(&out);
-    for e in expected.instances.iter().filter(|e| e.score >= 0.8) {
-        let best = got
-            .iter()
-            .filter(|g| g.label == e.label)
-            .map(|g| maskstream::model::boxes::iou(&g.detection.bbox, &e.bbox))
-            .fold(0.0f32, f32::max);
-        assert!(
-            best >= 0.8,
-            "{} {:?}: best IoU in I420 {best}",
-            e.label,
-            e.bbox
-        );
+    for format in ["I420", "NV12"] {
+        let mut h = Harness::new_parse(&format!(
+            "videoconvert ! video/x-raw,format={format} ! {}",
+            common::maskrcnn_desc()
+        ));
+        h.play();
+        let (caps, buf) = common::video_buffer(&img, gst_video::VideoFormat::Rgb);
+        h.set_src_caps(caps);
+        h.push(buf).unwrap();
+        let out = h.pull().unwrap();
+        let got = instances(&out);
+        for e in expected.instances.iter().filter(|e| e.score >= 0.8) {
+            let best = got
+                .iter()
+                .filter(|g| g.label == e.label)
+                .map(|g| maskstream::model::boxes::iou(&g.detection.bbox, &e.bbox))
+                .fold(0.0f32, f32::max);
+            assert!(
+                best >= 0.8,
+                "{} {:?}: best IoU in {format} {best}",
+                e.label,
+                e.bbox
+            );
+        }
     }
 }
 
