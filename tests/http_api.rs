@@ -479,3 +479,69 @@ fn locate(page: &image::RgbImage, needle: &image::RgbImage) -> (u32, u32, f64) {
     }
     (best.0, best.1, diff(best.0, best.1, 1))
 }
+
+/// `batch --http`: the files' frames show in the metrics while the batch runs; no streams can be
+/// added to a batch.
+#[test]
+fn a_batch_serves_its_metrics_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    let clip = videos.join("clip.mp4");
+    let made = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=ball",
+            "num-buffers=150",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=30/1",
+            "!",
+            "x264enc",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", clip.display()))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut c = common::maskstream();
+    c.args([
+        "batch",
+        "--backend",
+        "cpu",
+        "--json-only",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .arg(&videos)
+    .arg("--out-dir")
+    .arg(dir.path().join("out"));
+    let s = Served::start(c);
+    let a = s.addr.as_str();
+    let series = "maskstream_frames_total{source=\"clip\"}";
+    let text = s.wait_for(
+        "the clip's frames in the metrics",
+        Duration::from_secs(120),
+        || {
+            let t = get(a, "/metrics").text();
+            (metric(&t, series)? > 0.0).then_some(t)
+        },
+    );
+    promtool_check(&text);
+    let r = request(
+        a,
+        "POST",
+        "/api/streams",
+        &[("Content-Type", "application/json")],
+        br#"{"uri": "test://ball"}"#,
+    );
+    assert!(
+        r.status == 403 || r.status == 503,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+}

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
@@ -30,6 +31,9 @@ pub struct Args {
     pub json_only: bool,
     #[command(flatten)]
     pub model: super::ModelFlags,
+    /// HTTP API (metrics, health, live page) on PORT (127.0.0.1) or ADDR:PORT while the batch runs.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<String>,
     /// Pipeline file whose engine, inference, overlay and queue settings apply to every file.
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
@@ -153,7 +157,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     check_outputs(&base, &configs, &args)?;
     // one connection for the whole batch; a refused one fails before any file is read
-    let (mqtt, observers) = super::run::start_mqtt(&base)?;
+    let (mqtt, mut observers) = super::run::start_mqtt(&base)?;
+    // metrics, health and the live page of the files as they go (no streams added: control is None)
+    let gauge = mqtt
+        .clone()
+        .map(|m| m as Arc<dyn maskstream::http::QueueGauge>);
+    let http = super::run::start_http(&base, None, gauge)?;
+    if let Some((_, hub)) = &http {
+        observers.push(hub.clone());
+    }
     let loading = std::time::Instant::now();
     let loaded = pipeline::load_model(&base)
         .with_context(|| format!("loading engine {}", base.engine.display()));
@@ -199,6 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     overall.finish();
     let _ = model;
     super::run::close_mqtt(mqtt);
+    drop(http);
     report(files.len(), frames, started, &failures)
 }
 
@@ -213,6 +226,9 @@ fn base_config(args: &Args) -> anyhow::Result<PipelineConfig> {
         },
     };
     args.model.apply(&mut base);
+    if args.http.is_some() {
+        base.http.listen = args.http.clone();
+    }
     base.output.overwrite |= args.overwrite;
     if let Some(url) = &args.mqtt {
         super::run::set_mqtt_url(&mut base, url);

@@ -110,24 +110,21 @@ pub fn config(args: &Args) -> anyhow::Result<PipelineConfig> {
     Ok(cfg)
 }
 
-/// The HTTP API when `[http] listen` is set: its hub observes the run, its control adds and removes
-/// streams.
-fn start_http(
+/// The HTTP API when `[http] listen` is set, and its hub (to add to the run's observers). With
+/// `control`, its POST/DELETE add and remove streams.
+pub fn start_http(
     cfg: &PipelineConfig,
-    ctx: &mut RunContext,
+    control: Option<Control>,
     mqtt: Option<Arc<dyn QueueGauge>>,
-) -> anyhow::Result<Option<HttpServer>> {
+) -> anyhow::Result<Option<(HttpServer, Arc<Hub>)>> {
     if cfg.http.listen.is_none() {
         return Ok(None);
     }
     let hub = Arc::new(Hub::new(Duration::from_secs_f64(cfg.http.ready_within_s)));
-    let (control, commands) = Control::channel();
-    let server = HttpServer::start(&cfg.http, hub.clone(), Some(control), mqtt)
+    let server = HttpServer::start(&cfg.http, hub.clone(), control, mqtt)
         .context("starting the HTTP API")?;
-    ctx.observers.push(hub);
-    ctx.control = Some(commands);
     eprintln!("http: serving on http://{}/", server.addr());
-    Ok(Some(server))
+    Ok(Some((server, hub)))
 }
 
 /// `--mqtt URL`: the pipeline file's `[output.mqtt]` with this broker, or the defaults.
@@ -206,7 +203,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     // the API first: health answers while the engine loads, and a taken port fails before it
     let gauge = mqtt.clone().map(|m| m as Arc<dyn QueueGauge>);
-    let http = start_http(&cfg, &mut ctx, gauge)?;
+    let (control, commands) = Control::channel();
+    let http = start_http(&cfg, Some(control), gauge)?;
+    if let Some((_, hub)) = &http {
+        ctx.observers.push(hub.clone());
+        ctx.control = Some(commands);
+    }
     let result = pipeline::run(&cfg, ctx);
     close_mqtt(mqtt);
     drop(http);
