@@ -212,8 +212,7 @@ impl Spawner {
         let handle = source::spawn(spec, self.stop.clone()).map_err(invalid)?;
         let mount = match &self.server {
             Some(server) => {
-                let (path, auth) = serve_path(&self.cfg, &name);
-                match server.mount(&path, auth) {
+                match server.mount_source(&name) {
                     Ok(m) => Some(m),
                     Err(e) => {
                         // the source is running already: end it, joined with the others at the end
@@ -273,20 +272,6 @@ impl Spawner {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
-}
-
-/// The RTSP mount path of a stream and whether it asks for credentials.
-pub(super) fn serve_path(cfg: &PipelineConfig, name: &str) -> (String, bool) {
-    let auth =
-        cfg.output.rtsp_credentials_env.is_some() || cfg.output.rtsp_credentials_file.is_some();
-    let path = cfg
-        .output
-        .rtsp
-        .as_deref()
-        .and_then(|u| super::rtsp::ServeAddress::parse(u).ok())
-        .map(|a| super::config::expand(&a.path, name))
-        .unwrap_or_default();
-    (path, auth)
 }
 
 #[cfg(test)]

@@ -376,11 +376,10 @@ fn serve(
         (Some(c), Some(k)) => Some(rtsp::Tls::load(c, k)?),
         _ => None,
     };
-    let auth = creds.is_some();
     let server = rtsp::RtspServer::start(&addr, creds, tls)?;
     let mounts = names
         .iter()
-        .map(|n| server.mount(&expand(&addr.path, n), auth).map(Some))
+        .map(|n| server.mount_source(n).map(Some))
         .collect::<Result<Vec<_>>>()?;
     Ok((Some(server), mounts))
 }

@@ -34,10 +34,6 @@ pub trait Observer: Send + Sync {
 pub struct Observers(pub Vec<Arc<dyn Observer>>);
 
 impl Observers {
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Observer>> {
-        self.0.iter()
-    }
-
     pub fn push(&mut self, o: Arc<dyn Observer>) {
         self.0.push(o);
     }

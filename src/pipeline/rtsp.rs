@@ -109,6 +109,10 @@ pub struct RtspServer {
     pub port: u16,
     pub host: String,
     tls: bool,
+    /// The mount path, `{name}` standing for each source's name.
+    path: String,
+    /// Viewers need the credentials.
+    auth: bool,
 }
 
 /// Frames for one mount: pushed into every live media of that mount.
@@ -125,6 +129,7 @@ impl RtspServer {
         tls: Option<Tls>,
     ) -> Result<Self> {
         let (host, port) = (addr.host.as_str(), addr.port);
+        let auth = credentials.is_some();
         if !addr.is_loopback() && credentials.is_none() {
             tracing::warn!(%host, "serving RTSP beyond this machine without credentials");
             eprintln!(
@@ -184,7 +189,14 @@ impl RtspServer {
             port: bound as u16,
             host: host.to_string(),
             tls: tls.is_some(),
+            path: addr.path.clone(),
+            auth,
         })
+    }
+
+    /// The mount of a source: the served path with its name, credentials when the server has them.
+    pub fn mount_source(&self, name: &str) -> Result<Mount> {
+        self.mount(&super::config::expand(&self.path, name), self.auth)
     }
 
     /// Adds a mount. It can be played from now on; media start once the first frame is pushed (the
