@@ -10,6 +10,7 @@ use ort::ep::ExecutionProvider;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 
 /// Which execution provider runs the graphs.
@@ -53,6 +54,15 @@ pub struct BackendOptions {
     pub device_id: i32,
     /// Where TensorRT keeps its engine and timing caches.
     pub cache_dir: Option<PathBuf>,
+    /// FP32 or INT8 graphs; `Auto` follows the engine's `precision.cpu_default` on CPU.
+    pub precision: Precision,
+}
+
+impl BackendOptions {
+    /// Whether the graphs will run on the CPU (asked for, or no NVIDIA driver for `Auto`).
+    pub fn runs_on_cpu(&self) -> bool {
+        self.kind == BackendKind::Cpu || (self.kind == BackendKind::Auto && !cuda_driver_present())
+    }
 }
 
 impl Default for BackendOptions {
@@ -64,6 +74,7 @@ impl Default for BackendOptions {
             cpu_arena: true,
             device_id: 0,
             cache_dir: None,
+            precision: Precision::Auto,
         }
     }
 }

@@ -28,6 +28,59 @@ pub struct Manifest {
     pub mask_roi_pool: Pooler,
     pub mask: MaskSection,
     pub graphs: Graphs,
+    /// Lower-precision variants of the graphs (written by engines/tools/quantize.py); absent: FP32 only.
+    #[serde(default)]
+    pub precision: Option<PrecisionSection>,
+}
+
+/// Numeric precision of the graphs a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The engine's `precision.cpu_default` on CPU (INT8 where the engine has it), FP32 on GPUs.
+    #[default]
+    Auto,
+    /// The exported graphs as they are: torchvision's outputs to float rounding.
+    Fp32,
+    /// Statically quantized graphs (QDQ): integer kernels (VNNI/AMX) on CPU.
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionSection {
+    /// What CPU runs use when not told otherwise: "fp32" or "int8".
+    pub cpu_default: Precision,
+    pub int8: Option<Int8Graphs>,
+}
+
+/// The INT8 graphs: same inputs and outputs as the FP32 ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Int8Graphs {
+    /// How they were made (scheme, calibration data): for `inspect` and the record.
+    #[serde(default)]
+    pub calibration: String,
+    pub backbone: GraphFile,
+    pub box_head: GraphFile,
+    pub mask_head: GraphFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphFile {
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +205,8 @@ pub struct MaskHeadGraph {
 pub struct Engine {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The precision of the graphs `manifest.graphs` names now (FP32 until [`Engine::select`]).
+    pub precision: Precision,
 }
 
 impl Engine {
@@ -168,20 +223,57 @@ impl Engine {
         let path = dir.join("manifest.toml");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest = Manifest::parse(&text, &path)?;
-        Ok(Engine { dir, manifest })
+        Ok(Engine {
+            dir,
+            manifest,
+            precision: Precision::Fp32,
+        })
+    }
+
+    /// The precision a run gets for `requested` (`on_cpu`: the graphs will run on the CPU).
+    pub fn resolve(&self, requested: Precision, on_cpu: bool) -> Result<Precision> {
+        let section = self.manifest.precision.as_ref();
+        let has_int8 = section.is_some_and(|p| p.int8.is_some());
+        match requested {
+            Precision::Int8 if !has_int8 => Err(Error::Config(format!(
+                "engine {} has no INT8 graphs (engines/tools/quantize.py makes them); use --precision fp32",
+                self.dir.display()
+            ))),
+            Precision::Auto => Ok(match section {
+                Some(p) if on_cpu && has_int8 && p.cpu_default == Precision::Int8 => Precision::Int8,
+                _ => Precision::Fp32,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Points `manifest.graphs` at the graphs of `precision` (already resolved: FP32 or INT8).
+    pub fn select(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 {
+            let int8 = self
+                .manifest
+                .precision
+                .as_ref()
+                .and_then(|p| p.int8.clone())
+                .ok_or_else(|| {
+                    Error::Config(format!("engine {} has no INT8 graphs", self.dir.display()))
+                })?;
+            let g = &mut self.manifest.graphs;
+            (g.backbone.file, g.backbone.sha256) = (int8.backbone.file, int8.backbone.sha256);
+            (g.box_head.file, g.box_head.sha256) = (int8.box_head.file, int8.box_head.sha256);
+            (g.mask_head.file, g.mask_head.sha256) = (int8.mask_head.file, int8.mask_head.sha256);
+        }
+        self.precision = precision;
+        Ok(())
     }
 
     pub fn graph_path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
 
+    /// Checks the sha256 of every graph the manifest names (FP32 and INT8).
     pub fn verify_files(&self) -> Result<()> {
-        let g = &self.manifest.graphs;
-        for (file, expected) in [
-            (&g.backbone.file, &g.backbone.sha256),
-            (&g.box_head.file, &g.box_head.sha256),
-            (&g.mask_head.file, &g.mask_head.sha256),
-        ] {
+        for (_, file, expected) in self.manifest.graph_files() {
             let path = self.graph_path(file);
             let actual = sha256_file(&path)?;
             if !actual.eq_ignore_ascii_case(expected) {
@@ -229,6 +321,7 @@ impl Manifest {
             .and_then(|()| self.check_heads())
             .and_then(|()| self.check_poolers())
             .and_then(|()| self.check_graphs())
+            .and_then(|()| self.check_precision())
             .map_err(|(field, why)| Error::manifest(path, format!("{field}: {why}")))
     }
 
@@ -374,6 +467,51 @@ impl Manifest {
         Ok(())
     }
 
+    /// (field, file, sha256) of every graph: the FP32 three, then any INT8 variants.
+    pub fn graph_files(&self) -> Vec<(String, &String, &String)> {
+        let g = &self.graphs;
+        let mut files = vec![
+            (
+                "graphs.backbone".to_string(),
+                &g.backbone.file,
+                &g.backbone.sha256,
+            ),
+            (
+                "graphs.box_head".to_string(),
+                &g.box_head.file,
+                &g.box_head.sha256,
+            ),
+            (
+                "graphs.mask_head".to_string(),
+                &g.mask_head.file,
+                &g.mask_head.sha256,
+            ),
+        ];
+        if let Some(q) = self.precision.as_ref().and_then(|p| p.int8.as_ref()) {
+            for (name, f) in [
+                ("backbone", &q.backbone),
+                ("box_head", &q.box_head),
+                ("mask_head", &q.mask_head),
+            ] {
+                files.push((format!("precision.int8.{name}"), &f.file, &f.sha256));
+            }
+        }
+        files
+    }
+
+    fn check_precision(&self) -> Check {
+        match &self.precision {
+            Some(p) if p.cpu_default == Precision::Auto => {
+                bad("precision.cpu_default", "must be \"fp32\" or \"int8\"")
+            }
+            Some(p) if p.cpu_default == Precision::Int8 && p.int8.is_none() => bad(
+                "precision.cpu_default",
+                "is \"int8\" but there is no [precision.int8] section",
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn check_graphs(&self) -> Check {
         let (g, n) = (&self.graphs.backbone, self.model.levels.len());
         for (field, list) in [
@@ -388,19 +526,7 @@ impl Manifest {
                 );
             }
         }
-        for (name, file, sha) in [
-            ("graphs.backbone", &g.file, &g.sha256),
-            (
-                "graphs.box_head",
-                &self.graphs.box_head.file,
-                &self.graphs.box_head.sha256,
-            ),
-            (
-                "graphs.mask_head",
-                &self.graphs.mask_head.file,
-                &self.graphs.mask_head.sha256,
-            ),
-        ] {
+        for (name, file, sha) in self.graph_files() {
             if file.is_empty() || file.contains("..") || Path::new(file).is_absolute() {
                 return bad(
                     &format!("{name}.file"),
@@ -421,5 +547,86 @@ impl Manifest {
     /// Index of a level name in the backbone's output order.
     pub fn level_index(&self, name: &str) -> Option<usize> {
         self.model.levels.iter().position(|l| l == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn bundled() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("engines/shapes/manifest.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        // the FP32 part only: each test adds its own [precision]
+        match text.find("\n[precision]") {
+            Some(i) => text[..i].to_string(),
+            None => text,
+        }
+    }
+
+    fn engine(precision: &str) -> std::result::Result<Engine, Error> {
+        let text = format!("{}\n{precision}", bundled());
+        let manifest = Manifest::parse(&text, Path::new("m.toml"))?;
+        Ok(Engine {
+            dir: PathBuf::from("e"),
+            manifest,
+            precision: Precision::Fp32,
+        })
+    }
+
+    fn int8_section(cpu_default: &str) -> String {
+        format!(
+            "[precision]\ncpu_default = \"{cpu_default}\"\n[precision.int8]\n\
+             backbone = {{ file = \"b8.onnx\", sha256 = \"{SHA}\" }}\n\
+             box_head = {{ file = \"h8.onnx\", sha256 = \"{SHA}\" }}\n\
+             mask_head = {{ file = \"m8.onnx\", sha256 = \"{SHA}\" }}\n"
+        )
+    }
+
+    #[test]
+    fn auto_is_int8_on_cpu_only_where_the_engine_says_so() {
+        let e = engine(&int8_section("int8")).unwrap();
+        assert_eq!(e.resolve(Precision::Auto, true).unwrap(), Precision::Int8);
+        assert_eq!(e.resolve(Precision::Auto, false).unwrap(), Precision::Fp32);
+        assert_eq!(e.resolve(Precision::Fp32, true).unwrap(), Precision::Fp32);
+        assert_eq!(e.resolve(Precision::Int8, false).unwrap(), Precision::Int8);
+        let e = engine(&int8_section("fp32")).unwrap();
+        assert_eq!(e.resolve(Precision::Auto, true).unwrap(), Precision::Fp32);
+        assert_eq!(e.resolve(Precision::Int8, true).unwrap(), Precision::Int8);
+    }
+
+    #[test]
+    fn an_fp32_engine_refuses_int8_by_name() {
+        let e = engine("").unwrap();
+        assert_eq!(e.resolve(Precision::Auto, true).unwrap(), Precision::Fp32);
+        let err = e.resolve(Precision::Int8, true).unwrap_err().to_string();
+        assert!(err.contains("no INT8 graphs"), "{err}");
+    }
+
+    #[test]
+    fn select_points_the_graphs_at_the_int8_files_and_verify_covers_them() {
+        let mut e = engine(&int8_section("int8")).unwrap();
+        assert_eq!(e.manifest.graph_files().len(), 6);
+        e.select(Precision::Int8).unwrap();
+        assert_eq!(e.precision, Precision::Int8);
+        let g = &e.manifest.graphs;
+        assert_eq!(
+            [&g.backbone.file, &g.box_head.file, &g.mask_head.file],
+            ["b8.onnx", "h8.onnx", "m8.onnx"]
+        );
+    }
+
+    #[test]
+    fn bad_precision_sections_name_the_field() {
+        let no_int8 = "[precision]\ncpu_default = \"int8\"\n";
+        let err = engine(no_int8).unwrap_err().to_string();
+        assert!(err.contains("precision.cpu_default"), "{err}");
+        let err = engine(&int8_section("auto")).unwrap_err().to_string();
+        assert!(err.contains("precision.cpu_default"), "{err}");
+        let escape = int8_section("int8").replace("b8.onnx", "../b8.onnx");
+        let err = engine(&escape).unwrap_err().to_string();
+        assert!(err.contains("precision.int8.backbone.file"), "{err}");
     }
 }

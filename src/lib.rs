@@ -23,7 +23,7 @@ pub mod pipeline;
 pub mod rle;
 
 pub use backend::{BackendKind, BackendOptions};
-pub use engine::Engine;
+pub use engine::{Engine, Precision};
 pub use error::{Error, Result};
 pub use frame::RgbFrame;
 pub use model::{Detection, FrameResult, MaskRcnn, Stage, StageTimes};

@@ -123,12 +123,14 @@ fn missing_or_corrupt_graph() {
     fails_with(&out, &["box_head.onnx", "sha256"]);
 }
 
-fn detect_on_cpu(engine: &Path) -> Output {
+fn detect_on_cpu(engine: &Path, precision: &str) -> Output {
     maskstream(&[
         "detect",
         &image(),
         "--backend",
         "cpu",
+        "--precision",
+        precision,
         "--engine",
         engine.to_str().unwrap(),
     ])
@@ -136,14 +138,48 @@ fn detect_on_cpu(engine: &Path) -> Output {
 
 #[test]
 fn wrong_tensor_names_and_shapes() {
+    // the FP32 and the INT8 graphs are held to the same contract, each named in the message
+    for (precision, suffix) in [("fp32", ".onnx"), ("int8", ".int8.onnx")] {
+        let e = engine_copy();
+        edit_manifest(e.path(), "input = \"box_features\"", "input = \"rois\"");
+        let out = detect_on_cpu(e.path(), precision);
+        let file = format!("box_head{suffix}");
+        fails_with(&out, &[&file, "no input named \"rois\""]);
+        let e = engine_copy();
+        edit_manifest(e.path(), "fpn_channels = 96", "fpn_channels = 64");
+        let out = detect_on_cpu(e.path(), precision);
+        let file = format!("backbone{suffix}");
+        fails_with(&out, &[&file, "shape"]);
+    }
+}
+
+#[test]
+fn int8_needs_int8_graphs_and_checks_them() {
+    // an engine exported without quantize.py: --precision int8 is refused by name, auto runs FP32
     let e = engine_copy();
-    edit_manifest(e.path(), "input = \"box_features\"", "input = \"rois\"");
-    let out = detect_on_cpu(e.path());
-    fails_with(&out, &["box_head.onnx", "no input named \"rois\""]);
+    let p = e.path().join("manifest.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let fp32_only = &text[..text
+        .find("\n[precision]")
+        .expect("bundled engine has INT8 graphs")];
+    std::fs::write(&p, fp32_only).unwrap();
+    let out = detect_on_cpu(e.path(), "int8");
+    fails_with(&out, &["has no INT8 graphs", "--precision fp32"]);
+    let out = detect_on_cpu(e.path(), "auto");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // a damaged INT8 graph fails the sha256 check whatever the precision asked for
     let e = engine_copy();
-    edit_manifest(e.path(), "fpn_channels = 96", "fpn_channels = 64");
-    let out = detect_on_cpu(e.path());
-    fails_with(&out, &["backbone.onnx", "shape"]);
+    let p = e.path().join("mask_head.int8.onnx");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    let out = detect_on_cpu(e.path(), "fp32");
+    fails_with(&out, &["mask_head.int8.onnx", "sha256"]);
 }
 
 #[test]

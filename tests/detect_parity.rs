@@ -181,3 +181,73 @@ fn model_matches_torchvision() {
         "parity: worst proposal match {worst_prop:.4}, worst box IoU {worst_box:.5}, worst mask IoU {worst_mask:.5}, worst |dscore| {worst_score:.2e}"
     );
 }
+
+/// The INT8 graphs (the CPU default) find what the FP32 graphs find on the fixture images: every FP32
+/// detection scoring >= 0.7 has an INT8 one of the same class with mask IoU >= 0.75 (>= 0.9 on
+/// average) and a score within 0.2, and INT8 reports no confident object (>= 0.7) that FP32 scores
+/// below 0.3. Broken quantization (a wrong range, a lost layer) fails all of these at once.
+/// The held-out AP of both is measured by engines/tools/evaluate.py --maskstream (engines/shapes/).
+#[test]
+fn int8_keeps_the_fp32_detections() {
+    let mut fp32 = common::cpu_model_at(maskstream::Precision::Fp32);
+    let mut int8 = common::cpu_model_at(maskstream::Precision::Int8);
+    assert_eq!(int8.precision(), maskstream::Precision::Int8);
+    let (mut checked, mut worst_iou, mut worst_ds, mut sum_iou) = (0, 1.0f64, 0.0f32, 0.0f64);
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let img = image::open(dir.join("image.png")).unwrap().to_rgb8();
+        let frame = RgbFrame::from_image(&img).unwrap();
+        let a = fp32.detect(&frame).unwrap();
+        let b = int8.detect(&frame).unwrap();
+        for d in a.detections.iter().filter(|d| d.score >= 0.7) {
+            let full = d.mask.to_full();
+            let best = b
+                .detections
+                .iter()
+                .filter(|e| e.class_id == d.class_id)
+                .map(|e| (common::mask_iou(&full, &e.mask.to_full()), e.score))
+                .max_by(|x, y| x.0.total_cmp(&y.0));
+            let (iou, score) = best.unwrap_or_else(|| {
+                panic!(
+                    "{name}: FP32 detection of class {} (score {}) has no INT8 counterpart",
+                    d.class_id, d.score
+                )
+            });
+            assert!(
+                iou >= 0.75,
+                "{name}: class {}: INT8 mask IoU {iou}",
+                d.class_id
+            );
+            let ds = (score - d.score).abs();
+            assert!(
+                ds <= 0.2,
+                "{name}: class {}: score {} vs {score}",
+                d.class_id,
+                d.score
+            );
+            sum_iou += iou;
+            worst_iou = worst_iou.min(iou);
+            worst_ds = worst_ds.max(ds);
+            checked += 1;
+        }
+        for e in b.detections.iter().filter(|e| e.score >= 0.7) {
+            let full = e.mask.to_full();
+            let seen = a.detections.iter().any(|d| {
+                d.class_id == e.class_id
+                    && d.score >= 0.3
+                    && common::mask_iou(&full, &d.mask.to_full()) >= 0.5
+            });
+            assert!(
+                seen,
+                "{name}: INT8 reports class {} at {} where FP32 has nothing",
+                e.class_id, e.score
+            );
+        }
+    }
+    assert!(checked >= 5, "only {checked} confident detections checked");
+    let mean = sum_iou / checked as f64;
+    println!(
+        "int8 vs fp32: {checked} detections, mask IoU mean {mean:.4} worst {worst_iou:.4}, worst |dscore| {worst_ds:.3}"
+    );
+    assert!(mean >= 0.9, "INT8 mask IoU averages {mean}");
+}

@@ -1,10 +1,17 @@
-"""Same-run speed comparison: torchvision eager vs maskstream on the same weights, frames and threads,
-and our ROIAlign vs torchvision.ops.roi_align on identical inputs. Writes BENCHMARKS.md.
+"""Same-run speed comparison on the same weights, frames and threads, written to BENCHMARKS.md:
 
-    engines/tools/.venv/bin/python engines/tools/compare.py --threads 2 --frames 40 [--r50]
+- peers: torchvision eager; the same torchvision model exported whole as one ONNX graph and run by
+  onnxruntime (its detections checked against eager); maskstream with the FP32 graphs and with the INT8
+  graphs (model-only, the full pipeline without and with MP4 encoding);
+- the machine's limit: the model's multiply-adds per frame (counted from the graphs at the frames' shapes)
+  against a measured peak of these cores (FP32 matmul in torch, INT8 matmul in onnxruntime), as a fraction;
+- our ROIAlign vs torchvision.ops.roi_align on identical inputs.
+
+    engines/tools/.venv/bin/python engines/tools/compare.py --threads 2 --frames 100 [--r50]
 
 --r50 also exports a full-size maskrcnn_resnet50_fpn with random weights (engines/r50fpn, not committed)
-and runs it on the same frames (upscaled by the transform to 800x1333 as torchvision does).
+and runs it on the same frames (upscaled by the transform to 800x1333 as torchvision does); with random
+weights there is no AP to compare, so maskstream's detections are compared with torchvision's instead.
 """
 from __future__ import annotations
 
@@ -50,17 +57,115 @@ def torch_fps(model, frames, threads: int, warmup: int = 3) -> float:
     return (len(tensors) - warmup) / (time.perf_counter() - t0)
 
 
-def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool) -> dict:
+def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool, precision: str = "fp32") -> dict:
     exe = os.path.join(ROOT, "target", "release", "maskstream")
-    if not os.path.exists(exe):
-        subprocess.run(["cargo", "build", "--release", "--locked"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "maskstream"], cwd=ROOT, check=True)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [exe, "bench", "--engine", engine, "--frames", str(frames), "--threads", str(threads),
-               "--backend", "cpu", "--json", f.name]
-        if not pipeline:
-            cmd.append("--model-only")
+               "--backend", "cpu", "--precision", precision, "--json", f.name]
+        cmd.append("--encode" if pipeline else "--model-only")
         subprocess.run(cmd, cwd=ROOT, check=True)
         return json.load(open(f.name))
+
+
+def whole_graph_fps(model, frames, threads: int, warmup: int = 3) -> tuple[float, str]:
+    """torchvision's own ONNX export of the whole model (one graph: ROIAlign levels merged with
+    ScatterElements, masks pasted in a loop), run by onnxruntime; its detections checked against eager."""
+    import onnxruntime as ort
+
+    x = torch.from_numpy(frames[0].copy()).permute(2, 0, 1).float() / 255.0
+    path = os.path.join(tempfile.mkdtemp(), "whole.onnx")
+    torch.onnx.export(model, ([x],), path, opset_version=17, dynamo=False, input_names=["image"],
+                      output_names=["boxes", "labels", "scores", "masks"],
+                      dynamic_axes={"image": {1: "h", 2: "w"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    arrays = [(torch.from_numpy(f.copy()).permute(2, 0, 1).float() / 255.0).numpy() for f in frames]
+    with torch.no_grad():
+        ref = model([torch.from_numpy(arrays[warmup])])[0]
+    got = sess.run(None, {"image": arrays[warmup]})
+    keep = ref["scores"].numpy() >= 0.3
+    same = (len(got[0]) == len(ref["boxes"]) and np.array_equal(got[1], ref["labels"].numpy())
+            and float(np.abs(got[0] - ref["boxes"].numpy()).max(initial=0)) < 1e-2)
+    check = (f"{len(got[0])} detections ({int(keep.sum())} at score >= 0.3) vs eager {len(ref['boxes'])}: "
+             + ("same labels, boxes within 0.01 px" if same else "DIFFERENT"))
+    for a in arrays[:warmup]:
+        sess.run(None, {"image": a})
+    t0 = time.perf_counter()
+    for a in arrays[warmup:]:
+        sess.run(None, {"image": a})
+    return (len(arrays) - warmup) / (time.perf_counter() - t0), check
+
+
+def module_macs(module, x: torch.Tensor) -> float:
+    """Multiply-adds of one forward of `module` on `x`: every Conv2d, ConvTranspose2d and Linear (the
+    work that matters; the graphs are exported from these same modules)."""
+    total = [0.0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):  # each output element: Cin/groups * kh * kw
+            total[0] += out.numel() * m.weight[0].numel()
+        elif isinstance(m, torch.nn.ConvTranspose2d):  # each input element feeds Cout/groups * kh * kw
+            total[0] += inp[0].numel() * m.weight[0].numel()
+        elif isinstance(m, torch.nn.Linear):
+            total[0] += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in module.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    with torch.no_grad():
+        module(x)
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def peak_gflops(threads: int) -> tuple[float, float]:
+    """Measured peak of these cores: FP32 GFLOP/s (torch matmul, oneDNN/MKL) and INT8 GOP/s (onnxruntime
+    MatMulInteger u8 x s8, the MLAS kernels the INT8 graphs use), 2 ops per multiply-add."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    torch.set_num_threads(threads)
+    n = 1536
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best32 = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best32 = max(best32, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "mmi",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                           helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                          [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    best8 = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        best8 = max(best8, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best32, best8
+
+
+def model_gmacs(model, padded: tuple[int, int], rois: int, detections: float) -> dict:
+    """Multiply-adds per frame of each graph (G): backbone + RPN head at the padded frame, box head at
+    every proposal, mask head at the mean detections per frame."""
+    from export import BackboneGraph, BoxHeadGraph, MaskHeadGraph
+
+    c = model.backbone.out_channels
+    b = model.roi_heads.box_roi_pool.output_size
+    s = model.roi_heads.mask_roi_pool.output_size
+    b, s = (b[0] if isinstance(b, (list, tuple)) else b), (s[0] if isinstance(s, (list, tuple)) else s)
+    return {"backbone": module_macs(BackboneGraph(model).eval(), torch.zeros(1, 3, *padded)) / 1e9,
+            "box_head": module_macs(BoxHeadGraph(model).eval(), torch.zeros(1, c, b, b)) * rois / 1e9,
+            "mask_head": module_macs(MaskHeadGraph(model).eval(), torch.zeros(1, c, s, s)) * detections / 1e9}
 
 
 def roi_align_bench(threads: int, repeats: int = 20) -> dict:
@@ -97,6 +202,22 @@ def roi_align_bench(threads: int, repeats: int = 20) -> dict:
 NOTES_MARKER = "<!-- notes: kept by compare.py -->"
 
 
+def mean_rois(model, frames) -> tuple[float, float]:
+    """Proposals (box head ROIs) and detections (mask head ROIs, score >= 0.05) per frame."""
+    props = []
+    hook = model.rpn.register_forward_hook(lambda m, i, o: props.append(len(o[0][0])))
+    with torch.no_grad():
+        dets = [len(model([torch.from_numpy(f.copy()).permute(2, 0, 1).float() / 255.0])[0]["boxes"])
+                for f in frames[:10]]
+    hook.remove()
+    return sum(props) / len(props), sum(dets) / len(dets)
+
+
+def fmt_ov(m: dict, key: str) -> str:
+    v = m.get(key)
+    return "" if v is None else f"{v * 100:+.1f}%"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -105,23 +226,27 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
 
+    engine = os.path.join(ROOT, "engines", "shapes")
     frames = decode_frames(os.path.join(ROOT, "assets", "shapes-demo.mp4"), args.frames + 3)
-    rows = []
     # maskstream first: torch's idle OpenMP threads keep spinning for a while after each run and would
     # steal the cores from whatever runs next in this process's lifetime
-    ms = maskstream_bench(os.path.join(ROOT, "engines", "shapes"), args.frames, args.threads, True)
+    ms32 = maskstream_bench(engine, args.frames, args.threads, True, "fp32")
+    ms8 = maskstream_bench(engine, args.frames, args.threads, True, "int8")
     roi = roi_align_bench(args.threads)
-    # shapes: torchvision eager on the weights the engine was exported from (the training checkpoint
-    # where it exists, else the same weights read back from the committed ONNX graphs)
+    # torchvision eager on the weights the engine was exported from (the training checkpoint where it
+    # exists, else the same weights read back from the committed ONNX graphs)
     from model import load_shapes_checkpoint, load_shapes_from_engine
 
     ckpt = os.path.join(HERE, "work", "shapes.pt")
-    if os.path.exists(ckpt):
-        shapes = load_shapes_checkpoint(ckpt)
-    else:
-        shapes = load_shapes_from_engine(os.path.join(ROOT, "engines", "shapes"))
+    shapes = (load_shapes_checkpoint(ckpt) if os.path.exists(ckpt) else load_shapes_from_engine(engine)).eval()
     tv = torch_fps(shapes, frames, args.threads)
-    rows.append(("shapes 640x360 (-> 568x320)", tv, ms))
+    whole, whole_check = whole_graph_fps(shapes, frames, args.threads)
+    torch.set_num_threads(args.threads)
+    gmacs = model_gmacs(shapes, (320, 576), *mean_rois(shapes, frames))
+    peak32, peak8 = peak_gflops(args.threads)
+    gflop = 2 * sum(gmacs.values())
+
+    r50_rows = []
     if args.r50:
         import torchvision
 
@@ -141,23 +266,55 @@ def main():
             if ms50 is None or m["model_fps"] > ms50["model_fps"]:
                 ms50 = m
             tv50 = max(tv50, torch_fps(r50, frames[:n + 3], args.threads))
-        rows.append(("R50-FPN 640x360 (-> 1333x750)", tv50, ms50))
+        r50_rows.append(("R50-FPN 640x360 (-> 1333x750), FP32", tv50, ms50))
 
     lines = ["# Benchmarks", "",
              f"Regenerate: `engines/tools/.venv/bin/python engines/tools/compare.py --threads {args.threads}"
              f" --frames {args.frames}{' --r50' if args.r50 else ''}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-             f"{args.threads} threads for both sides; date {datetime.date.today()}; torch {torch.__version__}.", "",
-             "| model | torchvision eager fps | maskstream model-only fps | ratio | maskstream pipeline fps | "
-             "pipeline overhead | peak RSS MB |", "|---|---|---|---|---|---|---|"]
-    for name, tv, m in rows:
-        ov = m.get("pipeline_overhead")
-        lines.append(f"| {name} | {tv:.2f} | {m['model_fps']:.2f} | {m['model_fps'] / tv:.2f}x | "
-                     f"{m['pipeline_fps'] or float('nan'):.2f} | "
-                     f"{'' if ov is None else f'{ov * 100:+.1f}%'} | {m['peak_rss_mb']:.0f} |")
-    lines += ["", "Per-stage ms/frame (maskstream, shapes):", "", "| stage | ms |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in rows[0][2]["stages_ms"]]
-    lines += ["", "ROIAlign, 1000 ROIs over P2-P5 (96 ch, 7x7, sampling 2), same inputs:", "",
+             f"{args.threads} threads for every side; date {datetime.date.today()}; torch {torch.__version__}; "
+             f"the shapes engine on {args.frames} frames of assets/shapes-demo.mp4 (640x360 -> 568x320).", "",
+             "## Peers, same weights, same frames, same threads", "",
+             "| runner | frames/s | ms/frame | maskstream INT8 is |", "|---|---|---|---|"]
+    peers = [("torchvision eager (FP32)", tv),
+             ("torchvision's whole-graph ONNX export in onnxruntime (FP32)", whole),
+             ("maskstream model-only, FP32 graphs", ms32["model_fps"]),
+             ("maskstream model-only, INT8 graphs", ms8["model_fps"])]
+    for name, fps in peers:
+        lines.append(f"| {name} | {fps:.2f} | {1e3 / fps:.1f} | {ms8['model_fps'] / fps:.2f}x |")
+    lines += ["", f"maskstream FP32 is {ms32['model_fps'] / tv:.2f}x torchvision eager and "
+              f"{ms32['model_fps'] / whole:.2f}x the whole-graph export. Whole-graph export check: {whole_check}.",
+              "", "## Full pipeline against model-only (same engine, same frames)", "",
+              "| precision | model-only fps | pipeline, JSON only | overhead | pipeline + overlay + H.264 MP4 + JSON "
+              "| overhead | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for name, m in (("FP32", ms32), ("INT8", ms8)):
+        lines.append(f"| {name} | {m['model_fps']:.2f} | {m['pipeline_fps'] or float('nan'):.2f} | "
+                     f"{fmt_ov(m, 'pipeline_overhead')} | {m.get('encode_fps') or float('nan'):.2f} | "
+                     f"{fmt_ov(m, 'encode_overhead')} | {m['peak_rss_mb']:.0f} |")
+    used32 = gflop * ms32["model_fps"]
+    used8 = gflop * ms8["model_fps"]
+    lines += ["", "## The machine's limit", "",
+              f"Work per frame (multiply-adds x 2, counted from the modules the graphs are exported from): "
+              f"backbone + RPN head {2 * gmacs['backbone']:.2f} GFLOP, box head {2 * gmacs['box_head']:.2f} "
+              f"(every proposal), mask head {2 * gmacs['mask_head']:.2f} (mean detections): "
+              f"**{gflop:.2f} GFLOP/frame**.", "",
+              f"Measured peak of these {args.threads} threads: FP32 {peak32:.0f} GFLOP/s (torch matmul 1536^3), "
+              f"INT8 {peak8:.0f} GOP/s (onnxruntime MatMulInteger u8 x s8, 1536^3).", "",
+              "| runner | achieved GFLOP/s (or GOP/s) | fraction of the peak |", "|---|---|---|",
+              f"| torchvision eager FP32 | {gflop * tv:.0f} | {gflop * tv / peak32:.2f} of FP32 |",
+              f"| maskstream FP32 | {used32:.0f} | {used32 / peak32:.2f} of FP32 |",
+              f"| maskstream INT8 | {used8:.0f} | {used8 / peak8:.2f} of INT8 |",
+              "", "Per-stage ms/frame (maskstream model-only):", "", "| stage | FP32 | INT8 |", "|---|---|---|"]
+    s8 = dict(ms8["stages_ms"])
+    lines += [f"| {k} | {v:.2f} | {s8.get(k, float('nan')):.2f} |" for k, v in ms32["stages_ms"]]
+    if r50_rows:
+        lines += ["", "## R50-FPN (random weights)", "",
+                  "| model | torchvision eager fps | maskstream model-only fps | ratio | peak RSS MB |",
+                  "|---|---|---|---|---|"]
+        for name, tv50, m in r50_rows:
+            lines.append(f"| {name} | {tv50:.2f} | {m['model_fps']:.2f} | {m['model_fps'] / tv50:.2f}x | "
+                         f"{m['peak_rss_mb']:.0f} |")
+    lines += ["", "## ROIAlign", "", "1000 ROIs over P2-P5 (96 ch, 7x7, sampling 2), same inputs:", "",
               "| torchvision.ops MultiScaleRoIAlign ms | maskstream ms | speed-up | max abs diff |",
               "|---|---|---|---|",
               f"| {roi['torch_ms']:.2f} | {roi['ours_ms']:.2f} | {roi['speedup']:.2f}x | {roi['max_abs_diff']:.1e} |"]

@@ -5,6 +5,8 @@ class confusion matrix at mask IoU 0.5.
     evaluate.py --checkpoint /work/train-state/shapes-wide.pt --images 300 --out metrics-wide.txt
     # the committed engine's own weights (read back from its ONNX graphs)
     evaluate.py --engine engines/shapes --images 300 --out engines/shapes/metrics-wide-before.txt
+    # what maskstream itself reports (the Rust path, FP32 or INT8 graphs) on the same held-out set
+    evaluate.py --maskstream target/release/maskstream --engine engines/shapes --precision int8 --images 300
     # the first engine's figures (engines/shapes/metrics.txt): the v1 world
     evaluate.py --world v1 --checkpoint engines/tools/work/shapes.pt --images 500 --out engines/shapes/metrics.txt
 
@@ -15,8 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -116,6 +121,34 @@ class Confusion:
         return out
 
 
+def maskstream_results(binary: str, engine: str, precision: str, threads: int,
+                       images: list[np.ndarray]) -> list[list[dict]]:
+    """COCO result entries per image from `maskstream detect` (PNG files, so the pixels are the same)."""
+    import cv2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, img in enumerate(images):
+            paths.append(os.path.join(tmp, f"{i:05d}.png"))
+            cv2.imwrite(paths[-1], cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        out = os.path.join(tmp, "out.jsonl")
+        subprocess.run([binary, "detect", "--engine", engine, "--precision", precision, "--backend", "cpu",
+                        "--threads", str(threads), "--score-threshold", "0", "--json", out, *paths],
+                       check=True, stderr=subprocess.DEVNULL)
+        with open(out) as f:
+            records = [json.loads(line) for line in f]
+    by_path = {r["source"]: r for r in records}
+    results = []
+    for i, p in enumerate(paths):
+        dets = []
+        for inst in by_path[p]["instances"]:
+            x1, y1, x2, y2 = inst["box"]
+            dets.append({"image_id": i, "category_id": int(inst["class_id"]), "score": float(inst["score"]),
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": dict(inst["mask"])})
+        results.append(dets)
+    return results
+
+
 def coco_lines(gt_path: str, results: list[dict]) -> list[str]:
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(gt_path)
@@ -141,21 +174,34 @@ def main():
     ap.add_argument("--world", default="wide", choices=["v1", "wide"])
     ap.add_argument("--checkpoint", default="engines/tools/work/shapes.pt")
     ap.add_argument("--engine", help="an engine directory (e.g. engines/shapes): its weights instead of --checkpoint")
+    ap.add_argument("--maskstream", help="run this maskstream binary's `detect` on --engine instead of torch")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8", "auto"], help="with --maskstream")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_shapes_from_engine(args.engine) if args.engine else load_shapes_checkpoint(args.checkpoint)
+    if args.maskstream and not args.engine:
+        sys.exit("--maskstream needs --engine")
     gt, results, confusion = CocoWriter(), [], Confusion()
     t0 = time.time()
+    images, spans = [], []
     for i in range(args.images):
         h, w = held_out_size(i, args.world)
         img, inst = make_image(HELD_OUT_SEED + i, h, w, world=args.world)
         first = len(gt.annotations)
         gt.add(i, h, w, inst)
-        dets = detect(model, img, i)
-        confusion.add(gt.annotations[first:], dets)
+        images.append(img)
+        spans.append((first, len(gt.annotations)))
+    if args.maskstream:
+        per_image = maskstream_results(args.maskstream, args.engine, args.precision, args.threads, images)
+        runner = f"maskstream detect, precision {args.precision}"
+    else:
+        model = load_shapes_from_engine(args.engine) if args.engine else load_shapes_checkpoint(args.checkpoint)
+        per_image = [detect(model, img, i) for i, img in enumerate(images)]
+        runner = "torch eager"
+    for (first, end), dets in zip(spans, per_image):
+        confusion.add(gt.annotations[first:end], dets)
         results += dets
     secs = (time.time() - t0) / args.images
     path = f"/tmp/shapes_heldout_gt_{os.getpid()}.json"
@@ -163,7 +209,7 @@ def main():
     weights = f"engine {args.engine}" if args.engine else f"checkpoint {args.checkpoint}"
     lines = [f"world {args.world}, weights: {weights}",
              f"held-out images: {args.images} (seeds {HELD_OUT_SEED}..), instances: {len(gt.annotations)}, "
-             f"{secs * 1000:.0f} ms/image (generation + torch eager) on {args.threads} threads"]
+             f"{secs * 1000:.0f} ms/image (generation + {runner}) on {args.threads} threads"]
     lines += coco_lines(path, results) + confusion.lines()
     os.remove(path)
     text = "\n".join(lines)

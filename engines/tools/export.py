@@ -186,10 +186,15 @@ def main():
     ap.add_argument("--name")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tolerance", type=float, default=1e-4)
+    ap.add_argument("--post-nms-top-n", type=int,
+                    help="proposals kept after the RPN's NMS at inference (torchvision: 1000); fewer cost less "
+                         "ROIAlign and box head per frame: measure the AP effect (evaluate.py --maskstream)")
     args = ap.parse_args()
     torch.set_num_threads(max(os.cpu_count() or 1, 1))
 
     model, classes = load_model(args)
+    if args.post_nms_top_n:
+        model.rpn._post_nms_top_n["testing"] = args.post_nms_top_n
     os.makedirs(args.out, exist_ok=True)
     t = model.transform
     rpn, heads = model.rpn, model.roi_heads

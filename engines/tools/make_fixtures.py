@@ -1,6 +1,7 @@
 """Record torchvision's own outputs as the fixtures the Rust implementation must match.
 
     make_fixtures.py --checkpoint engines/tools/work/shapes.pt --out tests/fixtures
+    make_fixtures.py --engine engines/shapes --out tests/fixtures   # the engine's own weights and settings
 
 detect/<case>/: image.png and what torchvision eager computes on it with the bundled shapes weights (BN
 folded, exactly the exported graphs): transformed size, RPN proposals and scores, detections in resized and
@@ -25,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import LevelMapper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import load_shapes_checkpoint  # noqa: E402
+from model import load_shapes_checkpoint, load_shapes_from_engine  # noqa: E402
 from shapes import _background, make_image  # noqa: E402
 
 # (case name, height, width, seed); seed None = background only, no objects
@@ -180,12 +181,13 @@ def roi_align_cases(out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="engines/tools/work/shapes.pt")
+    ap.add_argument("--engine", help="an engine folder instead: its weights and its manifest's settings")
     ap.add_argument("--out", default="tests/fixtures")
     args = ap.parse_args()
     torch.set_num_threads(2)
     for sub in ("detect", "roi_align"):
         shutil.rmtree(os.path.join(args.out, sub), ignore_errors=True)
-    model = load_shapes_checkpoint(args.checkpoint)
+    model = load_shapes_from_engine(args.engine) if args.engine else load_shapes_checkpoint(args.checkpoint)
     for case in CASES:
         detect_case(model, args.out, *case)
     roi_align_cases(args.out)

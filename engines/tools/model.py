@@ -157,4 +157,19 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     if missing:
         raise ValueError(f"{engine_dir}: no weights for {missing[:5]} ...")
     model.load_state_dict(state)
+    apply_manifest_settings(model, engine_dir)
     return model.eval()
+
+
+def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
+    """The run-time settings an engine's manifest may change from torchvision's defaults (export.py
+    --post-nms-top-n), so that torch runs the engine exactly as maskstream does."""
+    import os
+    import tomllib
+
+    with open(os.path.join(engine_dir, "manifest.toml"), "rb") as f:
+        m = tomllib.load(f)
+    model.rpn._pre_nms_top_n["testing"] = m["rpn"]["pre_nms_top_n"]
+    model.rpn._post_nms_top_n["testing"] = m["rpn"]["post_nms_top_n"]
+    model.roi_heads.detections_per_img = m["roi_heads"]["detections_per_img"]
+    return model

@@ -23,6 +23,9 @@ pub struct Args {
     pub frames: usize,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
+    /// FP32 or INT8 graphs; auto: the engine's CPU default (INT8 when it has one) on CPU, FP32 on GPUs.
+    #[arg(long, value_enum, default_value_t = maskstream::Precision::Auto)]
+    pub precision: maskstream::Precision,
     /// Inference threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -41,6 +44,10 @@ pub struct Args {
     /// Skip the full-pipeline run.
     #[arg(long)]
     pub model_only: bool,
+    /// Also time the full pipeline writing the annotated MP4 (H.264, drawing included) and JSON Lines,
+    /// as `run --output --json` does (into a temporary folder, removed after).
+    #[arg(long)]
+    pub encode: bool,
     /// Also run N live test cameras at once through the full pipeline, for each N listed (e.g.
     /// 1,2,4), with and without cross-stream batching.
     #[arg(long, value_delimiter = ',')]
@@ -57,6 +64,7 @@ pub struct Args {
 struct Report {
     engine: String,
     backend: String,
+    precision: String,
     threads: usize,
     batch: usize,
     frames: usize,
@@ -68,6 +76,8 @@ struct Report {
     peak_rss_mb: f64,
     pipeline_fps: Option<f64>,
     pipeline_overhead: Option<f64>,
+    encode_fps: Option<f64>,
+    encode_overhead: Option<f64>,
     streams: Vec<super::bench_streams::Row>,
 }
 
@@ -129,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads,
         spinning: args.ort_spinning,
         cpu_arena: !args.no_ort_arena,
+        precision: args.precision,
         ..Default::default()
     };
     let mut model =
@@ -155,8 +166,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         maskstream::analytics::bench::ms_per_frame(20, 300),
     ));
     let (w, h) = (frames[0].0, frames[0].1);
+    let model_precision = model.precision();
     println!(
-        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
+        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {model_precision}, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
         n,
         model.provider(),
         if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
@@ -171,20 +183,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(model);
         Vec::new()
     } else {
-        let base = super::bench_streams::base_config(&engine, args.backend, args.threads);
+        let mut base = super::bench_streams::base_config(&engine, args.backend, args.threads);
+        base.precision = args.precision;
         super::bench_streams::run(&base, model, &args.streams, args.stream_secs)?
     };
 
-    let (pipeline_fps, overhead) = if args.model_only {
-        (None, None)
-    } else {
-        let (fps, ov) = run_pipeline(&args, &engine, batch, frames.len(), model_fps)?;
-        (Some(fps), Some(ov))
+    let timed_run = |encode: bool| -> anyhow::Result<(Option<f64>, Option<f64>)> {
+        if args.model_only || (encode && !args.encode) {
+            return Ok((None, None));
+        }
+        let (fps, ov) = run_pipeline(&args, &engine, batch, frames.len(), model_fps, encode)?;
+        Ok((Some(fps), Some(ov)))
     };
+    let (pipeline_fps, overhead) = timed_run(false)?;
+    let (encode_fps, encode_overhead) = timed_run(true)?;
     if let Some(path) = &args.json {
         let report = Report {
             engine: engine.display().to_string(),
             backend: args.backend.to_string(),
+            precision: model_precision.to_string(),
             threads: args.threads,
             batch,
             frames: n,
@@ -196,6 +213,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             peak_rss_mb: rss,
             pipeline_fps,
             pipeline_overhead: overhead,
+            encode_fps,
+            encode_overhead,
             streams,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -251,18 +270,20 @@ fn time_model(
     Ok((stage_sum, overlay, model_time, n))
 }
 
-/// The full pipeline on the same video (decode → infer → null sink): (frames/s, overhead vs
-/// model-only).
+/// The full pipeline on the same video (decode → infer → null sink, or with `encode` → overlay → H.264
+/// MP4 + JSON Lines): (frames/s, overhead vs model-only).
 fn run_pipeline(
     args: &Args,
     engine: &Path,
     batch: usize,
     frames: usize,
     model_fps: f64,
+    encode: bool,
 ) -> anyhow::Result<(f64, f64)> {
     let mut cfg = PipelineConfig {
         engine: engine.to_path_buf(),
         backend: args.backend,
+        precision: args.precision,
         threads: args.threads,
         ..Default::default()
     };
@@ -273,13 +294,28 @@ fn run_pipeline(
         ..SourceConfig::new("")
     }];
     cfg.inference.max_batch = Some(batch);
-    let summary = pipeline::run(&cfg, RunContext::default())?;
+    let out_dir = std::env::temp_dir().join(format!("maskstream-bench-{}", std::process::id()));
+    if encode {
+        std::fs::create_dir_all(&out_dir).with_context(|| format!("{}", out_dir.display()))?;
+        cfg.output.video = Some(out_dir.join("bench.mp4").display().to_string());
+        cfg.output.jsonl = Some(out_dir.join("bench.jsonl").display().to_string());
+    }
+    let summary = pipeline::run(&cfg, RunContext::default());
+    if encode {
+        let _ = std::fs::remove_dir_all(&out_dir);
+    }
+    let summary = summary?;
     // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
     let fps = summary.fps();
     let model_all = frames as f64 / model_fps;
     let ov = summary.elapsed.as_secs_f64() / model_all - 1.0;
+    let what = if encode {
+        "decode → infer → overlay → H.264 MP4 + JSON Lines"
+    } else {
+        "decode → infer → null sink: nothing shows pixels, so no drawing"
+    };
     println!(
-        "full pipeline (decode → infer → null sink: nothing shows pixels, so no drawing): {} frames, {fps:.2} frames/s, overhead vs model-only {:+.1}%",
+        "full pipeline ({what}): {} frames, {fps:.2} frames/s, overhead vs model-only {:+.1}%",
         summary.frames,
         ov * 100.0
     );

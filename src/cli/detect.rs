@@ -29,6 +29,9 @@ pub struct Args {
     pub score_threshold: f32,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
+    /// FP32 or INT8 graphs; auto: the engine's CPU default (INT8 when it has one) on CPU, FP32 on GPUs.
+    #[arg(long, value_enum, default_value_t = maskstream::Precision::Auto)]
+    pub precision: maskstream::Precision,
     /// Inference threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -60,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = BackendOptions {
         kind: args.backend,
         threads: args.threads,
+        precision: args.precision,
         ..Default::default()
     };
     let mut model = MaskRcnn::load(&engine, &opts)

@@ -26,6 +26,9 @@ pub struct ModelFlags {
     pub engine: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub backend: Option<maskstream::BackendKind>,
+    /// FP32 or INT8 graphs; auto: the engine's CPU default (INT8 when it has one) on CPU, FP32 on GPUs.
+    #[arg(long, value_enum)]
+    pub precision: Option<maskstream::Precision>,
     #[arg(long)]
     pub score_threshold: Option<f32>,
 }
@@ -37,6 +40,9 @@ impl ModelFlags {
         }
         if let Some(b) = self.backend {
             cfg.backend = b;
+        }
+        if let Some(p) = self.precision {
+            cfg.precision = p;
         }
         if let Some(s) = self.score_threshold {
             cfg.inference.score_threshold = s;

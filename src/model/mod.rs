@@ -85,7 +85,8 @@ impl std::fmt::Debug for MaskRcnn {
 impl MaskRcnn {
     /// Loads and verifies the engine in `dir` and opens its graphs with the requested backend.
     pub fn load(dir: impl AsRef<std::path::Path>, opts: &BackendOptions) -> Result<Self> {
-        let engine = Engine::load(dir)?;
+        let mut engine = Engine::load(dir)?;
+        engine.select(engine.resolve(opts.precision, opts.runs_on_cpu())?)?;
         let mut opts = opts.clone();
         if opts.cache_dir.is_none() {
             opts.cache_dir = Some(engine.dir.join("cache"));
@@ -93,7 +94,7 @@ impl MaskRcnn {
         let (backbone, provider) = Backbone::load(&engine, &opts)?;
         let (box_head, _) = BoxHead::load(&engine, &opts)?;
         let (mask_head, _) = MaskHead::load(&engine, &opts)?;
-        tracing::info!(engine = %engine.dir.display(), %provider, "engine loaded");
+        tracing::info!(engine = %engine.dir.display(), %provider, precision = %engine.precision, "engine loaded");
         let mut model = MaskRcnn {
             rpn: RegionProposals::new(AnchorGenerator::new(&engine.manifest.anchors)),
             engine,
@@ -130,6 +131,11 @@ impl MaskRcnn {
 
     pub fn classes(&self) -> &[String] {
         self.engine.classes()
+    }
+
+    /// The precision of the graphs this model runs (FP32 or INT8).
+    pub fn precision(&self) -> crate::engine::Precision {
+        self.engine.precision
     }
 
     /// The execution provider that runs the graphs.

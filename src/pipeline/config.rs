@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::analytics::{AnalyticsConfig, LineConfig, Settings, TrackerConfig, ZoneConfig};
 use crate::backend::{BackendKind, Provider};
+use crate::engine::Precision;
 use crate::error::{Error, Result};
 use crate::overlay::OverlayStyle;
 
@@ -17,6 +18,8 @@ pub struct PipelineConfig {
     /// Engine folder.
     pub engine: PathBuf,
     pub backend: BackendKind,
+    /// FP32 or INT8 graphs (auto: the engine's CPU default on CPU, FP32 on GPUs).
+    pub precision: Precision,
     /// Inference threads (0 = all cores).
     pub threads: usize,
     #[serde(rename = "source")]
@@ -40,6 +43,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             engine: PathBuf::from("engines/shapes"),
             backend: BackendKind::Auto,
+            precision: Precision::Auto,
             threads: 0,
             sources: Vec::new(),
             inference: InferenceConfig::default(),

@@ -80,6 +80,7 @@ pub fn load_model(cfg: &PipelineConfig) -> Result<MaskRcnn> {
     let opts = BackendOptions {
         kind: cfg.backend,
         threads: cfg.threads,
+        precision: cfg.precision,
         ..Default::default()
     };
     MaskRcnn::load(&cfg.engine, &opts)

@@ -126,11 +126,17 @@ pub fn cpu_pipeline() -> maskstream::pipeline::config::PipelineConfig {
     }
 }
 
-/// The bundled model on the CPU backend with two threads, as CI runs it.
+/// The bundled model's FP32 graphs on the CPU backend with two threads, as CI runs it: the graphs
+/// that reproduce torchvision.
 pub fn cpu_model() -> maskstream::MaskRcnn {
+    cpu_model_at(maskstream::Precision::Fp32)
+}
+
+pub fn cpu_model_at(precision: maskstream::Precision) -> maskstream::MaskRcnn {
     let opts = maskstream::BackendOptions {
         kind: maskstream::BackendKind::Cpu,
         threads: 2,
+        precision,
         ..Default::default()
     };
     maskstream::MaskRcnn::load(engine_dir(), &opts).expect("load bundled engine")

@@ -12,7 +12,7 @@ use gst_video::prelude::*;
 use maskstream::model::Detection;
 use maskstream::{BackendOptions, RgbFrame};
 
-use super::Backend;
+use super::{Backend, Precision};
 use crate::meta;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -41,6 +41,7 @@ fn default_engine() -> PathBuf {
 struct Settings {
     engine: Option<String>,
     backend: Backend,
+    precision: Precision,
     score_threshold: f32,
     threads: u32,
     max_batch: u32,
@@ -51,6 +52,7 @@ impl Default for Settings {
         Settings {
             engine: None,
             backend: Backend::Auto,
+            precision: Precision::Auto,
             score_threshold: DEFAULT_SCORE_THRESHOLD,
             threads: DEFAULT_THREADS,
             max_batch: DEFAULT_MAX_BATCH,
@@ -124,6 +126,13 @@ impl ObjectImpl for MaskRcnn {
                     .blurb("Execution provider that runs the graphs")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("precision", Precision::Auto)
+                    .nick("Precision")
+                    .blurb(
+                        "FP32 or INT8 graphs (auto: the engine's CPU default on CPU, FP32 on GPUs)",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecFloat::builder("score-threshold")
                     .nick("Score threshold")
                     .blurb("Instances scoring below this get no meta")
@@ -173,6 +182,7 @@ impl ObjectImpl for MaskRcnn {
         match pspec.name() {
             "engine" => s.engine = value.get().expect("type checked upstream"),
             "backend" => s.backend = value.get().expect("type checked upstream"),
+            "precision" => s.precision = value.get().expect("type checked upstream"),
             "score-threshold" => s.score_threshold = value.get().expect("type checked upstream"),
             "threads" => s.threads = value.get().expect("type checked upstream"),
             "max-batch" => s.max_batch = value.get().expect("type checked upstream"),
@@ -186,6 +196,7 @@ impl ObjectImpl for MaskRcnn {
         match pspec.name() {
             "engine" => s.engine.to_value(),
             "backend" => s.backend.to_value(),
+            "precision" => s.precision.to_value(),
             "score-threshold" => s.score_threshold.to_value(),
             "threads" => s.threads.to_value(),
             "max-batch" => s.max_batch.to_value(),
@@ -255,6 +266,7 @@ impl BaseTransformImpl for MaskRcnn {
         let engine = s.engine.map(PathBuf::from).unwrap_or_else(default_engine);
         let opts = BackendOptions {
             kind: s.backend.into(),
+            precision: s.precision.into(),
             threads: s.threads as usize,
             ..Default::default()
         };

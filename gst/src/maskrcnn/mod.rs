@@ -36,6 +36,36 @@ impl From<Backend> for maskstream::BackendKind {
     }
 }
 
+/// FP32 or INT8 graphs (`precision` property).
+#[derive(Debug, Default, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMaskRcnnPrecision")]
+pub enum Precision {
+    #[default]
+    #[enum_value(
+        name = "Auto: the engine's CPU default (INT8 where it has one) on CPU, FP32 on GPUs",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "FP32: the exported graphs, exact to torchvision",
+        nick = "fp32"
+    )]
+    Fp32 = 1,
+    #[enum_value(name = "INT8: the statically quantized graphs", nick = "int8")]
+    Int8 = 2,
+}
+
+impl From<Precision> for maskstream::Precision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Auto => maskstream::Precision::Auto,
+            Precision::Fp32 => maskstream::Precision::Fp32,
+            Precision::Int8 => maskstream::Precision::Int8,
+        }
+    }
+}
+
 glib::wrapper! {
     pub struct MaskRcnn(ObjectSubclass<imp::MaskRcnn>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }

@@ -1,0 +1,189 @@
+"""INT8 variants of an engine's three graphs: ONNX Runtime static quantization (QDQ), recorded in the
+manifest's [precision] section (docs/engine-format.md).
+
+    quantize.py --engine engines/shapes                      # calibrate, quantize, check, record
+    quantize.py --engine engines/shapes --cpu-default fp32   # keep FP32 the CPU default
+
+Weights: int8, symmetric, per output channel. Activations: uint8, per tensor, ranges from calibration on
+shapes-world images (wide and v1 worlds, seeds of their own: neither training's nor evaluate.py's held-out
+set). The box and mask heads are calibrated on what they see at run time: the ROIAlign outputs of those
+images' proposals and detections (the torch model's poolers, same weights), not on random tensors.
+On x86 ONNX Runtime folds each DequantizeLinear -> Conv/Gemm -> QuantizeLinear into integer kernels
+(VNNI / AMX where the CPU has them). The FP32 graphs are left untouched: --precision fp32 stays exact.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,  # noqa: E402
+                                      QuantType, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model import load_shapes_from_engine  # noqa: E402
+from shapes import make_image, random_size  # noqa: E402
+
+CALIBRATION_SEED = 1_500_000_000  # above evaluate.py's held-out seeds (10^9..) and far above training's (~1.6e7)
+GRAPHS = ("backbone", "box_head", "mask_head")
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, name: str, tensors: list[np.ndarray]):
+        self.name, self.tensors, self.i = name, tensors, 0
+
+    def get_next(self):
+        if self.i >= len(self.tensors):
+            return None
+        self.i += 1
+        return {self.name: self.tensors[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+@torch.no_grad()
+def calibration_inputs(engine: str, images: int, max_rois: int):
+    """Backbone inputs (normalized, padded images) and the pooled features the heads get at run time."""
+    model = load_shapes_from_engine(engine).eval()
+    pooled = {"box": [], "mask": []}
+    hooks = [model.roi_heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled["box"].append(o)),
+             model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, i, o: pooled["mask"].append(o))]
+    backbone = []
+    for i in range(images):
+        world = "wide" if i % 4 else "v1"
+        rng = np.random.default_rng(CALIBRATION_SEED + i)
+        h, w = random_size(rng, world=world)
+        img, _ = make_image(CALIBRATION_SEED + i, h, w, world=world)
+        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+        backbone.append(model.transform([x])[0].tensors.numpy())
+        model([x])
+    for h in hooks:
+        h.remove()
+    rng = np.random.default_rng(0)
+
+    def sample(chunks):  # every image's ROIs, at most max_rois of them per image (proposals are many)
+        out = []
+        for c in chunks:
+            c = c.numpy()
+            if len(c) > max_rois:
+                c = c[np.sort(rng.choice(len(c), max_rois, replace=False))]
+            if len(c):
+                out.append(np.ascontiguousarray(c))
+        return out
+
+    return {"backbone": backbone, "box_head": sample(pooled["box"]), "mask_head": sample(pooled["mask"])}
+
+
+def input_name(path: str) -> str:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+
+def quantize(src: str, dst: str, tensors: list[np.ndarray], method: CalibrationMethod):
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = os.path.join(tmp, "pre.onnx")
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, dst, Reader(input_name(src), tensors), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=method,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                       "CalibMovingAverage": method == CalibrationMethod.MinMax})
+
+
+def session(path: str, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int) -> tuple[float, float, float]:
+    """Relative error of the int8 graph's outputs (RMS error / RMS of FP32) and ms per run of each."""
+    a, b = session(fp32, threads), session(int8, threads)
+    name = a.get_inputs()[0].name
+    num = den = 0.0
+    times = [0.0, 0.0]
+    for t in tensors:
+        for k, s in enumerate((a, b)):
+            s.run(None, {name: t})  # warm
+            t0 = time.perf_counter()
+            out = s.run(None, {name: t})
+            times[k] += time.perf_counter() - t0
+            if k == 0:
+                ref = out
+        for r, q in zip(ref, out):
+            num += float(((r - q) ** 2).sum())
+            den += float((r ** 2).sum())
+    n = len(tensors)
+    return (num / max(den, 1e-30)) ** 0.5, times[0] / n * 1e3, times[1] / n * 1e3
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: str):
+    """Replaces the manifest's [precision] tables (everything from `[precision` to the end of those tables)."""
+    with open(manifest) as f:
+        text = f.read()
+    text = re.sub(r"\n\[precision[^\n]*\](?:\n(?!\[)[^\n]*)*", "", text).rstrip("\n") + "\n"
+    engine_dir = os.path.dirname(manifest)
+    lines = ["", "[precision]", f'cpu_default = "{cpu_default}"', "", "[precision.int8]",
+             f'calibration = "{calibration}"']
+    for g in GRAPHS:
+        lines.append(f'{g} = {{ file = "{files[g]}", sha256 = "{sha256(os.path.join(engine_dir, files[g]))}" }}')
+    with open(manifest, "w") as f:
+        f.write(text + "\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default="engines/shapes")
+    ap.add_argument("--images", type=int, default=64, help="calibration images")
+    ap.add_argument("--max-rois", type=int, default=128, help="box-head ROIs kept per calibration image")
+    ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    ap.add_argument("--cpu-default", default="int8", choices=["int8", "fp32"])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[args.method]
+
+    t0 = time.time()
+    data = calibration_inputs(args.engine, args.images, args.max_rois)
+    print(f"calibration: {args.images} images, {sum(len(t) for t in data['box_head'])} box ROIs, "
+          f"{sum(len(t) for t in data['mask_head'])} mask ROIs ({time.time() - t0:.0f} s)")
+    files = {}
+    for g in GRAPHS:
+        src = os.path.join(args.engine, f"{g}.onnx")
+        files[g] = f"{g}.int8.onnx"
+        dst = os.path.join(args.engine, files[g])
+        t1 = time.time()
+        quantize(src, dst, data[g], method)
+        err, ms32, ms8 = compare(src, dst, data[g][:16], args.threads)
+        print(f"{g}: {os.path.getsize(src) / 1e6:.1f} MB -> {os.path.getsize(dst) / 1e6:.1f} MB, "
+              f"relative RMS error {err:.4f}, {ms32:.1f} -> {ms8:.1f} ms per calibration input "
+              f"({ms32 / max(ms8, 1e-9):.2f}x) [{time.time() - t1:.0f} s]")
+    calibration = (f"onnxruntime {ort.__version__} quantize_static QDQ: int8 per-channel symmetric weights, "
+                   f"uint8 per-tensor activations, {args.method} ranges from {args.images} shapes images "
+                   f"(3/4 wide world, 1/4 v1; seeds {CALIBRATION_SEED}..) and their ROIAlign outputs")
+    record(os.path.join(args.engine, "manifest.toml"), files, args.cpu_default, calibration)
+    print(f"recorded in {args.engine}/manifest.toml: [precision] cpu_default = {args.cpu_default}")
+
+
+if __name__ == "__main__":
+    main()
