@@ -163,7 +163,7 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
 
 def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     """The run-time settings an engine's manifest may change from torchvision's defaults (export.py
-    --post-nms-top-n), so that torch runs the engine exactly as maskstream does."""
+    --post-nms-top-n, --box-sampling-ratio), so that torch runs the engine exactly as maskstream does."""
     import os
     import tomllib
 
@@ -172,4 +172,6 @@ def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     model.rpn._pre_nms_top_n["testing"] = m["rpn"]["pre_nms_top_n"]
     model.rpn._post_nms_top_n["testing"] = m["rpn"]["post_nms_top_n"]
     model.roi_heads.detections_per_img = m["roi_heads"]["detections_per_img"]
+    model.roi_heads.box_roi_pool.sampling_ratio = m["box_roi_pool"]["sampling_ratio"]
+    model.roi_heads.mask_roi_pool.sampling_ratio = m["mask_roi_pool"]["sampling_ratio"]
     return model
