@@ -155,6 +155,23 @@ fn wrong_tensor_names_and_shapes() {
 
 #[test]
 fn int8_needs_int8_graphs_and_checks_them() {
+    // inspect shows both sets of graphs and what a CPU run picks
+    let engine = common::engine_dir();
+    let out = maskstream(&["inspect", engine.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "fp32 backbone.onnx",
+        "int8 mask_head.int8.onnx",
+        "CPU default int8",
+    ] {
+        assert!(text.contains(needle), "inspect lacks {needle:?}: {text}");
+    }
+
     // an engine exported without quantize.py: --precision int8 is refused by name, auto runs FP32
     let e = engine_copy();
     let p = e.path().join("manifest.toml");

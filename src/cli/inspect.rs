@@ -48,16 +48,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         m.box_roi_pool.sampling_ratio,
         m.box_roi_pool.aligned
     );
-    for (name, file) in [
-        ("backbone", &m.graphs.backbone.file),
-        ("box_head", &m.graphs.box_head.file),
-        ("mask_head", &m.graphs.mask_head.file),
-    ] {
+    for (field, file, _) in m.graph_files() {
         let path = e.graph_path(file);
         let size = std::fs::metadata(&path)
             .with_context(|| format!("{}", path.display()))?
             .len();
-        println!("graph       {name:<9} {file} {:.1} MB", size as f64 / 1e6);
+        let name = field.rsplit('.').next().unwrap_or(&field);
+        let precision = if field.starts_with("precision.int8") {
+            "int8"
+        } else {
+            "fp32"
+        };
+        println!(
+            "graph       {name:<9} {precision} {file} {:.1} MB",
+            size as f64 / 1e6
+        );
+    }
+    match &m.precision {
+        Some(p) => println!("precision   CPU default {}", p.cpu_default),
+        None => println!("precision   fp32 only"),
     }
     e.verify_files().context("checking graph checksums")?;
     println!("checksums   ok");
