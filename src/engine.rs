@@ -83,6 +83,26 @@ pub struct GraphFile {
     pub sha256: String,
 }
 
+/// One graph file of the manifest: which graph, at which precision.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphEntry<'a> {
+    /// backbone, box_head or mask_head.
+    pub role: &'static str,
+    pub precision: Precision,
+    pub file: &'a str,
+    pub sha256: &'a str,
+}
+
+impl GraphEntry<'_> {
+    /// The manifest table it comes from, for messages: `graphs.box_head`, `precision.int8.box_head`.
+    pub fn field(&self) -> String {
+        match self.precision {
+            Precision::Int8 => format!("precision.int8.{}", self.role),
+            _ => format!("graphs.{}", self.role),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
@@ -273,13 +293,14 @@ impl Engine {
 
     /// Checks the sha256 of every graph the manifest names (FP32 and INT8).
     pub fn verify_files(&self) -> Result<()> {
-        for (_, file, expected) in self.manifest.graph_files() {
+        for entry in self.manifest.graph_files() {
+            let (file, expected) = (entry.file, entry.sha256);
             let path = self.graph_path(file);
             let actual = sha256_file(&path)?;
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(Error::Checksum {
                     path,
-                    expected: expected.clone(),
+                    expected: expected.to_string(),
                     actual,
                 });
             }
@@ -467,36 +488,38 @@ impl Manifest {
         Ok(())
     }
 
-    /// (field, file, sha256) of every graph: the FP32 three, then any INT8 variants.
-    pub fn graph_files(&self) -> Vec<(String, &String, &String)> {
+    /// Every graph file the manifest names: the FP32 three, then any INT8 variants.
+    pub fn graph_files(&self) -> Vec<GraphEntry<'_>> {
         let g = &self.graphs;
-        let mut files = vec![
-            (
-                "graphs.backbone".to_string(),
-                &g.backbone.file,
-                &g.backbone.sha256,
-            ),
-            (
-                "graphs.box_head".to_string(),
-                &g.box_head.file,
-                &g.box_head.sha256,
-            ),
-            (
-                "graphs.mask_head".to_string(),
-                &g.mask_head.file,
-                &g.mask_head.sha256,
-            ),
-        ];
-        if let Some(q) = self.precision.as_ref().and_then(|p| p.int8.as_ref()) {
-            for (name, f) in [
-                ("backbone", &q.backbone),
-                ("box_head", &q.box_head),
-                ("mask_head", &q.mask_head),
-            ] {
-                files.push((format!("precision.int8.{name}"), &f.file, &f.sha256));
-            }
-        }
-        files
+        let fp32 = [
+            ("backbone", &g.backbone.file, &g.backbone.sha256),
+            ("box_head", &g.box_head.file, &g.box_head.sha256),
+            ("mask_head", &g.mask_head.file, &g.mask_head.sha256),
+        ]
+        .map(|(role, file, sha256)| GraphEntry {
+            role,
+            precision: Precision::Fp32,
+            file,
+            sha256,
+        });
+        let int8 = self
+            .precision
+            .as_ref()
+            .and_then(|p| p.int8.as_ref())
+            .map(|q| {
+                [
+                    ("backbone", &q.backbone),
+                    ("box_head", &q.box_head),
+                    ("mask_head", &q.mask_head),
+                ]
+                .map(|(role, f)| GraphEntry {
+                    role,
+                    precision: Precision::Int8,
+                    file: &f.file,
+                    sha256: &f.sha256,
+                })
+            });
+        fp32.into_iter().chain(int8.into_iter().flatten()).collect()
     }
 
     fn check_precision(&self) -> Check {
@@ -526,7 +549,8 @@ impl Manifest {
                 );
             }
         }
-        for (name, file, sha) in self.graph_files() {
+        for entry in self.graph_files() {
+            let (name, file, sha) = (entry.field(), entry.file, entry.sha256);
             if file.is_empty() || file.contains("..") || Path::new(file).is_absolute() {
                 return bad(
                     &format!("{name}.file"),

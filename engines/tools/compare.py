@@ -59,7 +59,6 @@ def torch_fps(model, frames, threads: int, warmup: int = 3) -> float:
 
 def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool, precision: str = "fp32") -> dict:
     exe = os.path.join(ROOT, "target", "release", "maskstream")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "maskstream"], cwd=ROOT, check=True)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [exe, "bench", "--engine", engine, "--frames", str(frames), "--threads", str(threads),
                "--backend", "cpu", "--precision", precision, "--json", f.name]
@@ -236,6 +235,8 @@ def main():
     args = ap.parse_args()
 
     engine = os.path.join(ROOT, "engines", "shapes")
+    # once, so that every bench below runs the binary of this tree (never a stale one)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "maskstream"], cwd=ROOT, check=True)
     frames = decode_frames(os.path.join(ROOT, "assets", "shapes-demo.mp4"), args.frames + 3)
     # maskstream first: torch's idle OpenMP threads keep spinning for a while after each run and would
     # steal the cores from whatever runs next in this process's lifetime

@@ -14,7 +14,6 @@ On x86 ONNX Runtime folds each DequantizeLinear -> Conv/Gemm -> QuantizeLinear i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -31,6 +30,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export import sha256  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
 
@@ -126,14 +126,6 @@ def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int) -> tu
             den += float((r ** 2).sum())
     n = len(tensors)
     return (num / max(den, 1e-30)) ** 0.5, times[0] / n * 1e3, times[1] / n * 1e3
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: str):

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
-use maskstream::pipeline::config::{InferenceConfig, PipelineConfig, SourceConfig, SourceKind};
+use maskstream::pipeline::config::{InferenceConfig, SourceConfig, SourceKind};
 use maskstream::pipeline::source::{self, SourceEvent};
 use maskstream::pipeline::{self, RunContext};
 use maskstream::{BackendKind, BackendOptions, Detection, MaskRcnn, RgbFrame, StageTimes};
 use serde::Serialize;
+
+use super::bench_streams::base_config;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -183,8 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(model);
         Vec::new()
     } else {
-        let mut base = super::bench_streams::base_config(&engine, args.backend, args.threads);
-        base.precision = args.precision;
+        let base = base_config(&engine, args.backend, args.precision, args.threads);
         super::bench_streams::run(&base, model, &args.streams, args.stream_secs)?
     };
 
@@ -280,13 +281,7 @@ fn run_pipeline(
     model_fps: f64,
     encode: bool,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut cfg = PipelineConfig {
-        engine: engine.to_path_buf(),
-        backend: args.backend,
-        precision: args.precision,
-        threads: args.threads,
-        ..Default::default()
-    };
+    let mut cfg = base_config(engine, args.backend, args.precision, args.threads);
     cfg.sources = vec![SourceConfig {
         uri: args.video.display().to_string(),
         name: Some("bench".into()),

@@ -100,15 +100,18 @@ pub fn run(
     Ok(rows)
 }
 
-/// The pipeline settings of the bench: engine, backend and threads, tracking on, no outputs.
+/// The pipeline settings of the bench: engine, backend, precision and threads, tracking on, no
+/// outputs.
 pub fn base_config(
     engine: &Path,
     backend: maskstream::BackendKind,
+    precision: maskstream::Precision,
     threads: usize,
 ) -> PipelineConfig {
     PipelineConfig {
         engine: engine.to_path_buf(),
         backend,
+        precision,
         threads,
         ..Default::default()
     }

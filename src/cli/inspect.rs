@@ -48,19 +48,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         m.box_roi_pool.sampling_ratio,
         m.box_roi_pool.aligned
     );
-    for (field, file, _) in m.graph_files() {
-        let path = e.graph_path(file);
+    for g in m.graph_files() {
+        let path = e.graph_path(g.file);
         let size = std::fs::metadata(&path)
             .with_context(|| format!("{}", path.display()))?
             .len();
-        let name = field.rsplit('.').next().unwrap_or(&field);
-        let precision = if field.starts_with("precision.int8") {
-            "int8"
-        } else {
-            "fp32"
-        };
         println!(
-            "graph       {name:<9} {precision} {file} {:.1} MB",
+            "graph       {:<9} {} {} {:.1} MB",
+            g.role,
+            g.precision,
+            g.file,
             size as f64 / 1e6
         );
     }
