@@ -21,10 +21,12 @@ fn run(video: &str, extra: &str) -> (Vec<maskstream::output::FrameRecord>, Vec<s
     let jsonl = dir.path().join("out.jsonl");
     let events = dir.path().join("out.events.jsonl");
     let pipeline = dir.path().join("p.toml");
+    // MASKSTREAM_TRACKING_ENGINE=DIR scores a candidate engine before it is adopted
+    let engine = std::env::var("MASKSTREAM_TRACKING_ENGINE").unwrap_or("engines/shapes".into());
     std::fs::write(
         &pipeline,
         format!(
-            "engine = \"engines/shapes\"\nbackend = \"cpu\"\n[[source]]\nuri = \"{video}\"\n\
+            "engine = \"{engine}\"\nbackend = \"cpu\"\n[[source]]\nuri = \"{video}\"\n\
              name = \"cam\"\n{extra}"
         ),
     )

@@ -26,6 +26,12 @@ pub struct TrackerConfig {
     /// Blend mask IoU (the track's last mask moved by the predicted motion) into the box IoU: helps
     /// where boxes overlap but shapes do not (occlusion, thin or rotated objects).
     pub mask_iou: bool,
+    /// Recovery of lost tracks: a lost track that no detection continues by plain similarity is looked
+    /// for again among the high-score detections left, of its own class, with both boxes widened by
+    /// this many standard deviations of its predicted centre (3: the usual gate; they grow the longer it is unseen; the
+    /// buffered IoU of C-BIoU, Yang et al. 2023). Brings an object back under its old id after an
+    /// occlusion that bent its motion estimate. 0 turns it off.
+    pub recovery_buffer: f32,
     /// Matched frames before a track is confirmed (and `track_start` is sent). Tracks found in the
     /// stream's first frame are confirmed at once (as ByteTrack does).
     pub min_hits: u32,
@@ -55,6 +61,7 @@ impl Default for TrackerConfig {
             match_iou: 0.2,
             low_match_iou: 0.5,
             mask_iou: true,
+            recovery_buffer: 3.0,
             min_hits: 3,
             output_tentative: false,
             max_lost_frames: 30,
@@ -174,6 +181,12 @@ impl Settings {
             return bad(
                 "tracker.match_iou",
                 "must be above 0 (0 would match disjoint objects)".into(),
+            );
+        }
+        if !(0.0..=10.0).contains(&t.recovery_buffer) {
+            return bad(
+                "tracker.recovery_buffer",
+                format!("{} is outside 0..10", t.recovery_buffer),
             );
         }
         if !(1..=1000).contains(&t.min_hits) {

@@ -115,6 +115,12 @@ impl KalmanBox {
         [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
     }
 
+    /// Standard deviation of the estimated centre (pixels, the larger of x and y): grows while a
+    /// track is lost, by how little its motion is known.
+    pub fn centre_std(&self) -> f32 {
+        self.axes[0].pp.max(self.axes[1].pp).max(0.0).sqrt()
+    }
+
     /// Estimated motion of the centre per frame (pixels).
     pub fn velocity(&self) -> (f32, f32) {
         (self.axes[0].v, self.axes[1].v)
@@ -163,6 +169,24 @@ mod tests {
             a.x
         );
         assert!((a.v - 10.0 * 6.25 / 30.25).abs() < 1e-3, "{}", a.v);
+    }
+
+    #[test]
+    fn centre_uncertainty_grows_while_lost() {
+        let mut k = KalmanBox::new(&[0.0, 0.0, 20.0, 20.0]);
+        for _ in 0..10 {
+            k.predict(false);
+            k.update(&[0.0, 0.0, 20.0, 20.0]);
+        }
+        let mut last = k.centre_std();
+        for _ in 0..20 {
+            k.predict(true);
+            assert!(k.centre_std() > last);
+            last = k.centre_std();
+        }
+        // position noise 1/20 and velocity noise 1/160 of the height: after 20 unseen frames the
+        // centre is known to about half the object's height (11.5 px of 20)
+        assert!((8.0..16.0).contains(&last), "{last}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A ByteTrack-class multi-object tracker (Zhang et al., 2022): a Kalman filter per track predicts its
 //! box; high-score detections are matched first (to confirmed and lost tracks), then low-score ones keep
 //! the remaining confirmed tracks alive through occlusion, then tentative tracks take what high-score
-//! detections are left; the rest start tracks. Matching is an optimal linear assignment (Kuhn–Munkres)
+//! detections are left; the rest start tracks. Between the first and the last round, lost tracks left
+//! over look once more, with buffered boxes, for a detection of their class (recovery after occlusion). Matching is an optimal linear assignment (Kuhn–Munkres)
 //! on IoU, optionally blended with mask IoU.
 //!
 //! Lifecycle: tentative → confirmed (after `min_hits` matches) → lost (unmatched) → removed (lost for
@@ -86,6 +87,23 @@ impl Track {
         let (dx, dy) = ((px - lx).round() as i64, (py - ly).round() as i64);
         let m = mask_iou_shifted(&self.mask, self.mask_area, dx, dy, &d.mask, area);
         0.5 * (box_iou + m)
+    }
+
+    /// Similarity for recovering this (lost) track with detection `d`: 0 for another class, else the
+    /// IoU of the predicted box and the detection's, both widened on every side by `sigmas` standard
+    /// deviations of the predicted centre (as a share of the predicted size, at most 2).
+    fn recovery_similarity(&self, d: &Detection, sigmas: f32) -> f32 {
+        if d.class_id != self.class_id() {
+            return 0.0;
+        }
+        let pred = self.kf.bbox();
+        let size = ((pred[2] - pred[0]).max(pred[3] - pred[1])).max(1.0);
+        let b = (sigmas * self.kf.centre_std() / size).min(2.0);
+        let widen = |r: &BoxF| {
+            let (w, h) = (r[2] - r[0], r[3] - r[1]);
+            [r[0] - b * w, r[1] - b * h, r[2] + b * w, r[3] + b * h]
+        };
+        boxes::iou(&widen(&pred), &widen(&d.bbox))
     }
 }
 
@@ -212,17 +230,33 @@ impl Tracker {
             })
             .collect();
         let m2 = self.assign(&left, &low_dets, detections, areas, c.low_match_iou);
-        // 3: tentative tracks ↔ high-score detections left
-        let tentative: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| self.tracks[t].state == TrackState::Tentative)
-            .collect();
-        let high_left: Vec<usize> = high_dets
+        let mut high_left: Vec<usize> = high_dets
             .iter()
             .copied()
             .filter(|d| !m1.iter().any(|m| m.1 == *d))
             .collect();
+        // recovery: lost tracks still unmatched ↔ high-score detections left, by buffered IoU
+        let mr = if c.recovery_buffer > 0.0 {
+            let lost: Vec<usize> = pool
+                .iter()
+                .copied()
+                .filter(|t| {
+                    !m1.iter().any(|m| m.0 == *t) && self.tracks[*t].state == TrackState::Lost
+                })
+                .collect();
+            self.assign_by(&lost, &high_left, c.match_iou, |t, d| {
+                self.tracks[t].recovery_similarity(&detections[d], c.recovery_buffer)
+            })
+        } else {
+            Vec::new()
+        };
+        high_left.retain(|d| !mr.iter().any(|m| m.1 == *d));
+        // 3: tentative tracks ↔ high-score detections left
+        let tentative: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| self.tracks[t].state == TrackState::Tentative)
+            .collect();
         let m3 = self.assign(&tentative, &high_left, detections, areas, c.match_iou);
-        let matches = m1.into_iter().chain(m2).chain(m3).collect();
+        let matches = m1.into_iter().chain(m2).chain(mr).chain(m3).collect();
         (matches, high_left)
     }
 
@@ -352,13 +386,26 @@ impl Tracker {
         areas: &[usize],
         min_sim: f32,
     ) -> Vec<(usize, usize)> {
+        self.assign_by(tracks, dets, min_sim, |t, d| {
+            self.tracks[t].similarity(&detections[d], areas[d], self.cfg.mask_iou)
+        })
+    }
+
+    /// `assign` with the similarity `sim(track index, detection index)`.
+    fn assign_by(
+        &self,
+        tracks: &[usize],
+        dets: &[usize],
+        min_sim: f32,
+        sim: impl Fn(usize, usize) -> f32,
+    ) -> Vec<(usize, usize)> {
         if tracks.is_empty() || dets.is_empty() {
             return Vec::new();
         }
         // integer weights for Kuhn–Munkres; a pair under the gate weighs 0, the same as no match
         const SCALE: f32 = 1e6;
         let weight = |t: usize, d: usize| {
-            let s = self.tracks[t].similarity(&detections[d], areas[d], self.cfg.mask_iou);
+            let s = sim(t, d);
             if s >= min_sim {
                 (s * SCALE) as i64
             } else {
@@ -499,6 +546,50 @@ mod tests {
             let ids = (s.assigned[0].unwrap(), s.assigned[1].unwrap());
             assert_eq!(*first.get_or_insert(ids), ids, "frame {f}");
         }
+    }
+
+    /// A small object walks right, is cut by an occluder for its last frames in view (its box shrinks,
+    /// so the filter learns a slower motion), is hidden for 20 frames and comes out where it really
+    /// is: far from the plain prediction, inside the buffered one.
+    fn occluded_walk(t: &mut Tracker, class_after: usize) -> (u64, Option<u64>) {
+        let mut id = 0;
+        for f in 0..20u64 {
+            let x = 10 + 3 * f as usize;
+            let w = if f < 16 {
+                14
+            } else {
+                14 - 3 * (f as usize - 15)
+            };
+            let s = t.update(&[det(1, 0.9, x, 40, w, 14)], 0.5, f, f);
+            id = s.assigned[0].unwrap();
+        }
+        for f in 20..40u64 {
+            t.update(&[], 0.5, f, f);
+        }
+        let back = det(class_after, 0.9, 10 + 3 * 40, 40, 14, 14);
+        (id, t.update(&[back], 0.5, 40, 40).assigned[0])
+    }
+
+    #[test]
+    fn lost_tracks_are_recovered_after_occlusion_by_buffered_iou() {
+        let cfg = TrackerConfig {
+            max_lost_frames: 30,
+            ..Default::default()
+        };
+        let mut t = Tracker::new(cfg.clone());
+        let (id, back) = occluded_walk(&mut t, 1);
+        assert_eq!(back, Some(id), "the same object keeps its id");
+        // without recovery the plain IoU misses it: a new track
+        let mut t = Tracker::new(TrackerConfig {
+            recovery_buffer: 0.0,
+            ..cfg.clone()
+        });
+        let (id, back) = occluded_walk(&mut t, 1);
+        assert_ne!(back, Some(id));
+        // another class is another object
+        let mut t = Tracker::new(cfg);
+        let (id, back) = occluded_walk(&mut t, 2);
+        assert_ne!(back, Some(id));
     }
 
     #[test]

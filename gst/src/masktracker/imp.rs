@@ -128,6 +128,17 @@ impl ObjectImpl for MaskTracker {
                     .default_value(d.mask_iou)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecFloat::builder("recovery-buffer")
+                    .nick("Recovery buffer")
+                    .blurb(
+                        "Lost tracks look again for their class with boxes widened by this many \
+                         standard deviations of the predicted centre (0 = off)",
+                    )
+                    .minimum(0.0)
+                    .maximum(10.0)
+                    .default_value(d.recovery_buffer)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("min-hits")
                     .nick("Minimum hits")
                     .blurb("Matched frames before a track is confirmed")
@@ -181,6 +192,7 @@ impl ObjectImpl for MaskTracker {
             "match-iou" => t.match_iou = f(),
             "low-match-iou" => t.low_match_iou = f(),
             "mask-iou" => t.mask_iou = b(),
+            "recovery-buffer" => t.recovery_buffer = f(),
             "min-hits" => t.min_hits = u(),
             "output-tentative" => t.output_tentative = b(),
             "max-lost-frames" => t.max_lost_frames = u(),
@@ -202,6 +214,7 @@ impl ObjectImpl for MaskTracker {
             "match-iou" => t.match_iou.to_value(),
             "low-match-iou" => t.low_match_iou.to_value(),
             "mask-iou" => t.mask_iou.to_value(),
+            "recovery-buffer" => t.recovery_buffer.to_value(),
             "min-hits" => t.min_hits.to_value(),
             "output-tentative" => t.output_tentative.to_value(),
             "max-lost-frames" => t.max_lost_frames.to_value(),
