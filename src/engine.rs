@@ -191,10 +191,36 @@ pub struct BackboneGraph {
     pub sha256: String,
     pub input: String,
     pub features: Vec<String>,
+    /// Memory layout of the feature outputs (of the FP32 and the INT8 graph alike).
+    #[serde(default)]
+    pub feature_layout: FeatureLayout,
     pub objectness: Vec<String>,
     pub deltas: Vec<String>,
     #[serde(default)]
     pub max_abs_diff_vs_torch: f64,
+}
+
+/// How the backbone lays out its FPN outputs. ROIAlign reads channels-last; a graph that writes
+/// [N, h, w, C] itself (ONNX Runtime folds the transpose into its last layout change, at no cost)
+/// spares the per-frame transpose of every level. Engines without the key are channels-first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureLayout {
+    /// [N, C, h, w], torchvision's own.
+    #[default]
+    Nchw,
+    /// [N, h, w, C].
+    Nhwc,
+}
+
+impl FeatureLayout {
+    /// Axis of the channels in a feature tensor.
+    pub fn channel_axis(self) -> usize {
+        match self {
+            FeatureLayout::Nchw => 1,
+            FeatureLayout::Nhwc => 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -640,6 +666,29 @@ mod tests {
             [&g.backbone.file, &g.box_head.file, &g.mask_head.file],
             ["b8.onnx", "h8.onnx", "m8.onnx"]
         );
+    }
+
+    #[test]
+    fn feature_layout_defaults_to_channels_first_and_is_checked() {
+        let base: String = bundled()
+            .lines()
+            .filter(|l| !l.starts_with("feature_layout"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = |layout: &str| {
+            let text = base.replace(
+                "[graphs.backbone]\n",
+                &format!("[graphs.backbone]\nfeature_layout = \"{layout}\"\n"),
+            );
+            Manifest::parse(&text, Path::new("m.toml"))
+        };
+        let m = Manifest::parse(&base, Path::new("m.toml")).unwrap();
+        assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nchw);
+        let m = with("nhwc").unwrap();
+        assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nhwc);
+        assert_eq!(m.graphs.backbone.feature_layout.channel_axis(), 3);
+        let err = with("chw").unwrap_err().to_string();
+        assert!(err.contains("feature_layout"), "{err}");
     }
 
     #[test]

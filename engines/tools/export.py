@@ -34,17 +34,23 @@ LEVEL_NAMES = ["p2", "p3", "p4", "p5", "p6"]
 
 
 class BackboneGraph(nn.Module):
-    """images [N,3,H,W] (normalized, padded /32) -> P2..P6, objectness per level [N,A,h,w], deltas [N,4A,h,w]."""
+    """images [N,3,H,W] (normalized, padded /32) -> P2..P6, objectness per level [N,A,h,w], deltas [N,4A,h,w].
 
-    def __init__(self, model):
+    layout "nhwc" writes P2..P6 as [N,h,w,C], the layout maskstream's ROIAlign reads: ONNX Runtime folds
+    that transpose into its own last layout change (measured: no time added, FP32 or INT8), and the
+    per-frame transpose of every level on our side goes away. "nchw" is torchvision's layout."""
+
+    def __init__(self, model, layout: str = "nchw"):
         super().__init__()
         self.backbone = model.backbone
         self.rpn_head = model.rpn.head
+        self.channels_last = layout == "nhwc"
 
     def forward(self, images):
         feats = list(self.backbone(images).values())
         objectness, deltas = self.rpn_head(feats)
-        return (*feats, *objectness, *deltas)
+        out = [f.permute(0, 2, 3, 1) for f in feats] if self.channels_last else feats
+        return (*out, *objectness, *deltas)
 
 
 class BoxHeadGraph(nn.Module):
@@ -182,6 +188,8 @@ def main():
     ap.add_argument("--checkpoint")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-classes", type=int, default=91)
+    ap.add_argument("--feature-layout", choices=["nhwc", "nchw"], default="nhwc",
+                    help="layout of the backbone's P2..P6 outputs (nhwc: what ROIAlign reads, no transpose)")
     ap.add_argument("--classes", help="class names, one per line (background first or left out)")
     ap.add_argument("--name")
     ap.add_argument("--out", required=True)
@@ -217,7 +225,7 @@ def main():
     probe_small = torch.rand(1, 3, h0, w0) * 2 - 1
     probe_other = torch.rand(1, 3, 352, 256) * 2 - 1
     graphs = {}
-    bb = BackboneGraph(model).eval()
+    bb = BackboneGraph(model, args.feature_layout).eval()
     outs = ([f"{p}" for p in levels] + [f"objectness_{p}" for p in levels] + [f"deltas_{p}" for p in levels])
     bb_path = os.path.join(args.out, "backbone.onnx")
     export_graph(bb, (probe_small,), bb_path, ["images"], outs,
@@ -279,7 +287,7 @@ def main():
         "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1},
         "graphs": {
             "backbone": {"file": "backbone.onnx", "sha256": sha256(bb_path), "input": "images",
-                         "features": levels, "objectness": [f"objectness_{p}" for p in levels],
+                         "features": levels, "feature_layout": args.feature_layout, "objectness": [f"objectness_{p}" for p in levels],
                          "deltas": [f"deltas_{p}" for p in levels], "max_abs_diff_vs_torch": graphs["backbone"]},
             "box_head": {"file": "box_head.onnx", "sha256": sha256(box_path), "input": "box_features",
                          "class_logits": "class_logits", "box_deltas": "box_deltas",

@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import time
+import tomllib
 
 import numpy as np
 
@@ -104,8 +105,10 @@ def check_against_engine(model, engine_dir: str, world: str) -> float:
     x = model.transform([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0].tensors
     f = SHAPES_CONFIG["fpn"]
     g = torch.Generator().manual_seed(0)
+    with open(os.path.join(engine_dir, "manifest.toml"), "rb") as fh:
+        layout = tomllib.load(fh)["graphs"]["backbone"].get("feature_layout", "nchw")
     worst = max(
-        check_graph(BackboneGraph(model), os.path.join(engine_dir, "backbone.onnx"), [x], 1e-4),
+        check_graph(BackboneGraph(model, layout), os.path.join(engine_dir, "backbone.onnx"), [x], 1e-4),
         check_graph(BoxHeadGraph(model), os.path.join(engine_dir, "box_head.onnx"),
                     [torch.rand(16, f, 7, 7, generator=g)], 1e-4),
         check_graph(MaskHeadGraph(model), os.path.join(engine_dir, "mask_head.onnx"),

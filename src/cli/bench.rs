@@ -329,6 +329,7 @@ pub struct RoiArgs {
 
 /// Times our multi-level ROIAlign on inputs written by engines/tools/compare.py; prints JSON.
 pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
+    use maskstream::engine::FeatureLayout;
     use maskstream::model::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
     use ndarray::ArrayD;
 
@@ -348,6 +349,7 @@ pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
             let s = f.shape();
             Ok(FeatureMap {
                 data: f.as_slice().context("feature not contiguous")?,
+                layout: FeatureLayout::Nchw,
                 batch: s[0],
                 channels: s[1],
                 height: s[2],

@@ -9,6 +9,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use sha2::{Digest, Sha256};
 
+use crate::engine::FeatureLayout;
 use crate::error::{Error, Result};
 use crate::model::roi_align::{Roi, RoiAlignParams};
 
@@ -95,6 +96,11 @@ impl CudaKernels {
                 "CUDA roi_align takes 1-5 levels, got {}",
                 levels.len()
             )));
+        }
+        if levels.iter().any(|l| l.layout != FeatureLayout::Nchw) {
+            return Err(Error::Input(
+                "CUDA roi_align reads channels-first levels".into(),
+            ));
         }
         let channels = levels[0].channels;
         let s = &self.stream;

@@ -4,7 +4,7 @@
 use ort::session::SessionOutputs;
 
 use crate::backend::{BackendOptions, Provider};
-use crate::engine::{Engine, Manifest};
+use crate::engine::{Engine, FeatureLayout, Manifest};
 use crate::error::{Error, Result};
 
 use super::graph::{self, Contract, Graph};
@@ -14,8 +14,9 @@ use super::rpn::LevelHead;
 /// One pyramid level of a batch of N images.
 #[derive(Debug, Clone, Copy)]
 pub struct Level<'a> {
-    /// FPN output [N, C, h, w].
+    /// FPN output, [N, C, h, w] or [N, h, w, C] as `layout` says.
     pub features: &'a [f32],
+    pub layout: FeatureLayout,
     /// RPN objectness logits [N, A, h, w].
     pub objectness: &'a [f32],
     /// RPN box deltas [N, 4A, h, w].
@@ -39,19 +40,29 @@ impl<'a> Features<'a> {
         let g = &m.graphs.backbone;
         let (n, c) = (batch as i64, m.model.fpn_channels as i64);
         let a = m.model.num_anchors_per_location;
+        let layout = g.feature_layout;
         let mut levels = Vec::with_capacity(g.features.len());
         for ((feature, obj), del) in g.features.iter().zip(&g.objectness).zip(&g.deltas) {
-            let (shape, features) = graph::output(outputs, &g.file, feature, &[n, c, -1, -1])?;
-            let (fh, fw) = (shape[2] as i64, shape[3] as i64);
+            let expect = match layout {
+                FeatureLayout::Nchw => [n, c, -1, -1],
+                FeatureLayout::Nhwc => [n, -1, -1, c],
+            };
+            let (shape, features) = graph::output(outputs, &g.file, feature, &expect)?;
+            let (channels, fh, fw) = match layout {
+                FeatureLayout::Nchw => (shape[1], shape[2], shape[3]),
+                FeatureLayout::Nhwc => (shape[3], shape[1], shape[2]),
+            };
+            let (fh, fw) = (fh as i64, fw as i64);
             let (_, objectness) = graph::output(outputs, &g.file, obj, &[n, a as i64, fh, fw])?;
             let (_, deltas) = graph::output(outputs, &g.file, del, &[n, 4 * a as i64, fh, fw])?;
             levels.push(Level {
                 features,
+                layout,
                 objectness,
                 deltas,
-                channels: shape[1],
-                height: shape[2],
-                width: shape[3],
+                channels,
+                height: fh as usize,
+                width: fw as usize,
             });
         }
         Ok(Features {
@@ -108,6 +119,7 @@ impl Backbone {
             outputs: &outputs,
             with_channels: &features,
             channels: engine.manifest.model.fpn_channels,
+            channel_axis: g.feature_layout.channel_axis(),
         };
         let (graph, provider) = Graph::open(&engine.dir, &g.file, "backbone", opts, &contract)?;
         let input = g.input.clone();

@@ -31,6 +31,8 @@ pub struct Contract<'a> {
     pub outputs: &'a [&'a str],
     pub with_channels: &'a [&'a str],
     pub channels: usize,
+    /// Axis of the channels in those tensors.
+    pub channel_axis: usize,
 }
 
 /// A head graph (box or mask): pooled features [R, C, S, S] in, named outputs out.
@@ -53,6 +55,7 @@ impl Head {
             outputs,
             with_channels: &[input],
             channels: engine.manifest.model.fpn_channels,
+            channel_axis: 1,
         };
         let (graph, provider) = Graph::open(&engine.dir, file, stage, opts, &contract)?;
         let input = input.to_string();
@@ -87,7 +90,7 @@ impl Graph {
             file: file.to_string(),
         };
         graph.check_names(contract.inputs, contract.outputs)?;
-        graph.check_channels(contract.with_channels, contract.channels)?;
+        graph.check_channels(contract)?;
         Ok((graph, provider))
     }
 
@@ -110,15 +113,17 @@ impl Graph {
         Ok(())
     }
 
-    /// Where the graph declares the channel dimension (dim 1) of a named tensor, it must be the
-    /// manifest's `model.fpn_channels`: caught at load, naming the graph, rather than at the first frame.
-    fn check_channels(&self, names: &[&str], channels: usize) -> Result<()> {
+    /// Where the graph declares the channel dimension of a named tensor, it must be the manifest's
+    /// `model.fpn_channels`: caught at load, naming the graph, rather than at the first frame.
+    fn check_channels(&self, contract: &Contract) -> Result<()> {
+        let (names, channels) = (contract.with_channels, contract.channels);
         let outlets = self.session.inputs().iter().chain(self.session.outputs());
         for o in outlets.filter(|o| names.contains(&o.name())) {
             let Some(shape) = o.dtype().tensor_shape() else {
                 continue;
             };
-            if let Some(&c) = shape.get(1).filter(|&&c| c > 0 && c as usize != channels) {
+            let declared = shape.get(contract.channel_axis);
+            if let Some(&c) = declared.filter(|&&c| c > 0 && c as usize != channels) {
                 return Err(Error::graph(
                     &self.file,
                     format!(

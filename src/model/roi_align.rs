@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::engine::{Manifest, Pooler};
+use crate::engine::{FeatureLayout, Manifest, Pooler};
 use crate::error::{Error, Result};
 
 use super::backbone::Features;
@@ -19,10 +19,12 @@ use super::device::Device;
 /// Pixels per block of the channels-last transpose in [`RoiAligner::prepare`].
 const TRANSPOSE_TILE: usize = 32;
 
-/// One feature level: a contiguous [batch, channels, height, width] tensor.
+/// One feature level: a contiguous [batch, channels, height, width] tensor, or
+/// [batch, height, width, channels] where `layout` says so.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureMap<'a> {
     pub data: &'a [f32],
+    pub layout: FeatureLayout,
     pub batch: usize,
     pub channels: usize,
     pub height: usize,
@@ -133,6 +135,7 @@ impl<'a> MultiScaleRoiAlign<'a> {
             ks.push(-scale.log2().round() as i32);
             maps.push(FeatureMap {
                 data: level.features,
+                layout: level.layout,
                 batch: features.batch,
                 channels: level.channels,
                 height: level.height,
@@ -302,14 +305,15 @@ pub fn roi_align(
     a.pool(levels, rois, p, out)
 }
 
-/// The ROIAlign plugin with its buffers. `prepare` lays each level out channels-last once per frame
-/// (the box and mask poolers share it); `pool` then reads, for every sample, four runs of `channels`
+/// The ROIAlign plugin with its buffers. `prepare` lays each channels-first level out channels-last
+/// once per frame (the box and mask poolers share it; a channels-last level is read where it is);
+/// `pool` then reads, for every sample, four runs of `channels`
 /// contiguous values, so the inner loop is a straight vector loop over channels. Every channel still
 /// sees torchvision's exact sequence of float operations, so results are bit-identical to the
 /// channel-first form.
 #[derive(Debug, Default)]
 pub struct RoiAligner {
-    /// Per level: [batch, height, width, channels].
+    /// Per level: [batch, height, width, channels]; empty for a level that comes channels-last.
     nhwc: Vec<Vec<f32>>,
 }
 
@@ -334,6 +338,10 @@ impl RoiAligner {
         }
         self.nhwc.resize_with(levels.len(), Vec::new);
         for (l, dst) in levels.iter().zip(&mut self.nhwc) {
+            if l.layout == FeatureLayout::Nhwc {
+                dst.clear();
+                continue;
+            }
             let (plane, c) = (l.height * l.width, l.channels);
             dst.resize(l.batch * plane * c, 0.0);
             for (src, img) in l
@@ -398,8 +406,12 @@ impl RoiAligner {
                     let fm = &levels[roi.level];
                     let (samples, count) = roi_taps(&roi.bbox, fm, p, taps);
                     let plane = fm.height * fm.width;
-                    let img = &self.nhwc[roi.level]
-                        [roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
+                    let nhwc = match fm.layout {
+                        FeatureLayout::Nhwc => fm.data,
+                        FeatureLayout::Nchw => &self.nhwc[roi.level],
+                    };
+                    let img =
+                        &nhwc[roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
                     for (bin, t) in taps
                         .chunks_exact(samples.max(1))
                         .take(bin_count)
@@ -463,6 +475,7 @@ mod tests {
     fn one_channel(data: &[f32], height: usize, width: usize) -> FeatureMap<'_> {
         FeatureMap {
             data,
+            layout: FeatureLayout::Nchw,
             batch: 1,
             channels: 1,
             height,
@@ -532,6 +545,7 @@ mod tests {
             .zip(&datas)
             .map(|(&(batch, channels, height, width), data)| FeatureMap {
                 data,
+                layout: FeatureLayout::Nchw,
                 batch,
                 channels,
                 height,
@@ -551,6 +565,82 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn channels_last_levels_pool_bit_identically() {
+        // two levels, two images, 5 channels: the same values laid out both ways
+        let shapes = [(2usize, 5usize, 9usize, 13usize), (2, 5, 5, 7)];
+        let nchw: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|&(b, c, h, w)| {
+                (0..b * c * h * w)
+                    .map(|i| (i as f32 * 0.37).sin())
+                    .collect()
+            })
+            .collect();
+        let nhwc: Vec<Vec<f32>> = shapes
+            .iter()
+            .zip(&nchw)
+            .map(|(&(b, c, h, w), d)| {
+                let plane = h * w;
+                let mut t = vec![0.0; d.len()];
+                for i in 0..b {
+                    for ch in 0..c {
+                        for px in 0..plane {
+                            t[(i * plane + px) * c + ch] = d[(i * c + ch) * plane + px];
+                        }
+                    }
+                }
+                t
+            })
+            .collect();
+        fn maps<'d>(
+            shapes: &[(usize, usize, usize, usize)],
+            datas: &'d [Vec<f32>],
+            layout: FeatureLayout,
+        ) -> Vec<FeatureMap<'d>> {
+            shapes
+                .iter()
+                .zip(datas)
+                .enumerate()
+                .map(
+                    |(k, (&(batch, channels, height, width), data))| FeatureMap {
+                        data,
+                        layout,
+                        batch,
+                        channels,
+                        height,
+                        width,
+                        spatial_scale: 1.0 / (1 << k) as f32,
+                    },
+                )
+                .collect()
+        }
+        let rois: Vec<Roi> = (0..12)
+            .map(|i| Roi {
+                batch: i % 2,
+                level: (i / 2) % 2,
+                bbox: [i as f32 * 0.7, 1.3, 4.0 + i as f32, 6.5 + 0.3 * i as f32],
+            })
+            .collect();
+        for p in [params(7, 2, false), params(3, 0, true)] {
+            let n = rois.len() * 5 * p.output_size * p.output_size;
+            let (mut a, mut b) = (vec![0.0; n], vec![1.0; n]);
+            roi_align(
+                &maps(&shapes, &nchw, FeatureLayout::Nchw),
+                &rois,
+                &p,
+                &mut a,
+            )
+            .unwrap();
+            let mut aligner = RoiAligner::default();
+            let last = maps(&shapes, &nhwc, FeatureLayout::Nhwc);
+            aligner.prepare(&last).unwrap();
+            assert!(aligner.nhwc.iter().all(Vec::is_empty), "nothing copied");
+            aligner.pool(&last, &rois, &p, &mut b).unwrap();
+            assert_eq!(a, b);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The ROIAlign fixtures (tests/fixtures/roi_align, torchvision's outputs): four feature levels, ROIs
 //! with torchvision's level assignment, and one expected output per case of cases.json.
 
+use maskstream::engine::FeatureLayout;
 use maskstream::model::roi_align::{self, FeatureMap, Roi, RoiAlignParams};
 
 pub struct Fixtures {
@@ -53,6 +54,7 @@ impl Fixtures {
                 let s = f.shape();
                 FeatureMap {
                     data: f.as_slice().unwrap(),
+                    layout: FeatureLayout::Nchw,
                     batch: s[0],
                     channels: s[1],
                     height: s[2],
