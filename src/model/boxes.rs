@@ -116,6 +116,7 @@ pub struct NmsScratch {
     group_boxes: Vec<BoxF>,
     group_scores: Vec<f32>,
     group_keep: Vec<usize>,
+    kept_by_group: Vec<Vec<usize>>,
 }
 
 /// Boxes awaiting NMS, each with a score and a group (the RPN level, the class), and the buffers
@@ -144,15 +145,15 @@ impl Candidates {
 
     /// torchvision's batched NMS, then the best `top_n`: (boxes, scores, groups) kept, best first.
     pub fn nms_top(&mut self, threshold: f32, top_n: usize) -> (Vec<BoxF>, Vec<f32>, Vec<usize>) {
-        batched_nms(
+        batched_nms_top(
             &self.boxes,
             &self.scores,
             &self.groups,
             threshold,
+            top_n,
             &mut self.keep,
             &mut self.nms,
         );
-        self.keep.truncate(top_n);
         let k = &self.keep;
         (
             k.iter().map(|&i| self.boxes[i]).collect(),
@@ -181,6 +182,76 @@ pub fn batched_nms(
     } else {
         nms_per_group(boxes, scores, groups, threshold, keep, scratch);
     }
+}
+
+/// [`batched_nms`] truncated to the best `top_n`, without the work for boxes the cut drops: every box
+/// is visited once in one stable score order (the order both paths end in) and compared only with
+/// the boxes kept so far that could suppress it: all of them on the offset path (one NMS over the
+/// shifted boxes, as torchvision), those of its own group on the per-group path. A box's fate only
+/// depends on the kept boxes before it, so the kept boxes and their order are exactly
+/// `batched_nms`'s first `top_n`; the RPN (200 of ~4,000 candidates) stops long before the end.
+pub fn batched_nms_top(
+    boxes: &[BoxF],
+    scores: &[f32],
+    groups: &[usize],
+    threshold: f32,
+    top_n: usize,
+    keep: &mut Vec<usize>,
+    scratch: &mut NmsScratch,
+) {
+    keep.clear();
+    if boxes.is_empty() || top_n == 0 {
+        return;
+    }
+    let offset_path = boxes.len() * 4 <= 4000;
+    let mut shifted = std::mem::take(&mut scratch.shifted);
+    shifted.clear();
+    if offset_path {
+        let max_coord = boxes
+            .iter()
+            .flatten()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        shifted.extend(boxes.iter().zip(groups).map(|(b, &g)| {
+            let off = g as f32 * (max_coord + 1.0);
+            [b[0] + off, b[1] + off, b[2] + off, b[3] + off]
+        }));
+    }
+    let coords: &[BoxF] = if offset_path { &shifted } else { boxes };
+    sort_by_score_desc(scores, &mut scratch.order);
+    scratch.areas.clear();
+    scratch.areas.extend(coords.iter().map(area));
+    // kept boxes that can suppress a box of group g: all on the offset path (one list), else g's
+    let n_lists = if offset_path {
+        1
+    } else {
+        groups.iter().copied().max().map_or(0, |m| m + 1)
+    };
+    let kept = &mut scratch.kept_by_group;
+    kept.iter_mut().for_each(Vec::clear);
+    if kept.len() < n_lists {
+        kept.resize_with(n_lists, Vec::new);
+    }
+    for &j in &scratch.order {
+        let list = &mut kept[if offset_path { 0 } else { groups[j] }];
+        let bj = &coords[j];
+        // the same float operations as `nms`, with the kept box as `i`
+        let suppressed = list.iter().any(|&i| {
+            let bi = &coords[i];
+            let w = (bi[2].min(bj[2]) - bi[0].max(bj[0])).max(0.0);
+            let h = (bi[3].min(bj[3]) - bi[1].max(bj[1])).max(0.0);
+            let inter = w * h;
+            inter / (scratch.areas[i] + scratch.areas[j] - inter) > threshold
+        });
+        if suppressed {
+            continue;
+        }
+        list.push(j);
+        keep.push(j);
+        if keep.len() == top_n {
+            break;
+        }
+    }
+    scratch.shifted = shifted;
 }
 
 /// Groups made disjoint by shifting each one's boxes past all others, then one NMS.
@@ -317,5 +388,31 @@ mod tests {
         );
         assert_eq!(offset, per_group);
         assert_eq!(dispatched, per_group);
+    }
+
+    #[test]
+    fn batched_nms_top_is_the_head_of_batched_nms_on_both_paths() {
+        let s = &mut NmsScratch::default();
+        // 600 boxes take the offset path, 1500 the per-group one; ties in the scores
+        for n in [600usize, 1500] {
+            let boxes: Vec<BoxF> = (0..n)
+                .map(|i| {
+                    let x = ((i * 37) % 53) as f32 * 1.5;
+                    let y = ((i * 11) % 29) as f32 * 2.0;
+                    let w = 6.0 + (i % 7) as f32;
+                    [x, y, x + w, y + w * 1.3]
+                })
+                .collect();
+            let scores: Vec<f32> = (0..n).map(|i| ((i * 7919) % 500) as f32 / 500.0).collect();
+            let groups: Vec<usize> = (0..n).map(|i| (i * 13) % 5).collect();
+            let mut full = Vec::new();
+            batched_nms(&boxes, &scores, &groups, 0.6, &mut full, s);
+            assert!(full.len() > 50 && full.len() < n, "{}", full.len());
+            for top_n in [0, 1, 7, 50, full.len(), n + 10] {
+                let mut top = Vec::new();
+                batched_nms_top(&boxes, &scores, &groups, 0.6, top_n, &mut top, s);
+                assert_eq!(top, full[..top_n.min(full.len())], "n {n} top {top_n}");
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub struct Proposals {
 
 #[derive(Debug, Default)]
 pub struct ProposalScratch {
+    logits: Vec<f32>,
     order: Vec<u32>,
     candidates: Candidates,
 }
@@ -82,19 +83,23 @@ pub fn propose(
         let a = head.anchors_per_location;
         let hw = head.height * head.width;
         let n = hw * a;
-        // flattened index i = (y * w + x) * A + anchor, as torchvision's permute to (N, H, W, A)
-        let logit = |i: usize| head.objectness[(i % a) * hw + i / a];
+        // flattened index i = (y * w + x) * A + anchor, as torchvision's permute to (N, H, W, A);
+        // gathered once so the selection compares plain loads
+        s.logits.clear();
+        s.logits
+            .extend((0..n).map(|i| head.objectness[(i % a) * hw + i / a]));
+        let logits = &s.logits;
         let k = cfg.pre_nms_top_n.min(n);
         s.order.clear();
         s.order.extend(0..n as u32);
         if k < n {
             s.order.select_nth_unstable_by(k, |&x, &y| {
-                logit(y as usize).total_cmp(&logit(x as usize))
+                logits[y as usize].total_cmp(&logits[x as usize])
             });
             s.order.truncate(k);
         }
         s.order
-            .sort_unstable_by(|&x, &y| logit(y as usize).total_cmp(&logit(x as usize)));
+            .sort_unstable_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         for &i in &s.order {
             let i = i as usize;
             let (anchor, loc) = (i % a, i / a);
@@ -106,7 +111,7 @@ pub fn propose(
             ];
             let mut b = boxes::decode(&anchors[i], &d, &cfg.box_coder_weights, cfg.bbox_xform_clip);
             boxes::clip(&mut b, img_h, img_w);
-            let score = sigmoid(logit(i));
+            let score = sigmoid(logits[i]);
             if !boxes::is_large_enough(&b, cfg.min_size) || score < cfg.score_thresh {
                 continue;
             }
