@@ -1,6 +1,8 @@
 //! Preprocess: 8-bit RGB -> normalized float CHW, resized and zero-padded exactly as torchvision's
 //! GeneralizedRCNNTransform does (normalize, then bilinear resize with recomputed scale, then pad /32).
 
+use rayon::prelude::*;
+
 use crate::engine::Transform;
 use crate::frame::RgbFrame;
 
@@ -143,30 +145,28 @@ fn image(
     let (rh, rw) = resized_size(h, w, t);
     let plane = h * w;
     planes.resize(3 * plane, 0.0);
-    // torchvision: image / 255, then (x - mean) / std, per channel, in f32.
-    for y in 0..h {
-        let row = frame.row(y);
-        for x in 0..w {
-            for c in 0..3 {
-                let v = row[x * 3 + c] as f32 / t.input_divisor;
-                planes[c * plane + y * w + x] = (v - t.image_mean[c]) / t.image_std[c];
-            }
-        }
-    }
     let (ph, pw) = pad;
-    out[..3 * ph * pw].fill(0.0);
     let rows = linear_taps(h, rh);
     let cols = linear_taps(w, rw);
-    for c in 0..3 {
-        resize_plane(
-            &planes[c * plane..(c + 1) * plane],
-            w,
-            &rows,
-            &cols,
-            &mut out[c * ph * pw..(c + 1) * ph * pw],
-            pw,
-        );
-    }
+    // one channel per task: normalize (torchvision: image / 255, then (x - mean) / std, in f32; a
+    // byte has 256 values, so a table holds each result exactly as computed), then resize
+    planes
+        .par_chunks_exact_mut(plane.max(1))
+        .zip(out[..3 * ph * pw].par_chunks_exact_mut((ph * pw).max(1)))
+        .enumerate()
+        .for_each(|(c, (src, dst))| {
+            let lut: [f32; 256] = std::array::from_fn(|v| {
+                (v as f32 / t.input_divisor - t.image_mean[c]) / t.image_std[c]
+            });
+            for y in 0..h {
+                let row = &frame.row(y)[c..];
+                for (x, p) in src[y * w..(y + 1) * w].iter_mut().enumerate() {
+                    *p = lut[row[x * 3] as usize];
+                }
+            }
+            dst.fill(0.0);
+            resize_plane(src, w, &rows, &cols, dst, pw);
+        });
     ImageSize {
         original: (h, w),
         resized: (rh, rw),
