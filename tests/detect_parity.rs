@@ -256,3 +256,30 @@ fn int8_keeps_the_fp32_detections() {
     assert!(mean >= 0.9, "INT8 mask IoU averages {mean}");
     assert!(mean_ds <= 0.08, "INT8 scores move {mean_ds} on average");
 }
+
+/// A minimum score skips the masks of the detections under it and changes nothing else: the
+/// detections at or above it are those of the full model, with the same boxes, scores and masks
+/// (each mask head ROI is computed alone, whatever else is in the batch).
+#[test]
+fn min_score_keeps_exactly_the_detections_above_it() {
+    let mut model = common::cpu_model();
+    let mut compared = 0;
+    for dir in cases() {
+        let img = image::open(dir.join("image.png")).unwrap().to_rgb8();
+        let frame = RgbFrame::from_image(&img).unwrap();
+        model.set_min_score(0.0);
+        let all = model.detect(&frame).unwrap().detections;
+        for floor in [0.1f32, 0.3, 0.5] {
+            model.set_min_score(floor);
+            let some = model.detect(&frame).unwrap().detections;
+            let expect: Vec<_> = all.iter().filter(|d| d.score >= floor).collect();
+            assert_eq!(some.len(), expect.len(), "{}: at {floor}", dir.display());
+            for (a, b) in some.iter().zip(expect) {
+                assert_eq!((a.class_id, a.score, a.bbox), (b.class_id, b.score, b.bbox));
+                assert_eq!(a.mask.to_full(), b.mask.to_full());
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 10, "only {compared} detections compared");
+}

@@ -68,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut model = MaskRcnn::load(&engine, &opts)
         .with_context(|| format!("loading engine {}", engine.display()))?;
+    // no mask for what the threshold drops
+    model.set_min_score(args.score_threshold);
     let mut sink: Box<dyn Write> = if args.json == "-" {
         Box::new(std::io::stdout().lock())
     } else {

@@ -22,6 +22,18 @@ pub struct Detections {
     pub labels: Vec<usize>,
 }
 
+impl Detections {
+    /// Keeps the detections scoring at least `score`, in their order.
+    pub fn retain_min_score(&mut self, score: f32) {
+        let keep: Vec<bool> = self.scores.iter().map(|&s| s >= score).collect();
+        let mut k = keep.iter();
+        self.boxes.retain(|_| *k.next().unwrap_or(&false));
+        let mut k = keep.iter();
+        self.labels.retain(|_| *k.next().unwrap_or(&false));
+        self.scores.retain(|&s| s >= score);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DetectionScratch {
     probs: Vec<f32>,
@@ -150,6 +162,19 @@ pub fn softmax(logits: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retain_min_score_keeps_rows_together() {
+        let mut d = Detections {
+            boxes: vec![[0.0; 4], [1.0; 4], [2.0; 4]],
+            scores: vec![0.9, 0.2, 0.6],
+            labels: vec![1, 2, 3],
+        };
+        d.retain_min_score(0.5);
+        assert_eq!(d.boxes, vec![[0.0; 4], [2.0; 4]]);
+        assert_eq!(d.scores, vec![0.9, 0.6]);
+        assert_eq!(d.labels, vec![1, 3]);
+    }
 
     fn cfg() -> RoiHeads {
         RoiHeads {

@@ -70,6 +70,8 @@ pub struct MaskRcnn {
     device: Box<dyn Device>,
     /// ROIAlign's output, reused by both poolers and across calls.
     pooled: Vec<f32>,
+    /// Detections scoring under this get no mask and are not returned (see [`MaskRcnn::set_min_score`]).
+    min_score: f32,
 }
 
 impl std::fmt::Debug for MaskRcnn {
@@ -105,6 +107,7 @@ impl MaskRcnn {
             mask_head,
             device: Box::new(Cpu::default()),
             pooled: Vec::new(),
+            min_score: 0.0,
         };
         model.warm_heads()?;
         Ok(model)
@@ -138,6 +141,15 @@ impl MaskRcnn {
         self.engine.precision
     }
 
+    /// Drops detections scoring under `score` after the box head, before the mask head, whose work
+    /// grows with every detection: a caller that keeps only detections at or above `score` (the
+    /// output threshold, the tracker's low threshold) saves the masks of those it would throw away.
+    /// The detections kept are exactly those of torchvision at `roi_heads.score_thresh` with a score
+    /// of at least `score`. 0 (the default) returns every one.
+    pub fn set_min_score(&mut self, score: f32) {
+        self.min_score = score;
+    }
+
     /// The execution provider that runs the graphs.
     pub fn provider(&self) -> Provider {
         self.provider
@@ -165,6 +177,7 @@ impl MaskRcnn {
             mask_head,
             device,
             pooled,
+            min_score,
             ..
         } = self;
         let m = &engine.manifest;
@@ -188,7 +201,12 @@ impl MaskRcnn {
         let box_pool = MultiScaleRoiAlign::new(&m.box_roi_pool, m, &features, image, None)?;
         let boxes = boxes_of(proposals.iter().map(|p| &p.boxes));
         let pooled_boxes = t.time(Stage::RoiAlignBox, || box_pool.pool(device, &boxes, pooled))?;
-        let detections = box_head.forward(&pooled_boxes, &proposals, &images, m, &mut t)?;
+        let mut detections = box_head.forward(&pooled_boxes, &proposals, &images, m, &mut t)?;
+        if *min_score > 0.0 {
+            detections
+                .iter_mut()
+                .for_each(|d| d.retain_min_score(*min_score));
+        }
 
         // → [ΣD, C, 14, 14] → [ΣD, 28, 28] mask probabilities → N × instances in frame pixels
         let mask_pool =

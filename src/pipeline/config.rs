@@ -747,6 +747,20 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// The lowest score any stage of this pipeline looks at: the output threshold, or the tracker's
+    /// low threshold under it. The model skips the masks of detections under it.
+    pub fn detection_floor(&self) -> f32 {
+        let out = self.inference.score_threshold;
+        if self.tracker.enabled {
+            self.tracker
+                .low_threshold
+                .min(self.tracker.high_threshold)
+                .min(out)
+        } else {
+            out
+        }
+    }
+
     /// `[tracker]`, `[analytics]`, `[[zone]]` and `[[line]]` together.
     pub fn analytics_settings(&self) -> Settings {
         Settings {
@@ -819,6 +833,21 @@ fn bad(key: &str, why: String) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_detection_floor_is_what_the_tracker_or_the_output_still_reads() {
+        let parse =
+            |t: &str| PipelineConfig::parse(&format!("[[source]]\nuri = \"a.mp4\"\n{t}")).unwrap();
+        assert_eq!(parse("").detection_floor(), 0.1);
+        assert_eq!(
+            parse("[inference]\nscore_threshold = 0.05\n").detection_floor(),
+            0.05
+        );
+        let off = parse("[inference]\nscore_threshold = 0.7\n[tracker]\nenabled = false\n");
+        assert_eq!(off.detection_floor(), 0.7);
+        let low = parse("[tracker]\nlow_threshold = 0.3\n");
+        assert_eq!(low.detection_floor(), 0.3);
+    }
 
     #[test]
     fn parses_a_minimal_file_with_defaults() {

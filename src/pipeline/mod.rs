@@ -131,11 +131,12 @@ pub fn plan_outputs(cfg: &PipelineConfig, plan: &mut OutputPlan) -> Result<()> {
 /// Runs a pipeline on a loaded model (a batch loads it once for all its files); hands the model back.
 pub fn run_with(
     cfg: &PipelineConfig,
-    model: MaskRcnn,
+    mut model: MaskRcnn,
     ctx: RunContext,
 ) -> Result<(Summary, MaskRcnn)> {
     cfg.validate()?;
     check_outputs(cfg)?;
+    model.set_min_score(cfg.detection_floor());
     gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
     witness::install();
     Built::build(cfg, ctx)?.start(model)?.join()

@@ -484,6 +484,8 @@ impl MaskRcnn {
                 gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
                 return Err(gst::FlowError::NotNegotiated);
             };
+            // no mask for what the threshold drops
+            state.model.set_min_score(threshold);
             let results = state.detect_batch(&bufs).map_err(|e| {
                 gst::element_imp_error!(
                     self,
