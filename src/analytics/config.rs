@@ -26,6 +26,10 @@ pub struct TrackerConfig {
     /// Blend mask IoU (the track's last mask moved by the predicted motion) into the box IoU: helps
     /// where boxes overlap but shapes do not (occlusion, thin or rotated objects).
     pub mask_iou: bool,
+    /// A detection of another class than a track's label (its score-weighted vote) counts this share of
+    /// its similarity to the track: where objects of different classes cross, each keeps its own id,
+    /// while an object whose class flickers still continues its track. 1 is class-blind.
+    pub other_class_weight: f32,
     /// Recovery of lost tracks: a lost track that no detection continues by plain similarity is looked
     /// for again among the high-score detections left, of its own class, with both boxes widened by
     /// this many standard deviations of its predicted centre (3: the usual gate; they grow the longer it is unseen; the
@@ -61,6 +65,7 @@ impl Default for TrackerConfig {
             match_iou: 0.2,
             low_match_iou: 0.5,
             mask_iou: true,
+            other_class_weight: 0.7,
             recovery_buffer: 3.0,
             min_hits: 3,
             output_tentative: false,
@@ -161,6 +166,7 @@ impl Settings {
             ("tracker.new_track_threshold", t.new_track_threshold),
             ("tracker.match_iou", t.match_iou),
             ("tracker.low_match_iou", t.low_match_iou),
+            ("tracker.other_class_weight", t.other_class_weight),
             ("tracker.merge_iou", t.merge_iou),
             ("tracker.merge_containment", t.merge_containment),
         ] {

@@ -2,8 +2,10 @@
 //! box; high-score detections are matched first (to confirmed and lost tracks), then low-score ones keep
 //! the remaining confirmed tracks alive through occlusion, then tentative tracks take what high-score
 //! detections are left; the rest start tracks. Between the first and the last round, lost tracks left
-//! over look once more, with buffered boxes, for a detection of their class (recovery after occlusion). Matching is an optimal linear assignment (Kuhn–Munkres)
-//! on IoU, optionally blended with mask IoU.
+//! over look once more, with buffered boxes, for a detection of their class (recovery after
+//! occlusion). Matching is an optimal linear assignment (Kuhn–Munkres) on IoU, optionally blended with
+//! mask IoU; a detection of another class than a track's label counts only part of its similarity, so
+//! where objects of different classes cross, each keeps its own.
 //!
 //! Lifecycle: tentative → confirmed (after `min_hits` matches) → lost (unmatched) → removed (lost for
 //! longer than `max_lost_*`, or a tentative track missed once). Ids are unique for the tracker's life.
@@ -387,7 +389,13 @@ impl Tracker {
         min_sim: f32,
     ) -> Vec<(usize, usize)> {
         self.assign_by(tracks, dets, min_sim, |t, d| {
-            self.tracks[t].similarity(&detections[d], areas[d], self.cfg.mask_iou)
+            let track = &self.tracks[t];
+            let s = track.similarity(&detections[d], areas[d], self.cfg.mask_iou);
+            if detections[d].class_id == track.class_id() {
+                s
+            } else {
+                s * self.cfg.other_class_weight
+            }
         })
     }
 
@@ -590,6 +598,45 @@ mod tests {
         let mut t = Tracker::new(cfg);
         let (id, back) = occluded_walk(&mut t, 2);
         assert_ne!(back, Some(id));
+    }
+
+    /// Two objects of different classes stand still, then jump towards each other so that each one's
+    /// box lies closer to the other's track: class-blind matching swaps them, the class weight does not.
+    fn swap_frame(weight: f32) -> (Vec<Option<u64>>, Vec<Option<u64>>) {
+        let mut t = Tracker::new(TrackerConfig {
+            other_class_weight: weight,
+            mask_iou: false,
+            ..cfg()
+        });
+        let mut first = Vec::new();
+        for f in 0..5u64 {
+            let s = t.update(
+                &[det(1, 0.9, 10, 10, 14, 14), det(2, 0.9, 20, 10, 14, 14)],
+                0.5,
+                f,
+                f,
+            );
+            first = s.assigned;
+        }
+        let s = t.update(
+            &[det(1, 0.9, 16, 10, 14, 14), det(2, 0.9, 14, 10, 14, 14)],
+            0.5,
+            5,
+            5,
+        );
+        (first, s.assigned)
+    }
+
+    #[test]
+    fn crossing_objects_of_other_classes_keep_their_ids_by_class() {
+        let (before, after) = swap_frame(TrackerConfig::default().other_class_weight);
+        assert_eq!(before, after);
+        let (before, after) = swap_frame(1.0);
+        assert_eq!(
+            before,
+            vec![after[1], after[0]],
+            "class-blind matching swaps them"
+        );
     }
 
     #[test]

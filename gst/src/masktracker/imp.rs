@@ -128,6 +128,13 @@ impl ObjectImpl for MaskTracker {
                     .default_value(d.mask_iou)
                     .mutable_ready()
                     .build(),
+                threshold(
+                    "other-class-weight",
+                    "Other class weight",
+                    "Share of the similarity a detection of another class than the track's label \
+                     counts (1 = class-blind)",
+                    d.other_class_weight,
+                ),
                 glib::ParamSpecFloat::builder("recovery-buffer")
                     .nick("Recovery buffer")
                     .blurb(
@@ -193,6 +200,7 @@ impl ObjectImpl for MaskTracker {
             "low-match-iou" => t.low_match_iou = f(),
             "mask-iou" => t.mask_iou = b(),
             "recovery-buffer" => t.recovery_buffer = f(),
+            "other-class-weight" => t.other_class_weight = f(),
             "min-hits" => t.min_hits = u(),
             "output-tentative" => t.output_tentative = b(),
             "max-lost-frames" => t.max_lost_frames = u(),
@@ -215,6 +223,7 @@ impl ObjectImpl for MaskTracker {
             "low-match-iou" => t.low_match_iou.to_value(),
             "mask-iou" => t.mask_iou.to_value(),
             "recovery-buffer" => t.recovery_buffer.to_value(),
+            "other-class-weight" => t.other_class_weight.to_value(),
             "min-hits" => t.min_hits.to_value(),
             "output-tentative" => t.output_tentative.to_value(),
             "max-lost-frames" => t.max_lost_frames.to_value(),
