@@ -207,14 +207,7 @@ pub fn batched_nms_top(
     let mut shifted = std::mem::take(&mut scratch.shifted);
     shifted.clear();
     if offset_path {
-        let max_coord = boxes
-            .iter()
-            .flatten()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        shifted.extend(boxes.iter().zip(groups).map(|(b, &g)| {
-            let off = g as f32 * (max_coord + 1.0);
-            [b[0] + off, b[1] + off, b[2] + off, b[3] + off]
-        }));
+        shift_groups(boxes, groups, &mut shifted);
     }
     let coords: &[BoxF] = if offset_path { &shifted } else { boxes };
     sort_by_score_desc(scores, &mut scratch.order);
@@ -263,18 +256,24 @@ fn nms_offset_groups(
     keep: &mut Vec<usize>,
     scratch: &mut NmsScratch,
 ) {
+    let mut shifted = std::mem::take(&mut scratch.shifted);
+    shifted.clear();
+    shift_groups(boxes, groups, &mut shifted);
+    nms(&shifted, scores, threshold, keep, scratch);
+    scratch.shifted = shifted;
+}
+
+/// torchvision's coordinate trick: each group's boxes moved past every other group's (by the group
+/// index times the largest coordinate + 1), appended to `out`.
+fn shift_groups(boxes: &[BoxF], groups: &[usize], out: &mut Vec<BoxF>) {
     let max_coord = boxes
         .iter()
         .flatten()
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut shifted = std::mem::take(&mut scratch.shifted);
-    shifted.clear();
-    shifted.extend(boxes.iter().zip(groups).map(|(b, &g)| {
+    out.extend(boxes.iter().zip(groups).map(|(b, &g)| {
         let off = g as f32 * (max_coord + 1.0);
         [b[0] + off, b[1] + off, b[2] + off, b[3] + off]
     }));
-    nms(&shifted, scores, threshold, keep, scratch);
-    scratch.shifted = shifted;
 }
 
 /// One NMS per group, then all kept boxes sorted by score (stable: ties stay in index order).
