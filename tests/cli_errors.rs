@@ -214,4 +214,10 @@ fn run_reports_bad_sources_and_pipeline_files() {
     std::fs::write(&cfg, "[[source]]\nuri = \"a.mp4\"\n[queue]\ncapacity = 0\n").unwrap();
     let out = maskstream(&["run", cfg.to_str().unwrap()]);
     fails_with(&out, &["p.toml", "queue.capacity"]);
+    // a video where the pipeline file goes: the message says how to pass it
+    let out = maskstream(&["run", "assets/shapes-demo.mp4"]);
+    fails_with(
+        &out,
+        &["not a pipeline file", "--input assets/shapes-demo.mp4"],
+    );
 }

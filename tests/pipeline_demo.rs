@@ -53,3 +53,44 @@ fn demo_pipeline_end_to_end() {
     );
     assert!(ap50 >= 0.90, "mask AP50 {ap50} < 0.90");
 }
+
+/// `[output] x264_preset` reaches the encoder: x264 writes its settings into the stream (an SEI
+/// message, "options: ... subme=N ..."), and the presets differ in their sub-pixel search.
+#[test]
+fn the_x264_preset_reaches_the_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::engine_dir();
+    for (preset, subme) in [
+        (None, "subme=1"),
+        (Some("ultrafast"), "subme=0"),
+        (Some("veryfast"), "subme=2"),
+    ] {
+        let name = preset.unwrap_or("default");
+        let video = dir.path().join(format!("{name}.mp4"));
+        let file = dir.path().join(format!("{name}.toml"));
+        let set = preset.map_or(String::new(), |p| format!("x264_preset = \"{p}\"\n"));
+        std::fs::write(
+            &file,
+            format!(
+                "engine = {engine:?}\nbackend = \"cpu\"\nthreads = 2\n\n[[source]]\n\
+                 uri = \"test://ball?width=160&height=120&fps=30&frames=6\"\nname = \"ball\"\n\n\
+                 [output]\nvideo = {video:?}\n{set}"
+            ),
+        )
+        .unwrap();
+        let out = common::maskstream().arg("run").arg(&file).bounded();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let bytes = std::fs::read(&video).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let options = text
+            .split("options: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name}: no x264 settings in the stream"));
+        let options = options.split('\0').next().unwrap_or_default();
+        assert!(
+            options.split(' ').any(|o| o == subme),
+            "{name}: expected {subme} in {options}"
+        );
+    }
+}

@@ -54,6 +54,7 @@ rtsp = "rtsp://127.0.0.1:0/{name}"
 rtsp_credentials_env = "MASKSTREAM_RTSP_CREDENTIALS"
 preview = false
 bitrate_kbps = 2000
+x264_preset = "veryfast"
 
 [rtsp_input]
 latency_ms = 200

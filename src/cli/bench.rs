@@ -50,6 +50,11 @@ pub struct Args {
     /// as `run --output --json` does (into a temporary folder, removed after).
     #[arg(long)]
     pub encode: bool,
+    /// Rounds of (model at the pipeline's floor, pipeline runs) back to back; the overheads are the
+    /// medians of each round's ratios, so a slower or faster spell of a shared machine falls on both
+    /// sides of a ratio.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Also run N live test cameras at once through the full pipeline, for each N listed (e.g.
     /// 1,2,4), with and without cross-stream batching.
     #[arg(long, value_delimiter = ',')]
@@ -79,10 +84,18 @@ struct Report {
     model_fps_at_floor: Option<f64>,
     stages_ms: Vec<(String, f64)>,
     peak_rss_mb: f64,
+    /// Steady state (after the warm-up calls, as the model-only figures), and the overhead against
+    /// the model at the floor.
     pipeline_fps: Option<f64>,
     pipeline_overhead: Option<f64>,
+    /// Each round's overhead (the figure above is their median).
+    pipeline_overhead_rounds: Vec<f64>,
+    /// The whole run: start-up, warm-up and closing the outputs included.
+    pipeline_whole_run_fps: Option<f64>,
     encode_fps: Option<f64>,
     encode_overhead: Option<f64>,
+    encode_overhead_rounds: Vec<f64>,
+    encode_whole_run_fps: Option<f64>,
     streams: Vec<super::bench_streams::Row>,
 }
 
@@ -188,9 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // the model alone at that floor does the same work, so the pipeline's overhead is measured
     // against it. The figure above stays torchvision's full output (every detection >= 0.05).
     let floor = base_config(&engine, args.backend, args.precision, args.threads).detection_floor();
-    let floor_fps = if args.model_only {
-        None
-    } else {
+    let mut model_at_floor = || -> anyhow::Result<f64> {
         model.set_min_score(floor);
         let (_, _, t, n) = time_model(&mut model, timed, batch)?;
         model.set_min_score(0.0);
@@ -198,8 +209,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "model-only at the pipeline's detection floor ({floor}: no mask under it): {fps:.2} frames/s"
         );
-        Some(fps)
+        Ok(fps)
     };
+    // Round by round: the model alone at the floor, then the pipeline runs, each against it.
+    let mut rounds: Vec<Round> = Vec::new();
+    if !args.model_only {
+        for _ in 0..args.rounds.max(1) {
+            let floor_fps = model_at_floor()?;
+            let plain = run_pipeline(&args, &engine, batch, frames.len(), floor_fps, false)?;
+            let encoded = if args.encode {
+                Some(run_pipeline(
+                    &args,
+                    &engine,
+                    batch,
+                    frames.len(),
+                    floor_fps,
+                    true,
+                )?)
+            } else {
+                None
+            };
+            rounds.push(Round {
+                floor_fps,
+                plain,
+                encoded,
+            });
+        }
+    }
     let streams = if args.streams.is_empty() {
         drop(model);
         Vec::new()
@@ -208,16 +244,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::bench_streams::run(&base, model, &args.streams, args.stream_secs)?
     };
 
-    let timed_run = |encode: bool| -> anyhow::Result<(Option<f64>, Option<f64>)> {
-        if args.model_only || (encode && !args.encode) {
-            return Ok((None, None));
+    let plain: Vec<PipelineRun> = rounds.iter().map(|r| r.plain).collect();
+    let encoded: Vec<PipelineRun> = rounds.iter().filter_map(|r| r.encoded).collect();
+    let floor_fps = median(rounds.iter().map(|r| r.floor_fps));
+    if rounds.len() > 1 {
+        let show = |runs: &[PipelineRun]| {
+            let o: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:+.1}%", r.overhead * 1e2))
+                .collect();
+            o.join(" ")
+        };
+        println!(
+            "{} rounds: overhead JSON only {} (median {:+.1}%)",
+            rounds.len(),
+            show(&plain),
+            median(plain.iter().map(|r| r.overhead)).unwrap_or(f64::NAN) * 1e2
+        );
+        if !encoded.is_empty() {
+            println!(
+                "{} rounds: overhead with MP4 {} (median {:+.1}%)",
+                rounds.len(),
+                show(&encoded),
+                median(encoded.iter().map(|r| r.overhead)).unwrap_or(f64::NAN) * 1e2
+            );
         }
-        let base = floor_fps.unwrap_or(model_fps);
-        let (fps, ov) = run_pipeline(&args, &engine, batch, frames.len(), base, encode)?;
-        Ok((Some(fps), Some(ov)))
-    };
-    let (pipeline_fps, overhead) = timed_run(false)?;
-    let (encode_fps, encode_overhead) = timed_run(true)?;
+    }
     if let Some(path) = &args.json {
         let report = Report {
             engine: engine.display().to_string(),
@@ -233,10 +285,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model_fps_at_floor: floor_fps,
             stages_ms: stages,
             peak_rss_mb: rss,
-            pipeline_fps,
-            pipeline_overhead: overhead,
-            encode_fps,
-            encode_overhead,
+            pipeline_fps: median(plain.iter().map(|r| r.fps)),
+            pipeline_overhead: median(plain.iter().map(|r| r.overhead)),
+            pipeline_overhead_rounds: plain.iter().map(|r| r.overhead).collect(),
+            pipeline_whole_run_fps: median(plain.iter().map(|r| r.whole_fps)),
+            encode_fps: median(encoded.iter().map(|r| r.fps)),
+            encode_overhead: median(encoded.iter().map(|r| r.overhead)),
+            encode_overhead_rounds: encoded.iter().map(|r| r.overhead).collect(),
+            encode_whole_run_fps: median(encoded.iter().map(|r| r.whole_fps)),
             streams,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -292,8 +348,37 @@ fn time_model(
     Ok((stage_sum, overlay, model_time, n))
 }
 
+/// One round: the model alone at the pipeline's floor, then the pipeline (and with `--encode` the
+/// pipeline writing MP4), each against it.
+struct Round {
+    floor_fps: f64,
+    plain: PipelineRun,
+    encoded: Option<PipelineRun>,
+}
+
+/// The median (the mean of the middle two for an even count); None for no values.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// A full-pipeline run: steady-state frames/s and its overhead against the model alone at the
+/// pipeline's floor (both leave out the warm-up calls), and the whole run's frames/s.
+#[derive(Clone, Copy)]
+struct PipelineRun {
+    fps: f64,
+    overhead: f64,
+    whole_fps: f64,
+}
+
 /// The full pipeline on the same video (decode → infer → null sink, or with `encode` → overlay → H.264
-/// MP4 + JSON Lines): (frames/s, overhead vs `model_fps`, the model alone at the pipeline's floor).
+/// MP4 + JSON Lines) against `model_fps`, the model alone at the pipeline's floor.
 fn run_pipeline(
     args: &Args,
     engine: &Path,
@@ -301,7 +386,7 @@ fn run_pipeline(
     frames: usize,
     model_fps: f64,
     encode: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<PipelineRun> {
     let mut cfg = base_config(engine, args.backend, args.precision, args.threads);
     cfg.sources = vec![SourceConfig {
         uri: args.video.display().to_string(),
@@ -321,21 +406,31 @@ fn run_pipeline(
         let _ = std::fs::remove_dir_all(&out_dir);
     }
     let summary = summary?;
-    // the pipeline also pays model warm-up: compare per-frame wall time over all its frames
-    let fps = summary.fps();
-    let model_all = frames as f64 / model_fps;
-    let ov = summary.elapsed.as_secs_f64() / model_all - 1.0;
+    let whole_fps = summary.fps();
+    // Per frame in steady state, as the model-only figure: both leave out the warm-up calls (the
+    // pipeline's start-up and the closing of its outputs are one-off costs, shown by the whole run).
+    let steady = summary
+        .steady
+        .context("the pipeline ran too few frames for a steady-state figure")?;
+    let fps = steady.fps();
+    let overhead = model_fps / fps - 1.0;
     let what = if encode {
         "decode → infer → overlay → H.264 MP4 + JSON Lines"
     } else {
         "decode → infer → null sink: nothing shows pixels, so no drawing"
     };
     println!(
-        "full pipeline ({what}): {} frames, {fps:.2} frames/s, overhead vs model-only at its floor {:+.1}%",
+        "full pipeline ({what}): {} frames, steady state {fps:.2} frames/s ({} frames after the warm-up), overhead vs model-only at its floor {:+.1}%; whole run {whole_fps:.2} frames/s ({:+.1}%)",
         summary.frames,
-        ov * 100.0
+        steady.frames,
+        overhead * 100.0,
+        (model_fps / whole_fps - 1.0) * 100.0
     );
-    Ok((fps, ov))
+    Ok(PipelineRun {
+        fps,
+        overhead,
+        whole_fps,
+    })
 }
 
 #[derive(clap::Args)]

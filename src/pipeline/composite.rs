@@ -14,7 +14,7 @@ use super::config::{expand, PipelineConfig, SourceKind};
 use super::infer::Inferred;
 use super::observe::{Observer, Observers};
 use super::source::{Frame, SourceStats};
-use super::stats::StageStats;
+use super::stats::{StageStats, Steady};
 use super::tracking::{self, SourceTracking};
 use super::{rtsp, sink, Progress};
 use crate::analytics::AnalyticsStats;
@@ -42,11 +42,30 @@ pub(super) struct Composer<'a> {
     pub tracked: HashMap<usize, AnalyticsStats>,
     pub stages: StageStats,
     pub frames: u64,
+    /// Frames whose completion starts the steady-state clock (the model's warm-up calls).
+    warm_up: u64,
+    /// When frame `warm_up` and the latest frame were done.
+    warm_at: Option<Instant>,
+    last_at: Option<Instant>,
     pub errors: HashMap<usize, String>,
     observers: Observers,
 }
 
+/// Model calls left out of the steady-state figure: the first ones pay ONNX Runtime's allocations
+/// (`bench` leaves out as many from the model-only figure).
+pub const WARM_UP_CALLS: u64 = 3;
+
 impl<'a> Composer<'a> {
+    /// Frames done after the warm-up ones, and the time they took (completion to completion).
+    pub fn steady(&self) -> Option<Steady> {
+        let (from, to) = (self.warm_at?, self.last_at?);
+        let frames = self.frames - self.warm_up;
+        (frames > 0).then(|| Steady {
+            frames,
+            elapsed: to - from,
+        })
+    }
+
     pub fn new(
         cfg: &'a PipelineConfig,
         classes: Vec<String>,
@@ -64,6 +83,9 @@ impl<'a> Composer<'a> {
             tracked: HashMap::new(),
             stages: StageStats::default(),
             frames: 0,
+            warm_up: WARM_UP_CALLS * cfg.inference.max_batch.unwrap_or(1).max(1) as u64,
+            warm_at: None,
+            last_at: None,
             errors: HashMap::new(),
             observers,
         }
@@ -129,6 +151,11 @@ impl<'a> Composer<'a> {
         }
         self.stages.record_batch(batch, sid);
         self.frames += 1;
+        let now = Instant::now();
+        if self.frames == self.warm_up {
+            self.warm_at = Some(now);
+        }
+        self.last_at = Some(now);
         super::metrics::frame(&self.sources[sid].name);
         progress.frame_done(sid);
         Ok(())
@@ -216,12 +243,10 @@ impl SourceSinks {
         let video = match &o.video {
             Some(t) => Some(sink::video_file(
                 &PathBuf::from(expand(t, name)),
-                w,
-                h,
+                (w, h),
                 fps,
-                o.bitrate_kbps,
                 live,
-                o.fragment_ms,
+                o,
             )?),
             None => None,
         };

@@ -335,6 +335,7 @@ impl Running<'_> {
             frames: composer.frames,
             load: Duration::ZERO,
             elapsed: started.elapsed(),
+            steady: composer.steady(),
             sources: source_summaries(&mut composer),
             stages: std::mem::take(&mut composer.stages),
             provider,

@@ -10,6 +10,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::config::OutputConfig;
 use crate::error::{Error, Result};
 
 /// A GStreamer element by factory name; a missing plugin is an error that says so.
@@ -134,15 +135,14 @@ fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
 }
 
 /// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
-/// from a live source, which drops frames when inference lags (see below).
+/// from a live source, which drops frames when inference lags (see below). Bitrate, x264 preset and
+/// fragment length come from `[output]`.
 pub fn video_file(
     path: &Path,
-    width: usize,
-    height: usize,
+    (width, height): (usize, usize),
     fps: (i32, i32),
-    bitrate_kbps: Option<u32>,
     live: bool,
-    fragment_ms: u32,
+    o: &OutputConfig,
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -155,11 +155,11 @@ pub fn video_file(
             .build(),
     );
     let enc = make("x264enc")?;
-    enc.set_property_from_str("speed-preset", "veryfast");
+    enc.set_property_from_str("speed-preset", o.x264_preset.name());
     // Live recordings are fragmented: their frames exist nowhere else. A file's output is redone
     // from its input after a crash, and a classic MP4 keeps B-frames and the input's exact
     // timestamps (mp4mux's fragments start the timeline at 0, dropping the B-frame delay).
-    let fragment_ms = if live { fragment_ms } else { 0 };
+    let fragment_ms = if live { o.fragment_ms } else { 0 };
     let fragmented = fragment_ms > 0 && !lower_ext(path).ends_with(".mkv");
     if live {
         // A live recording must lose as little as possible when the process dies: x264 holds no
@@ -176,7 +176,8 @@ pub fn video_file(
         // (Classic MP4 and MKV of files keep B-frames.)
         enc.set_property("bframes", 0u32);
     }
-    let bitrate = bitrate_kbps
+    let bitrate = o
+        .bitrate_kbps
         .unwrap_or_else(|| ((width * height) as f64 / 230.0).clamp(500.0, 20_000.0) as u32);
     enc.set_property("bitrate", bitrate);
     let parse = make("h264parse")?;

@@ -103,9 +103,25 @@ pub struct Summary {
     /// Streaming: from the sources' start to the last output.
     pub elapsed: Duration,
     pub stages: StageStats,
+    /// After the model's warm-up calls: frames and time from the last warm-up frame's completion to
+    /// the last frame's (no start-up, no closing of the outputs). None for shorter runs.
+    pub steady: Option<Steady>,
     /// Per source: (name, frames, dropped, reconnects, error).
     pub sources: Vec<SourceSummary>,
     pub provider: String,
+}
+
+/// Steady-state throughput: see [`Summary::steady`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Steady {
+    pub frames: u64,
+    pub elapsed: Duration,
+}
+
+impl Steady {
+    pub fn fps(&self) -> f64 {
+        self.frames as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -142,6 +158,15 @@ impl fmt::Display for Summary {
             self.provider,
             self.load.as_secs_f64()
         )?;
+        if let Some(st) = &self.steady {
+            writeln!(
+                f,
+                "steady state (after the first model calls): {} frames in {:.2} s: {:.1} frames/s",
+                st.frames,
+                st.elapsed.as_secs_f64(),
+                st.fps()
+            )?;
+        }
         writeln!(f, "{:<16} {:>9} {:>9}", "stage", "p50 ms", "p99 ms")?;
         for s in self.stages.stages() {
             if let Some((p50, p99)) = self.stages.percentiles(s) {
