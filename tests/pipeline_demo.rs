@@ -81,6 +81,11 @@ fn the_x264_preset_reaches_the_encoder() {
         let out = common::maskstream().arg("run").arg(&file).bounded();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {stderr}");
+        // the summary's steady state leaves out the 3 warm-up model calls
+        assert!(
+            stderr.contains("steady state (after the first model calls): 3 frames in"),
+            "{stderr}"
+        );
         let bytes = std::fs::read(&video).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         let options = text
