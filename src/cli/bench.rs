@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
 use maskstream::pipeline::config::{InferenceConfig, SourceConfig, SourceKind};
 use maskstream::pipeline::source::{self, SourceEvent};
+use maskstream::pipeline::stats::process_cpu;
 use maskstream::pipeline::{self, RunContext};
 use maskstream::{BackendKind, BackendOptions, Detection, MaskRcnn, RgbFrame, StageTimes};
 use serde::Serialize;
@@ -82,6 +83,11 @@ struct Report {
     /// The model alone skipping masks under the pipeline's detection floor: what the overheads
     /// compare against.
     model_fps_at_floor: Option<f64>,
+    /// Process CPU time a frame (all threads) of the model alone at the floor, and of the pipeline
+    /// runs (medians): what the pipeline's own work costs, whatever else the machine runs.
+    model_cpu_ms_at_floor: Option<f64>,
+    pipeline_cpu_ms: Option<f64>,
+    encode_cpu_ms: Option<f64>,
     stages_ms: Vec<(String, f64)>,
     peak_rss_mb: f64,
     /// Steady state (after the warm-up calls, as the model-only figures), and the overhead against
@@ -170,7 +176,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model.detect_batch(chunk)?;
     }
     let timed = &views[(3 * batch).min(views.len() - 1)..];
-    let (stage_sum, overlay, model_time, n) = time_model(&mut model, timed, batch)?;
+    let Timed {
+        stages: stage_sum,
+        overlay,
+        model: model_time,
+        frames: n,
+        ..
+    } = time_model(&mut model, timed, batch)?;
     let model_secs = model_time.as_secs_f64();
     let model_fps = n as f64 / model_secs;
     let mut stages: Vec<(String, f64)> = stage_sum
@@ -201,21 +213,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // the model alone at that floor does the same work, so the pipeline's overhead is measured
     // against it. The figure above stays torchvision's full output (every detection >= 0.05).
     let floor = base_config(&engine, args.backend, args.precision, args.threads).detection_floor();
-    let mut model_at_floor = || -> anyhow::Result<f64> {
+    let mut model_at_floor = || -> anyhow::Result<(f64, f64)> {
         model.set_min_score(floor);
-        let (_, _, t, n) = time_model(&mut model, timed, batch)?;
+        let t = time_model(&mut model, timed, batch)?;
         model.set_min_score(0.0);
-        let fps = n as f64 / t.as_secs_f64();
+        let fps = t.frames as f64 / t.model.as_secs_f64();
+        let cpu_ms = t.cpu.as_secs_f64() * 1e3 / t.frames.max(1) as f64;
         println!(
-            "model-only at the pipeline's detection floor ({floor}: no mask under it): {fps:.2} frames/s"
+            "model-only at the pipeline's detection floor ({floor}: no mask under it): {fps:.2} frames/s, {cpu_ms:.1} ms CPU a frame"
         );
-        Ok(fps)
+        Ok((fps, cpu_ms))
     };
     // Round by round: the model alone at the floor, then the pipeline runs, each against it.
     let mut rounds: Vec<Round> = Vec::new();
     if !args.model_only {
         for _ in 0..args.rounds.max(1) {
-            let floor_fps = model_at_floor()?;
+            let (floor_fps, floor_cpu_ms) = model_at_floor()?;
             let plain = run_pipeline(&args, &engine, batch, frames.len(), floor_fps, false)?;
             let encoded = if args.encode {
                 Some(run_pipeline(
@@ -231,6 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             rounds.push(Round {
                 floor_fps,
+                floor_cpu_ms,
                 plain,
                 encoded,
             });
@@ -283,6 +297,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model_fps,
             model_ms_per_frame: 1e3 / model_fps,
             model_fps_at_floor: floor_fps,
+            model_cpu_ms_at_floor: median(rounds.iter().map(|r| r.floor_cpu_ms)),
+            pipeline_cpu_ms: median(plain.iter().filter_map(|r| r.cpu_ms)),
+            encode_cpu_ms: median(encoded.iter().filter_map(|r| r.cpu_ms)),
             stages_ms: stages,
             peak_rss_mb: rss,
             pipeline_fps: median(plain.iter().map(|r| r.fps)),
@@ -301,23 +318,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What [`time_model`] measured: the first frame's stage sums per call, the drawing, the model's
+/// wall and process CPU time (drawing left out of both), and the frames.
+struct Timed {
+    stages: StageTimes,
+    overlay: Duration,
+    model: Duration,
+    cpu: Duration,
+    frames: usize,
+}
+
 /// Times the model over `timed` in batches of `batch`, and the compositor's drawing apart (and left
-/// out of the model's time) on a copy of each frame: (first-frame stage sums, drawing, model, frames).
-fn time_model(
-    model: &mut MaskRcnn,
-    timed: &[RgbFrame<'_>],
-    batch: usize,
-) -> anyhow::Result<(StageTimes, Duration, Duration, usize)> {
+/// out of the model's time) on a copy of each frame.
+fn time_model(model: &mut MaskRcnn, timed: &[RgbFrame<'_>], batch: usize) -> anyhow::Result<Timed> {
     let mut stage_sum = StageTimes::default();
     let compositor = Compositor::new(OverlayStyle::default());
     let threshold = InferenceConfig::default().score_threshold;
     let (mut overlay, mut canvas) = (Duration::ZERO, Vec::new());
-    let mut model_time = Duration::ZERO;
+    let (mut model_time, mut cpu) = (Duration::ZERO, Duration::ZERO);
     let mut n = 0usize;
     for chunk in timed.chunks(batch) {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu());
         let r = model.detect_batch(chunk)?;
         model_time += t.elapsed();
+        if let Some((after, before)) = process_cpu().zip(c) {
+            cpu += after.saturating_sub(before);
+        }
         if let Some(first) = r.first() {
             stage_sum += first.times;
         }
@@ -345,13 +371,21 @@ fn time_model(
         }
         n += chunk.len();
     }
-    Ok((stage_sum, overlay, model_time, n))
+    Ok(Timed {
+        stages: stage_sum,
+        overlay,
+        model: model_time,
+        cpu,
+        frames: n,
+    })
 }
 
 /// One round: the model alone at the pipeline's floor, then the pipeline (and with `--encode` the
 /// pipeline writing MP4), each against it.
 struct Round {
     floor_fps: f64,
+    /// Process CPU time a frame of the model alone at the floor (all threads).
+    floor_cpu_ms: f64,
     plain: PipelineRun,
     encoded: Option<PipelineRun>,
 }
@@ -375,6 +409,8 @@ struct PipelineRun {
     fps: f64,
     overhead: f64,
     whole_fps: f64,
+    /// Process CPU time a frame in steady state (every thread: decoding, inference, drawing, encoding).
+    cpu_ms: Option<f64>,
 }
 
 /// The full pipeline on the same video (decode → infer → null sink, or with `encode` → overlay → H.264
@@ -414,15 +450,19 @@ fn run_pipeline(
         .context("the pipeline ran too few frames for a steady-state figure")?;
     let fps = steady.fps();
     let overhead = model_fps / fps - 1.0;
+    let cpu_ms = steady
+        .cpu
+        .map(|c| c.as_secs_f64() * 1e3 / steady.frames.max(1) as f64);
     let what = if encode {
         "decode → infer → overlay → H.264 MP4 + JSON Lines"
     } else {
         "decode → infer → null sink: nothing shows pixels, so no drawing"
     };
     println!(
-        "full pipeline ({what}): {} frames, steady state {fps:.2} frames/s ({} frames after the warm-up), overhead vs model-only at its floor {:+.1}%; whole run {whole_fps:.2} frames/s ({:+.1}%)",
+        "full pipeline ({what}): {} frames, steady state {fps:.2} frames/s ({} frames after the warm-up, {:.1} ms CPU a frame), overhead vs model-only at its floor {:+.1}%; whole run {whole_fps:.2} frames/s ({:+.1}%)",
         summary.frames,
         steady.frames,
+        cpu_ms.unwrap_or(f64::NAN),
         overhead * 100.0,
         (model_fps / whole_fps - 1.0) * 100.0
     );
@@ -430,6 +470,7 @@ fn run_pipeline(
         fps,
         overhead,
         whole_fps,
+        cpu_ms,
     })
 }
 

@@ -45,8 +45,8 @@ pub(super) struct Composer<'a> {
     /// Frames whose completion starts the steady-state clock (the model's warm-up calls).
     warm_up: u64,
     /// When frame `warm_up` and the latest frame were done.
-    warm_at: Option<Instant>,
-    last_at: Option<Instant>,
+    warm_at: Option<(Instant, Option<Duration>)>,
+    last_at: Option<(Instant, Option<Duration>)>,
     pub errors: HashMap<usize, String>,
     observers: Observers,
 }
@@ -62,7 +62,8 @@ impl<'a> Composer<'a> {
         let frames = self.frames - self.warm_up;
         (frames > 0).then(|| Steady {
             frames,
-            elapsed: to - from,
+            elapsed: to.0 - from.0,
+            cpu: to.1.zip(from.1).map(|(b, a)| b.saturating_sub(a)),
         })
     }
 
@@ -151,7 +152,7 @@ impl<'a> Composer<'a> {
         }
         self.stages.record_batch(batch, sid);
         self.frames += 1;
-        let now = Instant::now();
+        let now = (Instant::now(), super::stats::process_cpu());
         if self.frames == self.warm_up {
             self.warm_at = Some(now);
         }

@@ -116,6 +116,20 @@ pub struct Summary {
 pub struct Steady {
     pub frames: u64,
     pub elapsed: Duration,
+    /// CPU time of the whole process (every thread: decoding, inference, encoding) over the same
+    /// span; unlike wall time it does not count what other work on the machine takes.
+    pub cpu: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far (all threads).
+pub fn process_cpu() -> Option<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Some(d(u.user_time()) + d(u.system_time()))
 }
 
 impl Steady {
