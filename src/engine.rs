@@ -242,8 +242,24 @@ pub struct MaskHeadGraph {
     pub sha256: String,
     pub input: String,
     pub mask_logits: String,
+    /// How the graph does the predictor's 2x upsampling (informational: same inputs and outputs).
+    #[serde(default)]
+    pub upsample: MaskUpsample,
     #[serde(default)]
     pub max_abs_diff_vs_torch: f64,
+}
+
+/// The mask predictor's 2x upsampling inside `mask_head.onnx`. Both compute torchvision's sums; engines
+/// without the key hold torchvision's ConvTranspose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskUpsample {
+    /// torchvision's 2x2 stride-2 ConvTranspose (ONNX Runtime runs it in float even in an INT8 graph).
+    #[default]
+    Deconv,
+    /// The same weights as 1x1 convolutions to four sub-pixel channel groups, then laid out on the
+    /// 2x grid (`export.py --mask-upsample subpixel`): quantizable, ~3x faster in the INT8 graph.
+    Subpixel,
 }
 
 /// A validated engine package on disk.
@@ -689,6 +705,30 @@ mod tests {
         assert_eq!(m.graphs.backbone.feature_layout.channel_axis(), 3);
         let err = with("chw").unwrap_err().to_string();
         assert!(err.contains("feature_layout"), "{err}");
+    }
+
+    #[test]
+    fn mask_upsample_defaults_to_torchvisions_deconv_and_is_checked() {
+        let base: String = bundled()
+            .lines()
+            .filter(|l| !l.starts_with("upsample"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with = |how: &str| {
+            let text = base.replace(
+                "[graphs.mask_head]\n",
+                &format!("[graphs.mask_head]\nupsample = \"{how}\"\n"),
+            );
+            Manifest::parse(&text, Path::new("m.toml"))
+        };
+        let m = Manifest::parse(&base, Path::new("m.toml")).unwrap();
+        assert_eq!(m.graphs.mask_head.upsample, MaskUpsample::Deconv);
+        assert_eq!(
+            with("subpixel").unwrap().graphs.mask_head.upsample,
+            MaskUpsample::Subpixel
+        );
+        let err = with("bilinear").unwrap_err().to_string();
+        assert!(err.contains("upsample"), "{err}");
     }
 
     #[test]

@@ -65,13 +65,47 @@ class BoxHeadGraph(nn.Module):
         return self.predictor(self.head(x))
 
 
-class MaskHeadGraph(nn.Module):
-    """pooled [N,C,14,14] -> mask_logits [N,K,28,28]."""
+class SubpixelMaskPredictor(nn.Module):
+    """torchvision's MaskRCNNPredictor (2x2 stride-2 ConvTranspose -> ReLU -> 1x1 logits) as the same sums
+    in operators ONNX Runtime runs fast. A 2x2/2 transposed convolution is one 1x1 convolution to 4 sub-pixel
+    groups of channels, (a, b, out) order; ReLU and the 1x1 logits act per pixel, so they run on each group
+    before the groups are laid out on the 28x28 grid (a grouped 1x1 convolution, then a reshape of only K
+    channels). ONNX Runtime has no integer ConvTranspose: in the INT8 graph it ran in float and took ~40% of
+    the mask head; the 1x1 convolutions here are quantized like the rest. Outputs equal torchvision's to
+    float rounding (check_graph compares against the torchvision module). model.py reads the weights back."""
 
-    def __init__(self, model):
+    def __init__(self, predictor):
+        super().__init__()
+        deconv, logits = predictor.conv5_mask, predictor.mask_fcn_logits
+        if (tuple(deconv.kernel_size), tuple(deconv.stride), tuple(deconv.padding), tuple(deconv.output_padding),
+                deconv.groups, tuple(deconv.dilation)) != ((2, 2), (2, 2), (0, 0), (0, 0), 1, (1, 1)):
+            raise ValueError(f"mask predictor: {deconv} is not the 2x2 stride-2 ConvTranspose this rewrite assumes")
+        cin, cout = deconv.weight.shape[:2]
+        self.classes = logits.out_channels
+        self.up = nn.Conv2d(cin, 4 * cout, 1)
+        self.logits = nn.Conv2d(4 * cout, 4 * self.classes, 1, groups=4)
+        with torch.no_grad():
+            # up.weight[(2a + b) * cout + o, c] = deconv.weight[c, o, a, b]
+            self.up.weight.copy_(deconv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin, 1, 1))
+            self.up.bias.copy_(deconv.bias.repeat(4))
+            self.logits.weight.copy_(logits.weight.repeat(4, 1, 1, 1))
+            self.logits.bias.copy_(logits.bias.repeat(4))
+
+    def forward(self, x):
+        y = self.logits(torch.relu(self.up(x)))  # [N, (a, b, k), h, w]
+        n, _, h, w = y.shape
+        return y.view(n, 2, 2, self.classes, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, self.classes, 2 * h, 2 * w)
+
+
+class MaskHeadGraph(nn.Module):
+    """pooled [N,C,14,14] -> mask_logits [N,K,28,28]; upsample "subpixel" (SubpixelMaskPredictor) or
+    "deconv" (torchvision's predictor as it is)."""
+
+    def __init__(self, model, upsample: str = "deconv"):
         super().__init__()
         self.head = model.roi_heads.mask_head
-        self.predictor = model.roi_heads.mask_predictor
+        predictor = model.roi_heads.mask_predictor
+        self.predictor = SubpixelMaskPredictor(predictor) if upsample == "subpixel" else predictor
 
     def forward(self, x):
         return self.predictor(self.head(x))
@@ -190,6 +224,9 @@ def main():
     ap.add_argument("--num-classes", type=int, default=91)
     ap.add_argument("--feature-layout", choices=["nhwc", "nchw"], default="nhwc",
                     help="layout of the backbone's P2..P6 outputs (nhwc: what ROIAlign reads, no transpose)")
+    ap.add_argument("--mask-upsample", choices=["subpixel", "deconv"], default="subpixel",
+                    help="the mask predictor's 2x upsampling: subpixel (1x1 convolutions, quantizable; the same "
+                         "sums) or deconv (torchvision's ConvTranspose as it is)")
     ap.add_argument("--classes", help="class names, one per line (background first or left out)")
     ap.add_argument("--name")
     ap.add_argument("--out", required=True)
@@ -244,12 +281,20 @@ def main():
                                                   "box_deltas": {0: "rois"}})
     graphs["box_head"] = check_graph(box, box_path, [torch.randn(n, fpn_channels, res, res) for n in (1, 37)],
                                      args.tolerance)
-    mask = MaskHeadGraph(model).eval()
+    mask = MaskHeadGraph(model, args.mask_upsample).eval()
     mask_path = os.path.join(args.out, "mask_head.onnx")
     export_graph(mask, (torch.randn(3, fpn_channels, mres, mres),), mask_path, ["mask_features"],
                  ["mask_logits"], {"mask_features": {0: "rois"}, "mask_logits": {0: "rois"}})
-    graphs["mask_head"] = check_graph(mask, mask_path, [torch.randn(n, fpn_channels, mres, mres) for n in (1, 9)],
-                                      args.tolerance)
+    if args.mask_upsample == "subpixel":  # model.load_shapes_from_engine reads torchvision's weights back
+        from model import _deconv_from_subpixel
+
+        back = _deconv_from_subpixel({f"predictor.{k}": v for k, v in mask.predictor.state_dict().items()})
+        for k, v in model.roi_heads.mask_predictor.state_dict().items():
+            if not torch.equal(back[f"predictor.{k}"], v):
+                sys.exit(f"mask head: predictor.{k} does not read back from the subpixel graph's weights")
+    # checked against torchvision's own mask head, whichever way the graph upsamples
+    graphs["mask_head"] = check_graph(MaskHeadGraph(model).eval(), mask_path,
+                                      [torch.randn(n, fpn_channels, mres, mres) for n in (1, 9)], args.tolerance)
     num_classes = heads.box_predictor.cls_score.out_features
     if len(classes) != num_classes:
         classes = class_names(args, num_classes)
@@ -293,7 +338,8 @@ def main():
                          "class_logits": "class_logits", "box_deltas": "box_deltas",
                          "max_abs_diff_vs_torch": graphs["box_head"]},
             "mask_head": {"file": "mask_head.onnx", "sha256": sha256(mask_path), "input": "mask_features",
-                          "mask_logits": "mask_logits", "max_abs_diff_vs_torch": graphs["mask_head"]},
+                          "mask_logits": "mask_logits", "upsample": args.mask_upsample,
+                          "max_abs_diff_vs_torch": graphs["mask_head"]},
         },
     }
     assert math.isclose(doc["rpn"]["bbox_xform_clip"], math.log(1000.0 / 16))

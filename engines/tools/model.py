@@ -130,6 +130,24 @@ _GRAPH_PREFIXES = {
 }
 
 
+def _deconv_from_subpixel(inits: dict) -> dict:
+    """A mask head exported with --mask-upsample subpixel (export.SubpixelMaskPredictor) holds the
+    ConvTranspose as a 1x1 convolution to 4 sub-pixel groups and the logits repeated per group: the
+    predictor's own weights back. Other graphs pass through."""
+    if "predictor.up.weight" not in inits:
+        return inits
+    out = {k: v for k, v in inits.items() if not k.startswith(("predictor.up.", "predictor.logits."))}
+    up, up_bias = inits["predictor.up.weight"], inits["predictor.up.bias"]
+    cout, cin = up.shape[0] // 4, up.shape[1]
+    classes = inits["predictor.logits.weight"].shape[0] // 4
+    # up.weight[(2a + b) * cout + o, c] = conv5_mask.weight[c, o, a, b]
+    out["predictor.conv5_mask.weight"] = up.reshape(2, 2, cout, cin).permute(3, 2, 0, 1).contiguous()
+    out["predictor.conv5_mask.bias"] = up_bias[:cout].clone()
+    out["predictor.mask_fcn_logits.weight"] = inits["predictor.logits.weight"][:classes].clone()
+    out["predictor.mask_fcn_logits.bias"] = inits["predictor.logits.bias"][:classes].clone()
+    return out
+
+
 def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     """The bundled engine's own weights (BN folded at export) in an eval-mode torchvision model: the
     same weights as the checkpoint it was exported from, for a clone that does not have that file
@@ -143,14 +161,17 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     state = model.state_dict()
     loaded = set()
     for file, prefixes in _GRAPH_PREFIXES.items():
-        for init in onnx.load(os.path.join(engine_dir, file)).graph.initializer:
-            src = next((p for p in prefixes if init.name.startswith(p)), None)
+        inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+                 for i in onnx.load(os.path.join(engine_dir, file)).graph.initializer}
+        if file == "mask_head.onnx":
+            inits = _deconv_from_subpixel(inits)
+        for init_name, value in inits.items():
+            src = next((p for p in prefixes if init_name.startswith(p)), None)
             if src is None:
-                raise ValueError(f"{file}: initializer {init.name} belongs to no known module")
-            name = prefixes[src] + init.name[len(src):]
-            value = torch.from_numpy(numpy_helper.to_array(init).copy())
+                raise ValueError(f"{file}: initializer {init_name} belongs to no known module")
+            name = prefixes[src] + init_name[len(src):]
             if name not in state or state[name].shape != value.shape:
-                raise ValueError(f"{file}: {init.name} ({tuple(value.shape)}) does not fit {name}")
+                raise ValueError(f"{file}: {init_name} ({tuple(value.shape)}) does not fit {name}")
             state[name] = value
             loaded.add(name)
     missing = sorted(set(state) - loaded)

@@ -11,7 +11,7 @@ use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
 use maskstream::pipeline::config::{InferenceConfig, SourceConfig, SourceKind};
 use maskstream::pipeline::source::{self, SourceEvent};
 use maskstream::pipeline::stats::process_cpu;
-use maskstream::pipeline::{self, RunContext};
+use maskstream::pipeline::{self, RunContext, WARM_UP_CALLS};
 use maskstream::{BackendKind, BackendOptions, Detection, MaskRcnn, RgbFrame, StageTimes};
 use serde::Serialize;
 
@@ -157,7 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = args.streams.iter().find(|&&n| n == 0 || n > 64) {
         bail!("--streams: {n} is outside 1..64");
     }
-    let frames = decode_frames(&args.video, args.frames + 3 * batch)?;
+    // the same warm-up as the pipeline's steady state leaves out, so the two figures compare
+    let warm_up = WARM_UP_CALLS as usize * batch;
+    let frames = decode_frames(&args.video, args.frames + warm_up)?;
     let opts = BackendOptions {
         kind: args.backend,
         threads: args.threads,
@@ -172,10 +174,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|(w, h, d)| RgbFrame::new(*w, *h, w * 3, d))
         .collect::<Result<_, _>>()?;
-    for chunk in views[..3 * batch.min(views.len() / 3).max(1)].chunks(batch) {
+    let warm_up = warm_up.min(views.len().saturating_sub(1));
+    for chunk in views[..warm_up].chunks(batch) {
         model.detect_batch(chunk)?;
     }
-    let timed = &views[(3 * batch).min(views.len() - 1)..];
+    let timed = &views[warm_up..];
     let Timed {
         stages: stage_sum,
         overlay,

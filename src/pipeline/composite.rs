@@ -52,7 +52,7 @@ pub(super) struct Composer<'a> {
 }
 
 /// Model calls left out of the steady-state figure: the first ones pay ONNX Runtime's allocations
-/// (`bench` leaves out as many from the model-only figure).
+/// (`bench` leaves out the same calls from its model-only figure).
 pub const WARM_UP_CALLS: u64 = 3;
 
 impl<'a> Composer<'a> {

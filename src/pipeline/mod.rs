@@ -28,6 +28,7 @@ use gstreamer as gst;
 use crate::backend::BackendOptions;
 use crate::error::{Error, Result};
 use crate::model::MaskRcnn;
+pub use composite::WARM_UP_CALLS;
 use composite::{Composer, SourceInfo};
 use config::{expand, PipelineConfig, SourceKind};
 use infer::Work;
