@@ -684,50 +684,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn feature_layout_defaults_to_channels_first_and_is_checked() {
-        let base: String = bundled()
+    /// The bundled manifest with `key` of `[section]` left out (`None`) or set to the string `value`.
+    fn bundled_with(section: &str, key: &str, value: Option<&str>) -> Result<Manifest> {
+        let text: String = bundled()
             .lines()
-            .filter(|l| !l.starts_with("feature_layout"))
+            .filter(|l| !l.starts_with(&format!("{key} =")))
             .map(|l| format!("{l}\n"))
             .collect();
-        let with = |layout: &str| {
-            let text = base.replace(
-                "[graphs.backbone]\n",
-                &format!("[graphs.backbone]\nfeature_layout = \"{layout}\"\n"),
-            );
-            Manifest::parse(&text, Path::new("m.toml"))
+        let header = format!("[{section}]\n");
+        let text = match value {
+            Some(v) => text.replace(&header, &format!("{header}{key} = \"{v}\"\n")),
+            None => text,
         };
-        let m = Manifest::parse(&base, Path::new("m.toml")).unwrap();
+        Manifest::parse(&text, Path::new("m.toml"))
+    }
+
+    #[test]
+    fn feature_layout_defaults_to_channels_first_and_is_checked() {
+        let with = |v| bundled_with("graphs.backbone", "feature_layout", v);
+        let m = with(None).unwrap();
         assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nchw);
-        let m = with("nhwc").unwrap();
+        let m = with(Some("nhwc")).unwrap();
         assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nhwc);
         assert_eq!(m.graphs.backbone.feature_layout.channel_axis(), 3);
-        let err = with("chw").unwrap_err().to_string();
+        let err = with(Some("chw")).unwrap_err().to_string();
         assert!(err.contains("feature_layout"), "{err}");
     }
 
     #[test]
     fn mask_upsample_defaults_to_torchvisions_deconv_and_is_checked() {
-        let base: String = bundled()
-            .lines()
-            .filter(|l| !l.starts_with("upsample"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let with = |how: &str| {
-            let text = base.replace(
-                "[graphs.mask_head]\n",
-                &format!("[graphs.mask_head]\nupsample = \"{how}\"\n"),
-            );
-            Manifest::parse(&text, Path::new("m.toml"))
-        };
-        let m = Manifest::parse(&base, Path::new("m.toml")).unwrap();
-        assert_eq!(m.graphs.mask_head.upsample, MaskUpsample::Deconv);
+        let with = |v| bundled_with("graphs.mask_head", "upsample", v);
         assert_eq!(
-            with("subpixel").unwrap().graphs.mask_head.upsample,
+            with(None).unwrap().graphs.mask_head.upsample,
+            MaskUpsample::Deconv
+        );
+        assert_eq!(
+            with(Some("subpixel")).unwrap().graphs.mask_head.upsample,
             MaskUpsample::Subpixel
         );
-        let err = with("bilinear").unwrap_err().to_string();
+        let err = with(Some("bilinear")).unwrap_err().to_string();
         assert!(err.contains("upsample"), "{err}");
     }
 
