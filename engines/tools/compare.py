@@ -68,6 +68,17 @@ def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool, pre
         return json.load(open(f.name))
 
 
+def maskstream_streams(engine: str, threads: int, counts: str, secs: int) -> dict:
+    """`bench --streams`: N live test cameras (15 frames/s each) through the full pipeline with tracking,
+    with cross-stream batching (up to N frames a model call) and without."""
+    exe = os.path.join(ROOT, "target", "release", "maskstream")
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([exe, "bench", "--engine", engine, "--frames", "30", "--threads", str(threads),
+                        "--backend", "cpu", "--precision", "int8", "--model-only", "--streams", counts,
+                        "--stream-secs", str(secs), "--json", f.name], cwd=ROOT, check=True)
+        return json.load(open(f.name))
+
+
 def whole_graph_fps(model, frames, threads: int, warmup: int = 3) -> tuple[float, str]:
     """torchvision's own ONNX export of the whole model (one graph: ROIAlign levels merged with
     ScatterElements, masks pasted in a loop), run by onnxruntime; its detections checked against eager."""
@@ -243,6 +254,8 @@ def main():
                     help="frames of each pipeline run (the demo has 300)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of (model at the floor, pipeline, pipeline + MP4); overheads are medians")
+    ap.add_argument("--streams", default="1,2,4", help="live test cameras at once (bench --streams)")
+    ap.add_argument("--stream-secs", type=int, default=20, help="seconds of each camera in those runs")
     ap.add_argument("--r50", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
@@ -258,6 +271,7 @@ def main():
     # the pipeline's overheads: longer runs, in rounds (each against the model measured just before)
     pl32 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "fp32", args.rounds)
     pl8 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "int8", args.rounds)
+    multi = maskstream_streams(engine, args.threads, args.streams, args.stream_secs)
     roi = roi_align_bench(args.threads)
     # torchvision eager on the weights the engine was exported from (the training checkpoint where it
     # exists, else the same weights read back from the committed ONNX graphs)
@@ -304,6 +318,7 @@ def main():
     lines = ["# Benchmarks", "",
              f"Regenerate: `engines/tools/.venv/bin/python engines/tools/compare.py --threads {args.threads}"
              f" --frames {args.frames} --pipeline-frames {args.pipeline_frames} --rounds {args.rounds}"
+             f" --streams {args.streams} --stream-secs {args.stream_secs}"
              f"{' --r50' if args.r50 else ''}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"{args.threads} threads for every side; date {datetime.date.today()}; torch {torch.__version__}; "
@@ -344,6 +359,17 @@ def main():
               "0.1), which nothing downstream reads; its overheads are against the model alone at that floor, "
               "the same work. The model-only column is torchvision's full output (every detection >= 0.05), "
               "as compared with the peers above."]
+    lines += ["", "## Many streams on one box (INT8, full pipeline)", "",
+              f"`maskstream bench --streams {args.streams} --stream-secs {args.stream_secs}`: N live test cameras "
+              "(GStreamer's videotestsrc ball pattern, 640x360, 15 frames/s each) at once, decode -> inference -> tracking -> "
+              "null sink, each N with cross-stream batching (up to N frames a model call) and without. Frames "
+              "the model cannot keep up with are dropped at the source (live sources do not wait); latency is "
+              f"from decoded frame to its outputs. Model alone in that run: {multi['model_fps']:.1f} frames/s.", "",
+              "| streams | max_batch | frames/s, all streams | dropped | latency p50 ms | latency p99 ms "
+              "| frames a model call |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['streams']} | {r['max_batch']} | {r['fps']:.2f} | {r['dropped_pct']:.0f}% | "
+              f"{r['latency_p50_ms']:.1f} | {r['latency_p99_ms']:.1f} | {r['mean_batch']:.2f} |"
+              for r in multi["streams"]]
     used32 = gflop * ms32["model_fps"]
     used8 = gflop * ms8["model_fps"]
     lines += ["", "## The machine's limit", "",
