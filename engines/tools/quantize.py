@@ -32,7 +32,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from export import BackboneGraph, export_graph, sha256  # noqa: E402
+from export import BackboneGraph, export_graph, sha256, upsample_by_two  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
 
@@ -136,7 +136,8 @@ def space_to_depth_backbone(engine: str, dst: str) -> bool:
     g = m["graphs"]["backbone"]
     outs = g["features"] + g["objectness"] + g["deltas"]
     probe = torch.rand(1, 3, 320, 576) * 2 - 1
-    export_graph(BackboneGraph(model, g.get("feature_layout", "nchw")).eval(), (probe,), dst, [g["input"]], outs,
+    bb = BackboneGraph(model, g.get("feature_layout", "nchw"), upsample_by_two(model, m["transform"]["size_divisible"]))
+    export_graph(bb.eval(), (probe,), dst, [g["input"]], outs,
                  {g["input"]: {0: "batch", 2: "height", 3: "width"},
                   **{o: {0: "batch", 2: f"h_{o}", 3: f"w_{o}"} for o in outs}})
     a, b = session(os.path.join(engine, g["file"]), 1), session(dst, 1)
