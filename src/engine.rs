@@ -196,6 +196,11 @@ pub struct BackboneGraph {
     pub feature_layout: FeatureLayout,
     pub objectness: Vec<String>,
     pub deltas: Vec<String>,
+    /// Memory layout of the RPN head's outputs: [N, A, h, w] and [N, 4A, h, w] (torchvision's), or
+    /// [N, h, w, A] and [N, h, w, 4A], the order torchvision flattens them in (no transpose on either
+    /// side). Engines without the key are channels-first.
+    #[serde(default)]
+    pub rpn_layout: FeatureLayout,
     #[serde(default)]
     pub max_abs_diff_vs_torch: f64,
 }
@@ -709,6 +714,21 @@ mod tests {
         assert_eq!(m.graphs.backbone.feature_layout.channel_axis(), 3);
         let err = with(Some("chw")).unwrap_err().to_string();
         assert!(err.contains("feature_layout"), "{err}");
+    }
+
+    #[test]
+    fn rpn_layout_defaults_to_channels_first_and_is_checked() {
+        let with = |v| bundled_with("graphs.backbone", "rpn_layout", v);
+        assert_eq!(
+            with(None).unwrap().graphs.backbone.rpn_layout,
+            FeatureLayout::Nchw
+        );
+        assert_eq!(
+            with(Some("nhwc")).unwrap().graphs.backbone.rpn_layout,
+            FeatureLayout::Nhwc
+        );
+        let err = with(Some("hwc")).unwrap_err().to_string();
+        assert!(err.contains("rpn_layout"), "{err}");
     }
 
     #[test]

@@ -136,7 +136,8 @@ def space_to_depth_backbone(engine: str, dst: str) -> bool:
     g = m["graphs"]["backbone"]
     outs = g["features"] + g["objectness"] + g["deltas"]
     probe = torch.rand(1, 3, 320, 576) * 2 - 1
-    bb = BackboneGraph(model, g.get("feature_layout", "nchw"), upsample_by_two(model, m["transform"]["size_divisible"]))
+    bb = BackboneGraph(model, g.get("feature_layout", "nchw"), upsample_by_two(model, m["transform"]["size_divisible"]),
+                       g.get("rpn_layout", "nchw"))
     export_graph(bb.eval(), (probe,), dst, [g["input"]], outs,
                  {g["input"]: {0: "batch", 2: "height", 3: "width"},
                   **{o: {0: "batch", 2: f"h_{o}", 3: f"w_{o}"} for o in outs}})

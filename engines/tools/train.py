@@ -106,9 +106,11 @@ def check_against_engine(model, engine_dir: str, world: str) -> float:
     f = SHAPES_CONFIG["fpn"]
     g = torch.Generator().manual_seed(0)
     with open(os.path.join(engine_dir, "manifest.toml"), "rb") as fh:
-        layout = tomllib.load(fh)["graphs"]["backbone"].get("feature_layout", "nchw")
+        bb = tomllib.load(fh)["graphs"]["backbone"]
+    layout, rpn_layout = bb.get("feature_layout", "nchw"), bb.get("rpn_layout", "nchw")
     worst = max(
-        check_graph(BackboneGraph(model, layout), os.path.join(engine_dir, "backbone.onnx"), [x], 1e-4),
+        check_graph(BackboneGraph(model, layout, rpn_layout=rpn_layout), os.path.join(engine_dir, "backbone.onnx"),
+                    [x], 1e-4),
         check_graph(BoxHeadGraph(model), os.path.join(engine_dir, "box_head.onnx"),
                     [torch.rand(16, f, 7, 7, generator=g)], 1e-4),
         check_graph(MaskHeadGraph(model), os.path.join(engine_dir, "mask_head.onnx"),

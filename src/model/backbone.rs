@@ -17,10 +17,11 @@ pub struct Level<'a> {
     /// FPN output, [N, C, h, w] or [N, h, w, C] as `layout` says.
     pub features: &'a [f32],
     pub layout: FeatureLayout,
-    /// RPN objectness logits [N, A, h, w].
+    /// RPN objectness logits [N, A, h, w] or [N, h, w, A] as `rpn_layout` says.
     pub objectness: &'a [f32],
-    /// RPN box deltas [N, 4A, h, w].
+    /// RPN box deltas [N, 4A, h, w] or [N, h, w, 4A].
     pub deltas: &'a [f32],
+    pub rpn_layout: FeatureLayout,
     pub channels: usize,
     pub height: usize,
     pub width: usize,
@@ -53,13 +54,18 @@ impl<'a> Features<'a> {
                 FeatureLayout::Nhwc => (shape[3], shape[1], shape[2]),
             };
             let (fh, fw) = (fh as i64, fw as i64);
-            let (_, objectness) = graph::output(outputs, &g.file, obj, &[n, a as i64, fh, fw])?;
-            let (_, deltas) = graph::output(outputs, &g.file, del, &[n, 4 * a as i64, fh, fw])?;
+            let per_location = |k: i64| match g.rpn_layout {
+                FeatureLayout::Nchw => [n, k, fh, fw],
+                FeatureLayout::Nhwc => [n, fh, fw, k],
+            };
+            let (_, objectness) = graph::output(outputs, &g.file, obj, &per_location(a as i64))?;
+            let (_, deltas) = graph::output(outputs, &g.file, del, &per_location(4 * a as i64))?;
             levels.push(Level {
                 features,
                 layout,
                 objectness,
                 deltas,
+                rpn_layout: g.rpn_layout,
                 channels,
                 height: fh as usize,
                 width: fw as usize,
@@ -87,6 +93,7 @@ impl<'a> Features<'a> {
                 LevelHead {
                     objectness: &l.objectness[i * a * hw..(i + 1) * a * hw],
                     deltas: &l.deltas[i * 4 * a * hw..(i + 1) * 4 * a * hw],
+                    layout: l.rpn_layout,
                     height: l.height,
                     width: l.width,
                     anchors_per_location: a,

@@ -188,7 +188,7 @@ impl MaskRcnn {
         let images = t.time(Stage::Preprocess, || {
             preprocessor.batch(frames, &m.transform)
         });
-        // → per level: features [N, C, h, w], objectness [N, A, h, w], deltas [N, 4A, h, w]
+        // → per level: features, objectness and deltas (layouts as the manifest says)
         let outputs = t.time(Stage::Backbone, || backbone.forward(&images))?;
         let features = t.time(Stage::Backbone, || {
             Features::read(&outputs, m, frames.len())

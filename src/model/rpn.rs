@@ -2,21 +2,53 @@
 //! per level top-n by objectness logit, decode against anchors, clip, drop tiny and low-score boxes,
 //! NMS per level, keep the best post_nms_top_n overall.
 
-use crate::engine::Rpn as RpnConfig;
+use crate::engine::{FeatureLayout, Rpn as RpnConfig};
 
 use super::anchors::AnchorGenerator;
 use super::backbone::Features;
 use super::boxes::{self, BoxF, Candidates};
 use super::preprocess::Preprocessed;
 
-/// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW slices).
+/// RPN head output of one image on one level: objectness [A, h, w] and deltas [A*4, h, w] (NCHW
+/// slices), or [h, w, A] and [h, w, A*4] (channels-last: torchvision's own flattening order).
 #[derive(Debug, Clone, Copy)]
 pub struct LevelHead<'a> {
     pub objectness: &'a [f32],
     pub deltas: &'a [f32],
+    pub layout: FeatureLayout,
     pub height: usize,
     pub width: usize,
     pub anchors_per_location: usize,
+}
+
+impl LevelHead<'_> {
+    /// Logit of flattened index i = (y * w + x) * A + anchor, torchvision's order.
+    #[inline]
+    fn logit(&self, i: usize) -> f32 {
+        match self.layout {
+            FeatureLayout::Nhwc => self.objectness[i],
+            FeatureLayout::Nchw => {
+                let a = self.anchors_per_location;
+                self.objectness[(i % a) * self.height * self.width + i / a]
+            }
+        }
+    }
+
+    /// The four box deltas of flattened index i.
+    #[inline]
+    fn delta(&self, i: usize) -> [f32; 4] {
+        match self.layout {
+            FeatureLayout::Nhwc => {
+                let d = &self.deltas[4 * i..4 * i + 4];
+                [d[0], d[1], d[2], d[3]]
+            }
+            FeatureLayout::Nchw => {
+                let (a, hw) = (self.anchors_per_location, self.height * self.width);
+                let (anchor, loc) = (i % a, i / a);
+                std::array::from_fn(|k| self.deltas[(anchor * 4 + k) * hw + loc])
+            }
+        }
+    }
 }
 
 /// Proposals of one image, best first, in resized-image pixels.
@@ -80,15 +112,18 @@ pub fn propose(
     s.candidates.clear();
     let (img_h, img_w) = (image.0 as f32, image.1 as f32);
     for (level, (head, anchors)) in heads.iter().zip(anchors).enumerate() {
-        let a = head.anchors_per_location;
-        let hw = head.height * head.width;
-        let n = hw * a;
+        let n = head.height * head.width * head.anchors_per_location;
         // flattened index i = (y * w + x) * A + anchor, as torchvision's permute to (N, H, W, A);
-        // gathered once so the selection compares plain loads
-        s.logits.clear();
-        s.logits
-            .extend((0..n).map(|i| head.objectness[(i % a) * hw + i / a]));
-        let logits = &s.logits;
+        // channels-last heads are in that order already, others are gathered once so the selection
+        // compares plain loads
+        let logits: &[f32] = match head.layout {
+            FeatureLayout::Nhwc => &head.objectness[..n],
+            FeatureLayout::Nchw => {
+                s.logits.clear();
+                s.logits.extend((0..n).map(|i| head.logit(i)));
+                &s.logits
+            }
+        };
         let k = cfg.pre_nms_top_n.min(n);
         s.order.clear();
         s.order.extend(0..n as u32);
@@ -102,13 +137,7 @@ pub fn propose(
             .sort_unstable_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         for &i in &s.order {
             let i = i as usize;
-            let (anchor, loc) = (i % a, i / a);
-            let d = [
-                head.deltas[(anchor * 4) * hw + loc],
-                head.deltas[(anchor * 4 + 1) * hw + loc],
-                head.deltas[(anchor * 4 + 2) * hw + loc],
-                head.deltas[(anchor * 4 + 3) * hw + loc],
-            ];
+            let d = head.delta(i);
             let mut b = boxes::decode(&anchors[i], &d, &cfg.box_coder_weights, cfg.bbox_xform_clip);
             boxes::clip(&mut b, img_h, img_w);
             let score = sigmoid(logits[i]);
@@ -149,6 +178,7 @@ mod tests {
         let head = LevelHead {
             objectness,
             deltas: &deltas,
+            layout: FeatureLayout::Nchw,
             height: 1,
             width: objectness.len(),
             anchors_per_location: 1,
@@ -178,6 +208,64 @@ mod tests {
             vec![[1.0, 0.0, 11.0, 10.0], [50.0, 0.0, 60.0, 10.0]]
         );
         assert!((p.scores[0] - sigmoid(2.0)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn channels_last_heads_give_the_same_proposals() {
+        // a 3x4 grid, 3 anchors per location, varied logits and deltas, laid out both ways
+        let (h, w, a) = (3usize, 4usize, 3usize);
+        let n = h * w * a;
+        let anchors = vec![(0..n)
+            .map(|i| {
+                let (loc, k) = (i / a, i % a);
+                let (y, x) = ((loc / w) as f32 * 8.0, (loc % w) as f32 * 8.0);
+                let s = 6.0 + 4.0 * k as f32;
+                [x, y, x + s, y + s]
+            })
+            .collect::<Vec<BoxF>>()];
+        // values by torchvision's flattened index i = (y * w + x) * A + anchor
+        let logit = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 4.0;
+        let delta = |i: usize, k: usize| ((i * 13 + k * 7) % 11) as f32 / 20.0 - 0.25;
+        let nhwc_obj: Vec<f32> = (0..n).map(logit).collect();
+        let nhwc_del: Vec<f32> = (0..4 * n).map(|j| delta(j / 4, j % 4)).collect();
+        let mut nchw_obj = vec![0.0; n];
+        let mut nchw_del = vec![0.0; 4 * n];
+        for i in 0..n {
+            let (loc, k) = (i / a, i % a);
+            nchw_obj[k * h * w + loc] = logit(i);
+            for c in 0..4 {
+                nchw_del[(k * 4 + c) * h * w + loc] = delta(i, c);
+            }
+        }
+        let cfg = RpnConfig {
+            pre_nms_top_n: 20,
+            ..cfg()
+        };
+        let run = |objectness: &[f32], deltas: &[f32], layout| {
+            let head = LevelHead {
+                objectness,
+                deltas,
+                layout,
+                height: h,
+                width: w,
+                anchors_per_location: a,
+            };
+            propose(
+                &[head],
+                &anchors,
+                (40, 40),
+                &cfg,
+                &mut ProposalScratch::default(),
+            )
+        };
+        let first = run(&nchw_obj, &nchw_del, FeatureLayout::Nchw);
+        let last = run(&nhwc_obj, &nhwc_del, FeatureLayout::Nhwc);
+        assert!(first.boxes.len() > 3, "{first:?}");
+        assert_eq!(first.boxes, last.boxes);
+        assert_eq!(first.scores, last.scores);
+        // and the layouts are not interchangeable
+        let wrong = run(&nhwc_obj, &nhwc_del, FeatureLayout::Nchw);
+        assert_ne!(first.boxes, wrong.boxes);
     }
 
     #[test]
