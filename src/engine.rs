@@ -174,6 +174,22 @@ pub struct MaskSection {
     pub threshold: f32,
     pub resolution: usize,
     pub paste_padding: usize,
+    /// How a mask is mapped back onto its box; engines without the key paste as torchvision does.
+    #[serde(default)]
+    pub paste: PasteMode,
+}
+
+/// The geometry of the paste. torchvision's truncates the box to whole pixels and resizes the mask to
+/// the box size + 1, so every mask comes out about a pixel wider and taller than its box (most of it on
+/// the right and bottom); models exported from torchvision checkpoints keep it, as their users'
+/// results do. `exact` samples the mask at each pixel's centre with the box in real coordinates
+/// (Detectron2's paste): the mask covers its box, no more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasteMode {
+    #[default]
+    Torchvision,
+    Exact,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -523,6 +539,12 @@ impl Manifest {
                 );
             }
         }
+        if !(self.mask.threshold > 0.0 && self.mask.threshold < 1.0) {
+            return bad(
+                "mask.threshold",
+                format!("{} is not a probability in (0, 1)", self.mask.threshold),
+            );
+        }
         if self.mask.resolution != 2 * self.mask_roi_pool.output_size {
             return bad(
                 "mask.resolution",
@@ -704,46 +726,78 @@ mod tests {
         Manifest::parse(&text, Path::new("m.toml"))
     }
 
-    #[test]
-    fn feature_layout_defaults_to_channels_first_and_is_checked() {
-        let with = |v| bundled_with("graphs.backbone", "feature_layout", v);
-        let m = with(None).unwrap();
-        assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nchw);
-        let m = with(Some("nhwc")).unwrap();
-        assert_eq!(m.graphs.backbone.feature_layout, FeatureLayout::Nhwc);
-        assert_eq!(m.graphs.backbone.feature_layout.channel_axis(), 3);
-        let err = with(Some("chw")).unwrap_err().to_string();
-        assert!(err.contains("feature_layout"), "{err}");
+    /// An optional enum key of the manifest: absent it is `default`, each of `values` parses, and an
+    /// unknown value is refused naming the key.
+    fn check_enum_key<T: PartialEq + std::fmt::Debug>(
+        (section, key): (&str, &str),
+        get: impl Fn(&Manifest) -> T,
+        default: T,
+        values: &[(&str, T)],
+        unknown: &str,
+    ) {
+        assert_eq!(get(&bundled_with(section, key, None).unwrap()), default);
+        for (v, want) in values {
+            assert_eq!(&get(&bundled_with(section, key, Some(v)).unwrap()), want);
+        }
+        let err = bundled_with(section, key, Some(unknown)).unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
     }
 
     #[test]
-    fn rpn_layout_defaults_to_channels_first_and_is_checked() {
-        let with = |v| bundled_with("graphs.backbone", "rpn_layout", v);
-        assert_eq!(
-            with(None).unwrap().graphs.backbone.rpn_layout,
-            FeatureLayout::Nchw
-        );
-        assert_eq!(
-            with(Some("nhwc")).unwrap().graphs.backbone.rpn_layout,
-            FeatureLayout::Nhwc
-        );
-        let err = with(Some("hwc")).unwrap_err().to_string();
-        assert!(err.contains("rpn_layout"), "{err}");
+    fn layouts_default_to_channels_first_and_are_checked() {
+        for key in ["feature_layout", "rpn_layout"] {
+            let get = |m: &Manifest| match key {
+                "feature_layout" => m.graphs.backbone.feature_layout,
+                _ => m.graphs.backbone.rpn_layout,
+            };
+            let nhwc = [("nhwc", FeatureLayout::Nhwc)];
+            check_enum_key(
+                ("graphs.backbone", key),
+                get,
+                FeatureLayout::Nchw,
+                &nhwc,
+                "hwc",
+            );
+        }
+        assert_eq!(FeatureLayout::Nhwc.channel_axis(), 3);
     }
 
     #[test]
     fn mask_upsample_defaults_to_torchvisions_deconv_and_is_checked() {
-        let with = |v| bundled_with("graphs.mask_head", "upsample", v);
-        assert_eq!(
-            with(None).unwrap().graphs.mask_head.upsample,
-            MaskUpsample::Deconv
+        check_enum_key(
+            ("graphs.mask_head", "upsample"),
+            |m| m.graphs.mask_head.upsample,
+            MaskUpsample::Deconv,
+            &[("subpixel", MaskUpsample::Subpixel)],
+            "bilinear",
         );
-        assert_eq!(
-            with(Some("subpixel")).unwrap().graphs.mask_head.upsample,
-            MaskUpsample::Subpixel
+    }
+
+    #[test]
+    fn mask_paste_defaults_to_torchvisions_and_is_checked() {
+        check_enum_key(
+            ("mask", "paste"),
+            |m| m.mask.paste,
+            PasteMode::Torchvision,
+            &[
+                ("exact", PasteMode::Exact),
+                ("torchvision", PasteMode::Torchvision),
+            ],
+            "grid",
         );
-        let err = with(Some("bilinear")).unwrap_err().to_string();
-        assert!(err.contains("upsample"), "{err}");
+    }
+
+    #[test]
+    fn mask_threshold_must_be_a_probability() {
+        for bad in ["0.0", "1.0", "1.5", "-0.1", "nan"] {
+            let text = bundled().replace(
+                "threshold = 0.5\nresolution",
+                &format!("threshold = {bad}\nresolution"),
+            );
+            assert!(text.contains(&format!("threshold = {bad}")));
+            let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err();
+            assert!(err.to_string().contains("mask.threshold"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -33,8 +33,14 @@ fn ref_masks(meta: &serde_json::Value) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The paste the bundled engine's manifest asks for (torchvision's, or the exact one that
+/// engines/tools/model.py's paste_exact computes on the torch side).
 #[test]
 fn paste_matches_torchvision_given_the_same_masks() {
+    let mask = maskstream::engine::Engine::load_unverified(common::engine_dir())
+        .unwrap()
+        .manifest
+        .mask;
     let mut worst = 1.0f64;
     for dir in cases() {
         let meta = common::json(&dir.join("expected.json"));
@@ -51,7 +57,7 @@ fn paste_matches_torchvision_given_the_same_masks() {
             let b = boxes.as_slice().unwrap();
             let bbox = [b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]];
             let p = &probs.as_slice().unwrap()[i * 784..(i + 1) * 784];
-            let m = paste::paste(p, 28, &bbox, (h, w), 1, 0.5, &mut s);
+            let m = paste::paste(p, 28, &bbox, (h, w), &mask, &mut s);
             let iou = common::mask_iou(&m.to_full(), &expected[i]);
             worst = worst.min(iou);
             assert!(

@@ -36,7 +36,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import load_shapes_checkpoint, load_shapes_from_engine  # noqa: E402
+from model import load_shapes_checkpoint, load_shapes_from_engine, mask_threshold, use_exact_paste  # noqa: E402
 from shapes import CLASSES, CocoWriter, make_image, random_size  # noqa: E402
 
 HELD_OUT_SEED = 1_000_000_000
@@ -57,7 +57,7 @@ def detect(model, img: np.ndarray, image_id: int) -> list[dict]:
         out = model([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0]
     results = []
     for b, label, s, m in zip(out["boxes"], out["labels"], out["scores"], out["masks"]):
-        rle = mask_util.encode(np.asfortranarray((m[0] > 0.5).numpy().astype(np.uint8)))
+        rle = mask_util.encode(np.asfortranarray((m[0] > mask_threshold(model)).numpy().astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         x1, y1, x2, y2 = (float(v) for v in b)
         results.append({"image_id": image_id, "category_id": int(label), "score": float(s),
@@ -176,6 +176,8 @@ def main():
     ap.add_argument("--engine", help="an engine directory (e.g. engines/shapes): its weights instead of --checkpoint")
     ap.add_argument("--maskstream", help="run this maskstream binary's `detect` on --engine instead of torch")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8", "auto"], help="with --maskstream")
+    ap.add_argument("--paste", choices=["torchvision", "exact"],
+                    help="with --checkpoint: the mask paste (default torchvision's; an --engine's manifest decides)")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
@@ -198,6 +200,8 @@ def main():
         runner = f"maskstream detect, precision {args.precision}"
     else:
         model = load_shapes_from_engine(args.engine) if args.engine else load_shapes_checkpoint(args.checkpoint)
+        if args.paste == "exact":
+            use_exact_paste(model)
         per_image = [detect(model, img, i) for i, img in enumerate(images)]
         runner = "torch eager"
     for (first, end), dets in zip(spans, per_image):

@@ -261,6 +261,10 @@ def main():
     ap.add_argument("--mask-upsample", choices=["subpixel", "deconv"], default="subpixel",
                     help="the mask predictor's 2x upsampling: subpixel (1x1 convolutions, quantizable; the same "
                          "sums) or deconv (torchvision's ConvTranspose as it is)")
+    ap.add_argument("--mask-paste", choices=["torchvision", "exact"], default="torchvision",
+                    help="how masks are laid over their boxes: torchvision's paste_masks_in_image (about a pixel "
+                         "too wide and tall) or exact (sampled at pixel centres, Detectron2's); measure the AP "
+                         "effect (evaluate.py --maskstream)")
     ap.add_argument("--classes", help="class names, one per line (background first or left out)")
     ap.add_argument("--name")
     ap.add_argument("--out", required=True)
@@ -365,7 +369,7 @@ def main():
                           "sampling_ratio": int(heads.mask_roi_pool.sampling_ratio), "aligned": False,
                           "canonical_scale": int(heads.mask_roi_pool.canonical_scale),
                           "canonical_level": int(heads.mask_roi_pool.canonical_level)},
-        "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1},
+        "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1, "paste": args.mask_paste},
         "graphs": {
             "backbone": {"file": "backbone.onnx", "sha256": sha256(bb_path), "input": "images",
                          "features": levels, "feature_layout": args.feature_layout, "objectness": [f"objectness_{p}" for p in levels],

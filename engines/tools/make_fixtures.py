@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import LevelMapper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import load_shapes_checkpoint, load_shapes_from_engine  # noqa: E402
+from model import load_shapes_checkpoint, load_shapes_from_engine, mask_threshold  # noqa: E402
 from shapes import _background, make_image  # noqa: E402
 
 # (case name, height, width, seed); seed None = background only, no objects
@@ -93,7 +93,7 @@ def detect_case(model, out_dir, name, h, w, seed):
     np.save(os.path.join(d, "mask_probs_28.npy"),
             (mask_probs_28.numpy() if n else np.zeros((0, 28, 28))).astype(np.float32))
     np.save(os.path.join(d, "pooled_box_first8.npy"), pooled.numpy().astype(np.float32))
-    masks = [rle(m[0].numpy() > 0.5) for m in final["masks"]]
+    masks = [rle(m[0].numpy() > mask_threshold(model)) for m in final["masks"]]
     meta = {
         "original_size": [h, w],
         "resized_size": [int(s) for s in images.image_sizes[0]],

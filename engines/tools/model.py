@@ -195,4 +195,77 @@ def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     model.roi_heads.detections_per_img = m["roi_heads"]["detections_per_img"]
     model.roi_heads.box_roi_pool.sampling_ratio = m["box_roi_pool"]["sampling_ratio"]
     model.roi_heads.mask_roi_pool.sampling_ratio = m["mask_roi_pool"]["sampling_ratio"]
+    model.mask_threshold = m["mask"]["threshold"]
+    if m["mask"].get("paste", "torchvision") == "exact":
+        use_exact_paste(model)
+    return model
+
+
+def mask_threshold(model: MaskRCNN) -> float:
+    """The probability above which a pasted mask pixel is set (the manifest's mask.threshold)."""
+    return getattr(model, "mask_threshold", 0.5)
+
+
+def _exact_taps(lo: torch.Tensor, hi: torch.Tensor, r: int, size: int):
+    """src/model/paste.rs exact_taps in the same f32 operations: the first pixel of the window and, per
+    pixel, two mask cells and their weights (zero outside the mask)."""
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        return None
+    extent = torch.clamp(hi - lo, min=torch.finfo(torch.float32).tiny)
+    cell = extent / r
+    first = max(float(torch.floor(lo - cell)) - 1.0, 0.0)
+    last = min(float(torch.ceil(hi + cell)) + 1.0, float(size))
+    if first >= last:
+        return None
+    x = torch.arange(int(first), int(last), dtype=torch.float32)
+    u = (x + 0.5 - lo) / extent * r - 0.5
+    f = torch.floor(u)
+    w1 = u - f
+    w0 = 1.0 - w1
+    taps = []
+    for i, w in ((f, w0), (f + 1.0, w1)):
+        inside = (i >= 0) & (i < r)
+        taps += [torch.where(inside, i, 0).long(), torch.where(inside, w, 0.0)]
+    return int(first), taps
+
+
+def paste_exact(masks: torch.Tensor, boxes: torch.Tensor, img_shape) -> torch.Tensor:
+    """The exact paste (the manifest's mask.paste = "exact"): [N, 1, R, R] probabilities over boxes in
+    frame pixels -> [N, 1, H, W], each pixel the mask sampled bilinearly at the pixel's centre with the
+    box in real coordinates, as src/model/paste.rs computes it."""
+    h, w = int(img_shape[0]), int(img_shape[1])
+    r = masks.shape[-1]
+    out = masks.new_zeros((masks.shape[0], 1, h, w))
+    for n, (m, b) in enumerate(zip(masks[:, 0].float(), boxes.float())):
+        cols, rows = _exact_taps(b[0], b[2], r, w), _exact_taps(b[1], b[3], r, h)
+        if cols is None or rows is None:
+            continue
+        (x0, (ci0, cw0, ci1, cw1)), (y0, (ri0, rw0, ri1, rw1)) = cols, rows
+        a, bb = m[ri0], m[ri1]  # rows of the mask, [oh, R]
+        t0 = a[:, ci0] * cw0 + a[:, ci1] * cw1
+        t1 = bb[:, ci0] * cw0 + bb[:, ci1] * cw1
+        out[n, 0, y0:y0 + len(ri0), x0:x0 + len(ci0)] = t0 * rw0[:, None] + t1 * rw1[:, None]
+    return out
+
+
+def use_exact_paste(model: MaskRCNN) -> MaskRCNN:
+    """torchvision's postprocess with the exact paste in place of paste_masks_in_image. Under ONNX
+    tracing (compare.py's whole-graph peer) torchvision's own paste stays: this one's window sizes are
+    Python numbers a trace would freeze; both cost about the same."""
+    import types
+
+    from torchvision.models.detection.transform import resize_boxes
+
+    standard = model.transform.postprocess
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training or torch.jit.is_tracing():
+            return standard(result, image_shapes, original_image_sizes)
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            if "masks" in pred:
+                pred["masks"] = paste_exact(pred["masks"], pred["boxes"], o_im_s)
+        return result
+
+    model.transform.postprocess = types.MethodType(postprocess, model.transform)
     return model

@@ -77,17 +77,7 @@ impl Device for Cpu {
         boxes
             .iter()
             .zip(probs.chunks_exact(plane.max(1)))
-            .map(|(b, p)| {
-                paste::paste(
-                    p,
-                    resolution,
-                    b,
-                    frame,
-                    mask.paste_padding,
-                    mask.threshold,
-                    &mut self.paste,
-                )
-            })
+            .map(|(b, p)| paste::paste(p, resolution, b, frame, mask, &mut self.paste))
             .collect()
     }
 }

@@ -1,14 +1,16 @@
-//! Paste (torchvision paste_masks_in_image): map boxes back to the original frame, pad the R x R mask by
-//! one pixel, grow the box by (R+2)/R about its centre, truncate to integers, bilinear-resize the mask to
-//! the box size + 1 and threshold. Only the part inside the frame is computed.
+//! Paste: map boxes back to the original frame and lay each R x R mask over its box, then threshold.
+//! Two geometries ([`PasteMode`]): torchvision's paste_masks_in_image (pad the mask by one pixel, grow
+//! the box by (R+2)/R about its centre, truncate to integers, bilinear-resize to the box size + 1) and
+//! the exact one (bilinear sample at every pixel centre, the box in real coordinates). Only the part
+//! inside the frame is computed.
 
-use crate::engine::MaskSection;
+use crate::engine::{MaskSection, PasteMode};
 
 use super::box_head::Detections;
 use super::boxes::BoxF;
 use super::device::Device;
 use super::mask_head::MaskProbs;
-use super::preprocess::{linear_taps, resize_plane, Preprocessed};
+use super::preprocess::{linear_taps, resize_plane, LinearTap, Preprocessed};
 
 /// One instance found in a frame.
 #[derive(Debug, Clone)]
@@ -113,8 +115,31 @@ pub struct PasteScratch {
     resized: Vec<f32>,
 }
 
-/// Pastes one `resolution x resolution` probability mask for box `b` (frame pixels).
+/// Pastes one `resolution x resolution` probability mask for box `b` (frame pixels) as `mask` says.
 pub fn paste(
+    probs: &[f32],
+    resolution: usize,
+    b: &BoxF,
+    frame: (usize, usize),
+    mask: &MaskSection,
+    s: &mut PasteScratch,
+) -> InstanceMask {
+    match mask.paste {
+        PasteMode::Torchvision => paste_torchvision(
+            probs,
+            resolution,
+            b,
+            frame,
+            mask.paste_padding,
+            mask.threshold,
+            s,
+        ),
+        PasteMode::Exact => paste_exact(probs, resolution, b, frame, mask.threshold, s),
+    }
+}
+
+/// torchvision's paste of one mask.
+fn paste_torchvision(
     probs: &[f32],
     resolution: usize,
     b: &BoxF,
@@ -182,6 +207,79 @@ pub fn paste(
     out
 }
 
+/// The exact paste of one mask: frame pixel x takes the mask at u = (x + 0.5 - x1) / (x2 - x1) * R - 0.5
+/// (mask cells at their centres, as ROIAlign sampled them), bilinear, zero outside the mask (as
+/// grid_sample with align_corners=False and zero padding). engines/tools/model.py's `paste_exact` is
+/// the reference, in the same f32 operations.
+fn paste_exact(
+    probs: &[f32],
+    resolution: usize,
+    b: &BoxF,
+    frame: (usize, usize),
+    threshold: f32,
+    s: &mut PasteScratch,
+) -> InstanceMask {
+    let (im_h, im_w) = frame;
+    let mut out = InstanceMask {
+        frame_height: im_h,
+        frame_width: im_w,
+        ..Default::default()
+    };
+    let (Some(cols), Some(rows)) = (
+        exact_taps(b[0], b[2], resolution, im_w),
+        exact_taps(b[1], b[3], resolution, im_h),
+    ) else {
+        return out;
+    };
+    let (ow, oh) = (cols.1.len(), rows.1.len());
+    s.resized.clear();
+    s.resized.resize(ow * oh, 0.0);
+    resize_plane(probs, resolution, &rows.1, &cols.1, &mut s.resized, ow);
+    out.x0 = cols.0;
+    out.y0 = rows.0;
+    out.width = ow;
+    out.height = oh;
+    out.data = s.resized.iter().map(|&p| (p > threshold) as u8).collect();
+    out
+}
+
+/// Taps along one axis for the exact paste of a box from `lo` to `hi` over `r` mask cells: the first
+/// frame pixel and one tap per pixel. The window reaches a mask cell past the box on each side (plus a
+/// pixel for rounding), where the mask fades to zero; taps outside the mask weigh zero. None when the
+/// window misses the frame or the box is not finite.
+fn exact_taps(lo: f32, hi: f32, r: usize, size: usize) -> Option<(usize, Vec<LinearTap>)> {
+    if !(lo.is_finite() && hi.is_finite()) || r == 0 {
+        return None;
+    }
+    let extent = (hi - lo).max(f32::MIN_POSITIVE);
+    let cell = extent / r as f32;
+    let first = ((lo - cell).floor() - 1.0).max(0.0);
+    let last = ((hi + cell).ceil() + 1.0).min(size as f32);
+    if first >= last {
+        return None;
+    }
+    let (first, last) = (first as usize, last as usize);
+    let cells = r as f32;
+    let taps = (first..last)
+        .map(|x| {
+            let u = (x as f32 + 0.5 - lo) / extent * cells - 0.5;
+            let f = u.floor();
+            let w1 = u - f;
+            let tap = |i: f32, w: f32| {
+                if i >= 0.0 && i < cells {
+                    (i as usize, w)
+                } else {
+                    (0, 0.0)
+                }
+            };
+            let (i0, w0) = tap(f, 1.0 - w1);
+            let (i1, w1) = tap(f + 1.0, w1);
+            LinearTap { i0, i1, w0, w1 }
+        })
+        .collect();
+    Some((first, taps))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +287,7 @@ mod tests {
     #[test]
     fn full_mask_fills_its_box() {
         let probs = vec![1.0; 28 * 28];
-        let m = paste(
+        let m = paste_torchvision(
             &probs,
             28,
             &[10.0, 20.0, 66.0, 76.0],
@@ -207,7 +305,7 @@ mod tests {
     #[test]
     fn boxes_outside_or_clipped() {
         let probs = vec![1.0; 4];
-        let m = paste(
+        let m = paste_torchvision(
             &probs,
             2,
             &[200.0, 200.0, 220.0, 220.0],
@@ -217,7 +315,7 @@ mod tests {
             &mut PasteScratch::default(),
         );
         assert_eq!(m.area(), 0);
-        let m = paste(
+        let m = paste_torchvision(
             &probs,
             2,
             &[90.0, 90.0, 120.0, 120.0],
@@ -228,6 +326,63 @@ mod tests {
         );
         assert_eq!((m.x0 + m.width, m.y0 + m.height), (100, 100));
         assert!(m.get(99, 99));
+    }
+
+    fn section(paste: PasteMode) -> MaskSection {
+        MaskSection {
+            threshold: 0.5,
+            resolution: 28,
+            paste_padding: 1,
+            paste,
+        }
+    }
+
+    fn paste_ones(b: BoxF, mode: PasteMode) -> InstanceMask {
+        let probs = vec![1.0; 28 * 28];
+        let s = &mut PasteScratch::default();
+        paste(&probs, 28, &b, (100, 100), &section(mode), s)
+    }
+
+    #[test]
+    fn exact_paste_covers_its_box_and_torchvisions_a_pixel_more() {
+        let b = [10.0, 20.0, 50.0, 76.0];
+        let m = paste_ones(b, PasteMode::Exact);
+        assert_eq!(m.area(), 40 * 56);
+        assert!(m.get(10, 20) && m.get(49, 75));
+        assert!(!m.get(9, 20) && !m.get(50, 75) && !m.get(10, 19) && !m.get(10, 76));
+        let tv = paste_ones(b, PasteMode::Torchvision);
+        assert!(tv.area() >= 41 * 57, "{}", tv.area());
+        assert!(tv.get(50, 48) && tv.get(30, 76));
+    }
+
+    #[test]
+    fn exact_paste_samples_the_mask_at_pixel_centres() {
+        // a ramp along x over 2-pixel cells: pixel x reads cell u = (x + 0.5) / 2 - 0.5, worth u / 27,
+        // above 0.5 from x = 28; the box's right edge fades out after the last cell's centre (x = 55).
+        // The box overhangs the frame vertically, so every row of the frame is inside the mask.
+        let probs: Vec<f32> = (0..28 * 28).map(|i| (i % 28) as f32 / 27.0).collect();
+        let s = &mut PasteScratch::default();
+        let b = [0.0, -10.0, 56.0, 110.0];
+        let m = paste(&probs, 28, &b, (100, 100), &section(PasteMode::Exact), s);
+        assert_eq!(m.area(), 28 * 100);
+        assert!(m.get(28, 0) && m.get(55, 99) && !m.get(27, 50) && !m.get(56, 50));
+    }
+
+    #[test]
+    fn exact_paste_clips_to_the_frame_and_skips_bad_boxes() {
+        let m = paste_ones([90.0, 90.0, 120.0, 120.0], PasteMode::Exact);
+        assert_eq!((m.x0 + m.width, m.y0 + m.height), (100, 100));
+        assert_eq!(m.area(), 10 * 10);
+        for b in [
+            [200.0, 200.0, 220.0, 220.0],
+            [-30.0, -30.0, -10.0, -10.0],
+            [f32::NAN, 0.0, 10.0, 10.0],
+            [0.0, 0.0, f32::INFINITY, 10.0],
+        ] {
+            assert_eq!(paste_ones(b, PasteMode::Exact).area(), 0, "{b:?}");
+        }
+        // a box thinner than a pixel still pastes without dividing by zero
+        assert!(paste_ones([40.0, 40.0, 40.0, 60.0], PasteMode::Exact).area() <= 20);
     }
 
     #[test]
