@@ -6,6 +6,8 @@
 //! NOT WIRED: nothing in the model or the pipeline calls these kernels yet; `tests/gpu.rs` tests them
 //! alone. They are meant to become a second [`crate::model::device::Device`] (ROIAlign and paste on
 //! the GPU, with features kept there); until then every backend runs ROIAlign and paste on the CPU.
+//! `paste_composite` has torchvision's paste geometry only; wiring it needs the exact one too
+//! (`[mask] paste = "exact"`, the bundled engine's: `model::paste`).
 
 pub mod kernels;
 
