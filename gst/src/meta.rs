@@ -175,11 +175,7 @@ pub fn crop(bits: &[u8], height: usize, width: usize) -> InstanceMask {
         }
     }
     if x0 == usize::MAX {
-        return InstanceMask {
-            frame_height: height,
-            frame_width: width,
-            ..Default::default()
-        };
+        return InstanceMask::empty((height, width));
     }
     let (mw, mh) = (x1 - x0, y1 - y0);
     let mut data = Vec::with_capacity(mw * mh);

@@ -78,6 +78,15 @@ pub struct InstanceMask {
 }
 
 impl InstanceMask {
+    /// No pixel set, in a frame of `frame` (height, width).
+    pub fn empty(frame: (usize, usize)) -> Self {
+        InstanceMask {
+            frame_height: frame.0,
+            frame_width: frame.1,
+            ..Default::default()
+        }
+    }
+
     pub fn get(&self, x: usize, y: usize) -> bool {
         x >= self.x0
             && y >= self.y0
@@ -175,36 +184,26 @@ fn paste_torchvision(
     let x_1 = (bx1 + 1).min(im_w as i64);
     let y_0 = by0.max(0);
     let y_1 = (by1 + 1).min(im_h as i64);
-    let mut out = InstanceMask {
-        frame_height: im_h,
-        frame_width: im_w,
-        ..Default::default()
-    };
     if x_1 <= x_0 || y_1 <= y_0 {
-        return out;
+        return InstanceMask::empty(frame);
     }
     // only the visible window of the resized mask: rows y_0-by0 .. y_1-by0, same for columns
     let rows = linear_taps(pm, h);
     let cols = linear_taps(pm, w);
     let (r0, r1) = ((y_0 - by0) as usize, (y_1 - by0) as usize);
     let (c0, c1) = ((x_0 - bx0) as usize, (x_1 - bx0) as usize);
-    let (ow, oh) = (c1 - c0, r1 - r0);
-    s.resized.clear();
-    s.resized.resize(ow * oh, 0.0);
-    resize_plane(
+    let origin = (x_0 as usize, y_0 as usize);
+    let (rows, cols) = (&rows[r0..r1], &cols[c0..c1]);
+    window_mask(
         &s.padded,
         pm,
-        &rows[r0..r1],
-        &cols[c0..c1],
+        rows,
+        cols,
+        origin,
+        frame,
+        threshold,
         &mut s.resized,
-        ow,
-    );
-    out.x0 = x_0 as usize;
-    out.y0 = y_0 as usize;
-    out.width = ow;
-    out.height = oh;
-    out.data = s.resized.iter().map(|&p| (p > threshold) as u8).collect();
-    out
+    )
 }
 
 /// The exact paste of one mask: frame pixel x takes the mask at u = (x + 0.5 - x1) / (x2 - x1) * R - 0.5
@@ -220,27 +219,49 @@ fn paste_exact(
     s: &mut PasteScratch,
 ) -> InstanceMask {
     let (im_h, im_w) = frame;
-    let mut out = InstanceMask {
-        frame_height: im_h,
-        frame_width: im_w,
-        ..Default::default()
-    };
-    let (Some(cols), Some(rows)) = (
+    let (Some((x0, cols)), Some((y0, rows))) = (
         exact_taps(b[0], b[2], resolution, im_w),
         exact_taps(b[1], b[3], resolution, im_h),
     ) else {
-        return out;
+        return InstanceMask::empty(frame);
     };
-    let (ow, oh) = (cols.1.len(), rows.1.len());
-    s.resized.clear();
-    s.resized.resize(ow * oh, 0.0);
-    resize_plane(probs, resolution, &rows.1, &cols.1, &mut s.resized, ow);
-    out.x0 = cols.0;
-    out.y0 = rows.0;
-    out.width = ow;
-    out.height = oh;
-    out.data = s.resized.iter().map(|&p| (p > threshold) as u8).collect();
-    out
+    window_mask(
+        probs,
+        resolution,
+        &rows,
+        &cols,
+        (x0, y0),
+        frame,
+        threshold,
+        &mut s.resized,
+    )
+}
+
+/// The frame window at `origin` (x, y) of a mask: `src` (rows `src_w` wide) resized through the taps
+/// (one per window row and column, both geometries), the pixels above `threshold` set.
+#[allow(clippy::too_many_arguments)]
+fn window_mask(
+    src: &[f32],
+    src_w: usize,
+    rows: &[LinearTap],
+    cols: &[LinearTap],
+    origin: (usize, usize),
+    frame: (usize, usize),
+    threshold: f32,
+    resized: &mut Vec<f32>,
+) -> InstanceMask {
+    let (width, height) = (cols.len(), rows.len());
+    resized.clear();
+    resized.resize(width * height, 0.0);
+    resize_plane(src, src_w, rows, cols, resized, width);
+    InstanceMask {
+        x0: origin.0,
+        y0: origin.1,
+        width,
+        height,
+        data: resized.iter().map(|&p| (p > threshold) as u8).collect(),
+        ..InstanceMask::empty(frame)
+    }
 }
 
 /// Taps along one axis for the exact paste of a box from `lo` to `hi` over `r` mask cells: the first
