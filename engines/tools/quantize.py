@@ -12,13 +12,22 @@ On x86 ONNX Runtime folds each DequantizeLinear -> Conv/Gemm -> QuantizeLinear i
 (VNNI / AMX where the CPU has them). The FP32 graphs are left untouched: --precision fp32 stays exact.
 The INT8 backbone is quantized from the same weights with the ResNet stem rewritten as space-to-depth + a
 4x4 convolution (space_to_depth_stem: the same sums, a faster shape for the integer kernels).
+
+Any other engine (a torchvision checkpoint exported with export.py) is calibrated on frames like the ones
+it will see: --calibration VIDEO (frames spread evenly over it) or a folder of images. Its torch weights
+are not needed: engine_model.py runs its FP32 graphs inside torchvision's pipeline to get the ROIs its
+heads see. (The space-to-depth stem needs the torch backbone: the shapes engine only.)
+
+    quantize.py --engine engines/mymodel --calibration site-camera.mp4 --images 32
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import subprocess
 import sys
+import tomllib
 import tempfile
 import time
 
@@ -32,6 +41,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_model import engine_model  # noqa: E402
 from export import BackboneGraph, export_graph, sha256, upsample_by_two  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
@@ -54,20 +64,86 @@ class Reader(CalibrationDataReader):
         self.i = 0
 
 
+def shapes_images(n: int) -> list[np.ndarray]:
+    """Shapes-world calibration images: 3/4 wide world, 1/4 v1, seeds of their own."""
+    out = []
+    for i in range(n):
+        world = "wide" if i % 4 else "v1"
+        rng = np.random.default_rng(CALIBRATION_SEED + i)
+        h, w = random_size(rng, world=world)
+        out.append(make_image(CALIBRATION_SEED + i, h, w, world=world)[0])
+    return out
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def video_size(path: str) -> tuple[int, int]:
+    info = subprocess.run(["gst-discoverer-1.0", path], capture_output=True, text=True).stdout
+    w, h = re.search(r"Width: (\d+)", info), re.search(r"Height: (\d+)", info)
+    if not (w and h):
+        raise SystemExit(f"--calibration {path}: no video stream found (gst-discoverer-1.0 reads no size)")
+    return int(w.group(1)), int(h.group(1))
+
+
+def video_frames(path: str, n: int) -> list[np.ndarray]:
+    """n RGB frames spread evenly over the video: it is decoded once, whole, keeping every k-th frame
+    (k doubles whenever more than 2n are kept), then n are picked evenly from those."""
+    w, h = video_size(path)
+    size = w * h * 3
+    proc = subprocess.Popen(["gst-launch-1.0", "-q", "filesrc", f"location={path}", "!", "decodebin", "!",
+                             "videoconvert", "!", f"video/x-raw,format=RGB,width={w},height={h}", "!",
+                             "fdsink", "fd=1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    kept, stride, index = [], 1, 0
+    while True:
+        buf = proc.stdout.read(size)
+        if len(buf) < size:
+            break
+        if index % stride == 0:
+            kept.append(np.frombuffer(buf, np.uint8).reshape(h, w, 3).copy())
+            if len(kept) > 2 * n:
+                kept, stride = kept[::2], stride * 2
+        index += 1
+    if proc.wait() != 0 or not kept:
+        raise SystemExit(f"--calibration {path}: GStreamer could not decode it ({index} frames read)")
+    picks = np.linspace(0, len(kept) - 1, min(n, len(kept))).round().astype(int)
+    return [kept[i] for i in picks]
+
+
+def folder_images(path: str, n: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise SystemExit(f"--calibration {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    picks = np.linspace(0, len(names) - 1, min(n, len(names))).round().astype(int)
+    return [np.asarray(Image.open(os.path.join(path, names[i])).convert("RGB")) for i in sorted(set(picks))]
+
+
+def calibration_images(path: str | None, n: int, source: str) -> list[np.ndarray]:
+    if path is None:
+        if source != "shapes":
+            raise SystemExit(f"this engine's source is {source}: give --calibration VIDEO or a folder of images "
+                             f"like the ones it will see (the shapes world fits only the shapes engine)")
+        return shapes_images(n)
+    if os.path.isdir(path):
+        return folder_images(path, n)
+    if os.path.isfile(path):
+        return video_frames(path, n)
+    raise SystemExit(f"--calibration {path}: no such file or folder")
+
+
 @torch.no_grad()
-def calibration_inputs(engine: str, images: int, max_rois: int):
-    """Backbone inputs (normalized, padded images) and the pooled features the heads get at run time."""
-    model = load_shapes_from_engine(engine).eval()
+def calibration_inputs(engine: str, images: list[np.ndarray], max_rois: int, manifest: dict):
+    """Backbone inputs (normalized, padded images) and the pooled features the heads get at run time, from
+    the torch model (shapes: its own weights) or the engine's FP32 graphs in torchvision's pipeline."""
+    model = (load_shapes_from_engine(engine) if manifest["source"] == "shapes" else engine_model(engine)).eval()
     pooled = {"box": [], "mask": []}
     hooks = [model.roi_heads.box_roi_pool.register_forward_hook(lambda m, i, o: pooled["box"].append(o)),
              model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, i, o: pooled["mask"].append(o))]
     backbone = []
-    for i in range(images):
-        world = "wide" if i % 4 else "v1"
-        rng = np.random.default_rng(CALIBRATION_SEED + i)
-        h, w = random_size(rng, world=world)
-        img, _ = make_image(CALIBRATION_SEED + i, h, w, world=world)
-        x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+    for img in images:
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / manifest["transform"]["input_divisor"]
         backbone.append(model.transform([x])[0].tensors.numpy())
         model([x])
     for h in hooks:
@@ -172,13 +248,19 @@ def session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int) -> tuple[float, float, float]:
-    """Relative error of the int8 graph's outputs (RMS error / RMS of FP32) and ms per run of each."""
+def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int,
+            budget_s: float = float("inf")) -> tuple[float, float, float, int]:
+    """Relative error of the int8 graph's outputs (RMS error / RMS of FP32), ms per run of each, and the
+    inputs compared (those that fit in budget_s, at least one: R50-FPN's backbone takes seconds each)."""
     a, b = session(fp32, threads), session(int8, threads)
     name = a.get_inputs()[0].name
     num = den = 0.0
     times = [0.0, 0.0]
+    start, n = time.time(), 0
     for t in tensors:
+        if n and time.time() - start > budget_s:
+            break
+        n += 1
         for k, s in enumerate((a, b)):
             s.run(None, {name: t})  # warm
             t0 = time.perf_counter()
@@ -189,8 +271,7 @@ def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int) -> tu
         for r, q in zip(ref, out):
             num += float(((r - q) ** 2).sum())
             den += float((r ** 2).sum())
-    n = len(tensors)
-    return (num / max(den, 1e-30)) ** 0.5, times[0] / n * 1e3, times[1] / n * 1e3
+    return (num / max(den, 1e-30)) ** 0.5, times[0] / n * 1e3, times[1] / n * 1e3, n
 
 
 def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: str):
@@ -210,38 +291,54 @@ def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", default="engines/shapes")
-    ap.add_argument("--images", type=int, default=64, help="calibration images")
+    ap.add_argument("--calibration", help="a video or a folder of images like the ones the engine will see "
+                                          "(default: the shapes world, for the shapes engine only)")
+    ap.add_argument("--images", type=int, default=64, help="calibration images (frames of --calibration)")
     ap.add_argument("--max-rois", type=int, default=128, help="box-head ROIs kept per calibration image")
     ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
     ap.add_argument("--cpu-default", default="int8", choices=["int8", "fp32"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--check-secs", type=float, default=120.0,
+                    help="time for the INT8-vs-FP32 check of each graph (at most 16 calibration inputs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[args.method]
+    with open(os.path.join(args.engine, "manifest.toml"), "rb") as f:
+        manifest = tomllib.load(f)
 
     t0 = time.time()
-    data = calibration_inputs(args.engine, args.images, args.max_rois)
-    print(f"calibration: {args.images} images, {sum(len(t) for t in data['box_head'])} box ROIs, "
+    images = calibration_images(args.calibration, args.images, manifest["source"])
+    data = calibration_inputs(args.engine, images, args.max_rois, manifest)
+    print(f"calibration: {len(images)} images, {sum(len(t) for t in data['box_head'])} box ROIs, "
           f"{sum(len(t) for t in data['mask_head'])} mask ROIs ({time.time() - t0:.0f} s)")
-    files = {}
+    if not data["mask_head"]:
+        raise SystemExit("calibration: no detection in any calibration image, so nothing to calibrate the mask "
+                         "head on: give images with the objects the engine detects (--calibration)")
+    files, errors = {}, {}
     tmp = tempfile.TemporaryDirectory()
     stem = os.path.join(tmp.name, "backbone.s2d.onnx")
-    s2d = space_to_depth_backbone(args.engine, stem)
+    s2d = manifest["source"] == "shapes" and space_to_depth_backbone(args.engine, stem)
     for g in GRAPHS:
-        src = os.path.join(args.engine, f"{g}.onnx")
+        src = os.path.join(args.engine, manifest["graphs"][g]["file"])
         files[g] = f"{g}.int8.onnx"
         dst = os.path.join(args.engine, files[g])
         t1 = time.time()
         quantize(stem if g == "backbone" and s2d else src, dst, data[g], method)
-        err, ms32, ms8 = compare(src, dst, data[g][:16], args.threads)
+        err, ms32, ms8, n = compare(src, dst, data[g][:16], args.threads, args.check_secs)
+        errors[g] = err
         print(f"{g}: {os.path.getsize(src) / 1e6:.1f} MB -> {os.path.getsize(dst) / 1e6:.1f} MB, "
               f"relative RMS error {err:.4f}, {ms32:.1f} -> {ms8:.1f} ms per calibration input "
-              f"({ms32 / max(ms8, 1e-9):.2f}x) [{time.time() - t1:.0f} s]")
+              f"({ms32 / max(ms8, 1e-9):.2f}x, {n} inputs) [{time.time() - t1:.0f} s]")
+    what = (f"{len(images)} shapes images (3/4 wide world, 1/4 v1; seeds {CALIBRATION_SEED}..)"
+            if args.calibration is None else
+            f"{len(images)} {'images' if os.path.isdir(args.calibration) else 'frames'} of "
+            f"{os.path.basename(os.path.normpath(args.calibration))}")
     calibration = (f"onnxruntime {ort.__version__} quantize_static QDQ: int8 per-channel symmetric weights, "
-                   f"uint8 per-tensor activations, {args.method} ranges from {args.images} shapes images "
-                   f"(3/4 wide world, 1/4 v1; seeds {CALIBRATION_SEED}..) and their ROIAlign outputs"
-                   + ("; the backbone's stem as space-to-depth + a 4x4 convolution (same sums)" if s2d else ""))
+                   f"uint8 per-tensor activations, {args.method} ranges from {what} and their ROIAlign outputs"
+                   + ("; the backbone's stem as space-to-depth + a 4x4 convolution (same sums)" if s2d else "")
+                   + "; relative RMS error against FP32 on calibration inputs: "
+                   + ", ".join(f"{g} {e:.4f}" for g, e in errors.items()))
     tmp.cleanup()
     record(os.path.join(args.engine, "manifest.toml"), files, args.cpu_default, calibration)
     print(f"recorded in {args.engine}/manifest.toml: [precision] cpu_default = {args.cpu_default}")
