@@ -272,6 +272,11 @@ def main():
     ap.add_argument("--post-nms-top-n", type=int,
                     help="proposals kept after the RPN's NMS at inference (torchvision: 1000); fewer cost less "
                          "ROIAlign and box head per frame: measure the AP effect (evaluate.py --maskstream)")
+    ap.add_argument("--min-size", type=int,
+                    help="inference size: the shorter side frames are resized to (torchvision's transform.min_size; "
+                         "shapes 320, COCO models 800); larger finds smaller objects and costs about the square: "
+                         "measure both (evaluate.py --maskstream, maskstream bench)")
+    ap.add_argument("--max-size", type=int, help="cap on the longer side (default: the model's, or 2x --min-size)")
     ap.add_argument("--box-sampling-ratio", type=int,
                     help="samples per bin side of the box head's ROIAlign (torchvision: 2; 1 costs a quarter)")
     args = ap.parse_args()
@@ -282,6 +287,12 @@ def main():
         model.rpn._post_nms_top_n["testing"] = args.post_nms_top_n
     if args.box_sampling_ratio is not None:
         model.roi_heads.box_roi_pool.sampling_ratio = args.box_sampling_ratio
+    if args.min_size or args.max_size:
+        if args.min_size:
+            model.transform.min_size = (args.min_size,)
+        model.transform.max_size = args.max_size or (2 * args.min_size if args.min_size else model.transform.max_size)
+        if model.transform.max_size < model.transform.min_size[-1]:
+            sys.exit(f"--max-size {model.transform.max_size} is under --min-size {model.transform.min_size[-1]}")
     os.makedirs(args.out, exist_ok=True)
     t = model.transform
     rpn, heads = model.rpn, model.roi_heads

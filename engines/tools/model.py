@@ -184,12 +184,15 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
 
 def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     """The run-time settings an engine's manifest may change from torchvision's defaults (export.py
-    --post-nms-top-n, --box-sampling-ratio), so that torch runs the engine exactly as maskstream does."""
+    --min-size/--max-size, --post-nms-top-n, --box-sampling-ratio, --mask-paste), so that torch runs the
+    engine exactly as maskstream does."""
     import os
     import tomllib
 
     with open(os.path.join(engine_dir, "manifest.toml"), "rb") as f:
         m = tomllib.load(f)
+    model.transform.min_size = (m["transform"]["min_size"],)
+    model.transform.max_size = m["transform"]["max_size"]
     model.rpn._pre_nms_top_n["testing"] = m["rpn"]["pre_nms_top_n"]
     model.rpn._post_nms_top_n["testing"] = m["rpn"]["post_nms_top_n"]
     model.roi_heads.detections_per_img = m["roi_heads"]["detections_per_img"]

@@ -87,6 +87,12 @@ def parse_deadline(text: str) -> float:
     return now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
 
 
+def engine_min_sizes(engine: str) -> tuple[int, ...]:
+    with open(os.path.join(engine, "manifest.toml"), "rb") as f:
+        size = tomllib.load(f)["transform"]["min_size"]
+    return tuple(round(size * k) for k in (0.9, 1.0, 1.1))
+
+
 def iters_until(deadline: float, it: int, secs_per_iter: float) -> int:
     """Total iterations that end the cycle at the deadline at the given speed (at least one more)."""
     return max(it + 1, it + int((deadline - time.time()) / secs_per_iter))
@@ -140,6 +146,8 @@ def main():
     ap.add_argument("--deadline", help="end the cosine cycle at HH:MM UTC today (or a Unix time)")
     ap.add_argument("--measure", type=int, default=40, help="iterations timed before sizing to --deadline")
     ap.add_argument("--new-cycle", action="store_true", help="weights from --out, fresh optimizer and cycle")
+    ap.add_argument("--min-sizes", help="training scales, e.g. 288,320,352 (default: 0.9x, 1x and 1.1x the "
+                                        "--engine's inference size, its manifest's transform.min_size)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--warmup", type=int, default=50)
@@ -182,7 +190,10 @@ def main():
     else:
         log("initialised from random weights (real BatchNorm)")
     model.to(args.device)
-    model.transform.min_size = (288, 320, 352)  # multi-scale training; inference uses 320
+    # multi-scale training around the inference size (the engine's transform.min_size): 0.9x, 1x, 1.1x
+    sizes = tuple(int(v) for v in args.min_sizes.split(",")) if args.min_sizes else engine_min_sizes(args.engine)
+    model.transform.min_size = sizes
+    model.transform.max_size = 2 * max(sizes)  # the shapes engine's 2:1 cap, at the largest scale
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     if ckpt and not args.new_cycle:
         opt.load_state_dict(ckpt["opt"])
