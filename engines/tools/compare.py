@@ -300,15 +300,19 @@ def main():
     roi = roi_align_bench(args.threads)
     # torchvision eager on the weights the engine was exported from (the training checkpoint where it
     # exists, else the same weights read back from the committed ONNX graphs)
-    from model import load_shapes_checkpoint, load_shapes_from_engine
+    from model import apply_manifest_settings, load_shapes_checkpoint, load_shapes_from_engine
 
     ckpt = os.path.join(HERE, "work", "shapes.pt")
-    shapes = (load_shapes_checkpoint(ckpt) if os.path.exists(ckpt) else load_shapes_from_engine(engine)).eval()
+    shapes = (apply_manifest_settings(load_shapes_checkpoint(ckpt), engine) if os.path.exists(ckpt)
+              else load_shapes_from_engine(engine)).eval()
+    # the frames' size after the engine's transform (resized to its min_size, padded): what the graphs see
+    resized = shapes.transform([torch.zeros(3, *frames[0].shape[:2])])[0]
+    (rh, rw), padded = resized.image_sizes[0], tuple(resized.tensors.shape[-2:])
     tv = torch_fps(shapes, frames, args.threads)
     # several times slower than the others: 30 timed frames are enough for its figure
     whole, whole_check = whole_graph_fps(shapes, frames[:33], args.threads)
     torch.set_num_threads(args.threads)
-    gmacs = model_gmacs(shapes, (320, 576), *mean_rois(shapes, frames))
+    gmacs = model_gmacs(shapes, padded, *mean_rois(shapes, frames))
     peak32, peak8 = peak_gflops(args.threads)
     gflop = 2 * sum(gmacs.values())
 
@@ -359,7 +363,8 @@ def main():
              f"{' --r50' if args.r50 else ''}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"{args.threads} threads for every side; date {datetime.date.today()}; torch {torch.__version__}; "
-             f"the shapes engine on {args.frames} frames of assets/shapes-demo.mp4 (640x360 -> 568x320).", "",
+             f"the shapes engine on {args.frames} frames of assets/shapes-demo.mp4 ({frames[0].shape[1]}x"
+             f"{frames[0].shape[0]} -> {rw}x{rh}).", "",
              "## Peers, same weights, same frames, same threads", "",
              "| runner | frames/s | ms/frame | maskstream INT8 is |", "|---|---|---|---|"]
     peers = [("torchvision eager (FP32)", tv),
