@@ -29,7 +29,8 @@ from torchvision.ops import MultiScaleRoIAlign
 _TORCHVISION_FIXED = {("roi_heads", "min_box_size"): 0.01}
 
 
-def _session(path: str, threads: int) -> ort.InferenceSession:
+def session(path: str, threads: int) -> ort.InferenceSession:
+    """A CPU session on `threads` intra-op threads (one inter-op: the graphs are sequential)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -121,7 +122,7 @@ def engine_model(engine_dir: str, precision: str = "fp32", threads: int = 2) -> 
     _check_fixed(m)
     files = graph_files(m, precision)
     gb, gbox, gmask = (m["graphs"][g] for g in ("backbone", "box_head", "mask_head"))
-    backbone = OrtBackbone(_session(os.path.join(engine_dir, files["backbone"]), threads), gb,
+    backbone = OrtBackbone(session(os.path.join(engine_dir, files["backbone"]), threads), gb,
                            m["model"]["fpn_channels"])
     t, rpn, rh = m["transform"], m["rpn"], m["roi_heads"]
     anchors = AnchorGenerator(tuple(tuple(s) for s in m["anchors"]["sizes"]),
@@ -137,12 +138,12 @@ def engine_model(engine_dir: str, precision: str = "fp32", threads: int = 2) -> 
         rpn_anchor_generator=anchors, rpn_head=OrtRpnHead(backbone),
         rpn_nms_thresh=rpn["nms_thresh"], rpn_score_thresh=rpn["score_thresh"],
         box_roi_pool=pool(m["box_roi_pool"]),
-        box_head=OrtHead(_session(os.path.join(engine_dir, files["box_head"]), threads), gbox["input"],
+        box_head=OrtHead(session(os.path.join(engine_dir, files["box_head"]), threads), gbox["input"],
                          [gbox["class_logits"], gbox["box_deltas"]]),
         box_predictor=Passthrough(), box_score_thresh=rh["score_thresh"], box_nms_thresh=rh["nms_thresh"],
         bbox_reg_weights=tuple(rh["box_coder_weights"]),
         mask_roi_pool=pool(m["mask_roi_pool"]),
-        mask_head=OrtHead(_session(os.path.join(engine_dir, files["mask_head"]), threads), gmask["input"],
+        mask_head=OrtHead(session(os.path.join(engine_dir, files["mask_head"]), threads), gmask["input"],
                           [gmask["mask_logits"]]),
         mask_predictor=Passthrough())
     model.rpn.min_size = rpn["min_size"]

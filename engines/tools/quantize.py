@@ -41,7 +41,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from engine_model import engine_model  # noqa: E402
+from engine_model import engine_model, session  # noqa: E402
 from export import BackboneGraph, export_graph, sha256, upsample_by_two  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
@@ -239,13 +239,6 @@ def quantize(src: str, dst: str, tensors: list[np.ndarray], method: CalibrationM
                         calibrate_method=method,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                        "CalibMovingAverage": method == CalibrationMethod.MinMax})
-
-
-def session(path: str, threads: int) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int,
