@@ -99,9 +99,11 @@ impl KalmanBox {
         }
     }
 
-    pub fn update(&mut self, b: &BoxF) {
+    /// Takes in a measured box; `noise_scale` multiplies the measurement noise's standard deviation
+    /// (1: ByteTrack's; more for a box that shows only part of the object).
+    pub fn update(&mut self, b: &BoxF, noise_scale: f32) {
         let z = to_xyah(b);
-        let r = STD_POSITION * self.axes[3].x.max(1.0);
+        let r = noise_scale * STD_POSITION * self.axes[3].x.max(1.0);
         for (i, (a, z)) in self.axes.iter_mut().zip(z).enumerate() {
             a.update(z, if i == 2 { ASPECT_STD.2 } else { r });
         }
@@ -131,13 +133,36 @@ impl KalmanBox {
 mod tests {
     use super::*;
 
+    /// A box that shrinks from one side (an object being covered) pulls the centre back; weighed as
+    /// the partial view it is, it leaves the learned motion nearly as it was.
+    #[test]
+    fn a_partial_view_weighed_less_keeps_the_motion() {
+        let velocity_after_cover = |weigh: bool| {
+            let mut k = KalmanBox::new(&[0.0, 0.0, 20.0, 20.0]);
+            for t in 1..30 {
+                k.predict(false);
+                let x = 3.0 * t as f32;
+                k.update(&[x, 0.0, x + 20.0, 20.0], 1.0);
+            }
+            for (t, w) in (30..34).zip([15.0, 10.0, 6.0, 3.0]) {
+                k.predict(false);
+                let x = 3.0 * t as f32;
+                k.update(&[x, 0.0, x + w, 20.0], if weigh { 20.0 / w } else { 1.0 });
+            }
+            k.velocity().0
+        };
+        let (plain, weighed) = (velocity_after_cover(false), velocity_after_cover(true));
+        assert!(plain < 2.4, "plain {plain}");
+        assert!(weighed > 2.5, "weighed {weighed}");
+    }
+
     #[test]
     fn learns_a_constant_velocity_and_predicts_it() {
         let mut k = KalmanBox::new(&[0.0, 0.0, 20.0, 40.0]);
         for t in 1..30 {
             k.predict(false);
             let x = 3.0 * t as f32;
-            k.update(&[x, 0.0, x + 20.0, 40.0]);
+            k.update(&[x, 0.0, x + 20.0, 40.0], 1.0);
         }
         let (vx, vy) = k.velocity();
         assert!((vx - 3.0).abs() < 0.05 && vy.abs() < 0.05, "{vx} {vy}");
@@ -161,7 +186,7 @@ mod tests {
         assert!((a.pv - 6.25).abs() < 1e-4);
         assert!((a.vv - (6.25 + 0.0625)).abs() < 1e-4);
         // update with z = x + 10, R = (h/20)² = 4: K = [26.25/30.25, 6.25/30.25]
-        k.update(&[10.0, 0.0, 30.0, 40.0]);
+        k.update(&[10.0, 0.0, 30.0, 40.0], 1.0);
         let a = k.axes[0];
         assert!(
             (a.x - (10.0 + 10.0 * 26.25 / 30.25)).abs() < 1e-3,
@@ -176,7 +201,7 @@ mod tests {
         let mut k = KalmanBox::new(&[0.0, 0.0, 20.0, 20.0]);
         for _ in 0..10 {
             k.predict(false);
-            k.update(&[0.0, 0.0, 20.0, 20.0]);
+            k.update(&[0.0, 0.0, 20.0, 20.0], 1.0);
         }
         let mut last = k.centre_std();
         for _ in 0..20 {
@@ -195,7 +220,7 @@ mod tests {
         for t in 1..10 {
             k.predict(false);
             let s = 10.0 + t as f32;
-            k.update(&[0.0, 0.0, s, s]);
+            k.update(&[0.0, 0.0, s, s], 1.0);
         }
         let h = k.bbox()[3] - k.bbox()[1];
         for _ in 0..10 {

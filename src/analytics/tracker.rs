@@ -7,6 +7,13 @@
 //! mask IoU; a detection of another class than a track's label counts only part of its similarity, so
 //! where objects of different classes cross, each keeps its own.
 //!
+//! Occlusion: a detection of a partly covered object is only its visible part, whose box shrinks from
+//! the covered side, so its centre lags and the filter would learn a slower motion, just when the
+//! track's prediction must stay on the object. Each track keeps the largest mask area seen recently;
+//! a detection that shows less of it counts less in the filter (measurement noise scaled by the
+//! inverse of the visible share), and the mask compared with new detections is the last one seen
+//! (nearly) whole, so a covered object is still matched by its full shape.
+//!
 //! Lifecycle: tentative → confirmed (after `min_hits` matches) → lost (unmatched) → removed (lost for
 //! longer than `max_lost_*`, or a tentative track missed once). Ids are unique for the tracker's life.
 
@@ -19,6 +26,14 @@ use super::merge::mask_iou_shifted;
 use crate::model::boxes::{self, BoxF};
 use crate::model::paste::InstanceMask;
 use crate::model::Detection;
+
+/// Per match, the remembered whole-object area shrinks by this factor (at 30 frames/s it halves in
+/// about a second without a larger view): slow enough to outlast a covering object passing by.
+const WHOLE_AREA_DECAY: f32 = 0.98;
+/// A view showing at least this share of the whole area replaces the track's template mask.
+const WHOLE_SHARE: f32 = 0.8;
+/// The most a partial view's measurement noise is scaled up (at a tenth of the object in view).
+const MAX_NOISE_SCALE: f32 = 10.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackState {
@@ -38,12 +53,17 @@ pub struct Track {
     /// Ever confirmed (a lost track that was confirmed before ends with `track_end`).
     pub confirmed: bool,
     kf: KalmanBox,
-    /// The last matched detection's box, score and mask.
+    /// The last matched detection's box and score.
     pub bbox: BoxF,
     pub score: f32,
     pub best_score: f32,
-    mask: InstanceMask,
-    mask_area: usize,
+    /// The object's mask area when whole: the largest area matched recently, decaying by
+    /// `WHOLE_AREA_DECAY` a match so that an object moving away (shrinking) is followed.
+    whole_area: f32,
+    /// The last mask matched with at least `WHOLE_SHARE` of `whole_area` in view, and its box.
+    template: InstanceMask,
+    template_area: usize,
+    template_box: BoxF,
     /// Score-weighted class votes over the track's history, by class id.
     votes: Vec<f32>,
     pub first_frame: u64,
@@ -76,19 +96,39 @@ impl Track {
     }
 
     /// How well detection `d` (with mask area `area`) continues this track: IoU of the predicted box,
-    /// averaged with the IoU of the last mask moved to the predicted place when `use_mask`.
+    /// averaged with the IoU of the template mask moved to the predicted place when `use_mask`.
     fn similarity(&self, d: &Detection, area: usize, use_mask: bool) -> f32 {
         let pred = self.kf.bbox();
         let box_iou = boxes::iou(&pred, &d.bbox);
-        if box_iou <= 0.0 || !use_mask || self.mask_area == 0 || area == 0 {
+        if box_iou <= 0.0 || !use_mask || self.template_area == 0 || area == 0 {
             return box_iou;
         }
         let centre = |b: &BoxF| ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
         let (px, py) = centre(&pred);
-        let (lx, ly) = centre(&self.bbox);
+        let (lx, ly) = centre(&self.template_box);
         let (dx, dy) = ((px - lx).round() as i64, (py - ly).round() as i64);
-        let m = mask_iou_shifted(&self.mask, self.mask_area, dx, dy, &d.mask, area);
+        let m = mask_iou_shifted(&self.template, self.template_area, dx, dy, &d.mask, area);
         0.5 * (box_iou + m)
+    }
+
+    /// Takes in a matched detection's box and mask: the filter weighs the box by the share of the
+    /// object in view, and the template follows only a (nearly) whole view.
+    fn observe(&mut self, det: &Detection, area: usize) {
+        let area_f = area as f32;
+        self.whole_area = (self.whole_area * WHOLE_AREA_DECAY).max(area_f);
+        let visible = if self.whole_area > 0.0 {
+            area_f / self.whole_area
+        } else {
+            1.0
+        };
+        self.kf
+            .update(&det.bbox, (1.0 / visible.max(1e-3)).min(MAX_NOISE_SCALE));
+        if area_f >= WHOLE_SHARE * self.whole_area {
+            self.template.clone_from(&det.mask);
+            self.template_area = area;
+            self.template_box = det.bbox;
+        }
+        self.bbox = det.bbox;
     }
 
     /// Similarity for recovering this (lost) track with detection `d`: 0 for another class, else the
@@ -275,12 +315,9 @@ impl Tracker {
             matched_track[t] = true;
             let track = &mut self.tracks[t];
             let det = &input.detections[d];
-            track.kf.update(&det.bbox);
-            track.bbox = det.bbox;
+            track.observe(det, input.areas[d]);
             track.score = det.score;
             track.best_score = track.best_score.max(det.score);
-            track.mask.clone_from(&det.mask);
-            track.mask_area = input.areas[d];
             track.vote(det.class_id, det.score);
             track.hits += 1;
             track.missed = 0;
@@ -350,8 +387,10 @@ impl Tracker {
                 bbox: det.bbox,
                 score: det.score,
                 best_score: det.score,
-                mask: det.mask.clone(),
-                mask_area: input.areas[d],
+                whole_area: input.areas[d] as f32,
+                template: det.mask.clone(),
+                template_area: input.areas[d],
+                template_box: det.bbox,
                 votes: Vec::new(),
                 first_frame: frame,
                 first_pts_ns: pts_ns,
@@ -558,7 +597,9 @@ mod tests {
 
     /// A small object walks right, is cut by an occluder for its last frames in view (its box shrinks,
     /// so the filter learns a slower motion), is hidden for 20 frames and comes out where it really
-    /// is: far from the plain prediction, inside the buffered one.
+    /// is: far from the plain prediction, inside the buffered one. Returns its id while whole and
+    /// the id given to it when it is back. (The last sliver, a seventh of it, may not continue the
+    /// track: that only makes it lost a frame earlier.)
     fn occluded_walk(t: &mut Tracker, class_after: usize) -> (u64, Option<u64>) {
         let mut id = 0;
         for f in 0..20u64 {
@@ -569,7 +610,9 @@ mod tests {
                 14 - 3 * (f as usize - 15)
             };
             let s = t.update(&[det(1, 0.9, x, 40, w, 14)], 0.5, f, f);
-            id = s.assigned[0].unwrap();
+            if f < 16 {
+                id = s.assigned[0].unwrap();
+            }
         }
         for f in 20..40u64 {
             t.update(&[], 0.5, f, f);
@@ -637,6 +680,49 @@ mod tests {
             vec![after[1], after[0]],
             "class-blind matching swaps them"
         );
+    }
+
+    /// A square (class 1) walks right and a taller box (class 3) walks left in front of it. While the
+    /// box covers the square from the right, the square's detections shrink to the part still in view;
+    /// at the crossing the detector misses the box and reports the square whole for three frames;
+    /// then the box comes out on the left of the square, which comes out from behind it. Returns the
+    /// track ids of (square, box) before the crossing and after it.
+    fn covered_crossing() -> ((u64, u64), (Option<u64>, Option<u64>)) {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let (mut before, mut after) = ((0, 0), (None, None));
+        for f in 0..56u64 {
+            let (ax, bx) = (3 * f as i64, 200 - 3 * f as i64); // square [ax, ax+30], box [bx, bx+32]
+            let square = |x0: i64, x1: i64| det(1, 0.95, x0 as usize, 100, (x1 - x0) as usize, 30);
+            let boxed = det(3, 0.95, bx.max(0) as usize, 97, 32, 36);
+            let (visible_from, visible_to) = if bx >= ax + 30 || bx + 32 <= ax {
+                (ax, ax + 30) // apart
+            } else if bx > ax {
+                (ax, bx) // covered from the right
+            } else {
+                (bx + 32, ax + 30) // coming out on the right
+            };
+            let dets = if (34..37).contains(&f) {
+                vec![square(ax, ax + 30)] // the box missed, the square seen through it
+            } else if visible_to - visible_from >= 6 {
+                vec![square(visible_from, visible_to), boxed]
+            } else {
+                vec![boxed]
+            };
+            let s = t.update(&dets, 0.5, f, f * 33_333_333);
+            if f == 25 {
+                before = (s.assigned[0].unwrap(), s.assigned[1].unwrap());
+            }
+            if f == 55 {
+                after = (s.assigned[0], s.assigned[1]);
+            }
+        }
+        (before, after)
+    }
+
+    #[test]
+    fn an_object_covered_by_another_of_another_class_keeps_its_id() {
+        let (before, after) = covered_crossing();
+        assert_eq!((Some(before.0), Some(before.1)), after);
     }
 
     #[test]
