@@ -177,6 +177,10 @@ pub struct MaskSection {
     /// How a mask is mapped back onto its box; engines without the key paste as torchvision does.
     #[serde(default)]
     pub paste: PasteMode,
+    /// Share of the pasted mask's own bounds in each output box: 0 (the default, torchvision's) keeps
+    /// the box head's box; 0.5 averages the two estimates of the object's extent; 1 takes the mask's.
+    #[serde(default)]
+    pub box_from_mask: f32,
 }
 
 /// The geometry of the paste. torchvision's truncates the box to whole pixels and resizes the mask to
@@ -545,6 +549,12 @@ impl Manifest {
                 format!("{} is not a probability in (0, 1)", self.mask.threshold),
             );
         }
+        if !(0.0..=1.0).contains(&self.mask.box_from_mask) {
+            return bad(
+                "mask.box_from_mask",
+                format!("{} is not a share in [0, 1]", self.mask.box_from_mask),
+            );
+        }
         if self.mask.resolution != 2 * self.mask_roi_pool.output_size {
             return bad(
                 "mask.resolution",
@@ -797,6 +807,30 @@ mod tests {
             assert!(text.contains(&format!("threshold = {bad}")));
             let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err();
             assert!(err.to_string().contains("mask.threshold"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn box_from_mask_defaults_to_the_box_heads_box_and_is_checked() {
+        let m = Manifest::parse(&bundled(), Path::new("m.toml")).unwrap();
+        let without = bundled()
+            .lines()
+            .filter(|l| !l.starts_with("box_from_mask"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let default = Manifest::parse(&without, Path::new("m.toml")).unwrap();
+        assert_eq!(default.mask.box_from_mask, 0.0);
+        let set = without.replace("[mask]\n", "[mask]\nbox_from_mask = 0.25\n");
+        let parsed = Manifest::parse(&set, Path::new("m.toml")).unwrap();
+        assert_eq!(parsed.mask.box_from_mask, 0.25);
+        assert!(m.mask.box_from_mask >= 0.0);
+        for bad in ["-0.1", "1.5", "nan"] {
+            let text = without.replace("[mask]\n", &format!("[mask]\nbox_from_mask = {bad}\n"));
+            let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains("mask.box_from_mask"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -261,6 +261,9 @@ def main():
     ap.add_argument("--mask-upsample", choices=["subpixel", "deconv"], default="subpixel",
                     help="the mask predictor's 2x upsampling: subpixel (1x1 convolutions, quantizable; the same "
                          "sums) or deconv (torchvision's ConvTranspose as it is)")
+    ap.add_argument("--box-from-mask", type=float, default=0.0,
+                    help="share of each pasted mask's own bounds in its output box (0: the box head's box, "
+                         "torchvision's; 0.5: the average of the two)")
     ap.add_argument("--mask-paste", choices=["torchvision", "exact"], default="torchvision",
                     help="how masks are laid over their boxes: torchvision's paste_masks_in_image (about a pixel "
                          "too wide and tall) or exact (sampled at pixel centres, Detectron2's); measure the AP "
@@ -380,7 +383,8 @@ def main():
                           "sampling_ratio": int(heads.mask_roi_pool.sampling_ratio), "aligned": False,
                           "canonical_scale": int(heads.mask_roi_pool.canonical_scale),
                           "canonical_level": int(heads.mask_roi_pool.canonical_level)},
-        "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1, "paste": args.mask_paste},
+        "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1, "paste": args.mask_paste,
+                 **({"box_from_mask": args.box_from_mask} if args.box_from_mask else {})},
         "graphs": {
             "backbone": {"file": "backbone.onnx", "sha256": sha256(bb_path), "input": "images",
                          "features": levels, "feature_layout": args.feature_layout, "objectness": [f"objectness_{p}" for p in levels],

@@ -184,8 +184,8 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
 
 def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     """The run-time settings an engine's manifest may change from torchvision's defaults (export.py
-    --min-size/--max-size, --post-nms-top-n, --box-sampling-ratio, --mask-paste), so that torch runs the
-    engine exactly as maskstream does."""
+    --min-size/--max-size, --post-nms-top-n, --box-sampling-ratio, --mask-paste, --box-from-mask), so that
+    torch runs the engine exactly as maskstream does (the output boxes through output_boxes)."""
     import os
     import tomllib
 
@@ -199,6 +199,7 @@ def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     model.roi_heads.box_roi_pool.sampling_ratio = m["box_roi_pool"]["sampling_ratio"]
     model.roi_heads.mask_roi_pool.sampling_ratio = m["mask_roi_pool"]["sampling_ratio"]
     model.mask_threshold = m["mask"]["threshold"]
+    model.box_from_mask = float(m["mask"].get("box_from_mask", 0.0))
     if m["mask"].get("paste", "torchvision") == "exact":
         use_exact_paste(model)
     return model
@@ -207,6 +208,24 @@ def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
 def mask_threshold(model: MaskRCNN) -> float:
     """The probability above which a pasted mask pixel is set (the manifest's mask.threshold)."""
     return getattr(model, "mask_threshold", 0.5)
+
+
+def output_boxes(model: MaskRCNN, pred: dict) -> torch.Tensor:
+    """The boxes maskstream writes (src/model/paste.rs box_from_mask): each of the box head's boxes moved
+    the manifest's mask.box_from_mask share of the way to the bounds (pixel edges) of its thresholded
+    mask; the box head's own where the share is 0 or the mask empty."""
+    share = getattr(model, "box_from_mask", 0.0)
+    boxes = pred["boxes"]
+    if share <= 0 or "masks" not in pred or len(boxes) == 0:
+        return boxes
+    out = boxes.clone()
+    for i, m in enumerate(pred["masks"][:, 0] > mask_threshold(model)):
+        ys, xs = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
+        if len(xs) == 0:
+            continue
+        bounds = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+        out[i] = boxes[i] + torch.tensor(share, dtype=torch.float32) * (bounds - boxes[i])
+    return out
 
 
 def _exact_taps(lo: torch.Tensor, hi: torch.Tensor, r: int, size: int):

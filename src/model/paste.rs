@@ -53,15 +53,27 @@ pub fn instances(
                 .into_iter()
                 .zip(masks)
                 .zip(d.scores.iter().zip(&d.labels))
-                .map(|((bbox, mask), (&score, &class_id))| Detection {
+                .map(|((bbox, instance), (&score, &class_id))| Detection {
                     class_id,
                     score,
-                    bbox,
-                    mask,
+                    bbox: box_from_mask(bbox, &instance, mask.box_from_mask),
+                    mask: instance,
                 })
                 .collect()
         })
         .collect()
+}
+
+/// The output box: `share` of the way from the box head's `bbox` to the bounds of its pasted mask
+/// (pixel edges); an empty mask leaves the box as it is.
+pub fn box_from_mask(bbox: BoxF, mask: &InstanceMask, share: f32) -> BoxF {
+    if share <= 0.0 {
+        return bbox;
+    }
+    let Some(bounds) = mask.bounds() else {
+        return bbox;
+    };
+    std::array::from_fn(|i| bbox[i] + share * (bounds[i] - bbox[i]))
 }
 
 /// A binary instance mask stored over its box: `data[y * width + x]` is 0 or 1 at frame pixel
@@ -97,6 +109,28 @@ impl InstanceMask {
 
     pub fn area(&self) -> usize {
         self.data.iter().map(|&v| v as usize).sum()
+    }
+
+    /// [x1, y1, x2, y2] of the set pixels (their outer edges, frame pixels); None when none is set.
+    pub fn bounds(&self) -> Option<BoxF> {
+        let w = self.width.max(1);
+        let (mut x1, mut y1, mut x2, mut y2) = (usize::MAX, usize::MAX, 0, 0);
+        for (i, _) in self.data.iter().enumerate().filter(|(_, &v)| v != 0) {
+            let (x, y) = (i % w, i / w);
+            x1 = x1.min(x);
+            x2 = x2.max(x + 1);
+            y1 = y1.min(y);
+            y2 = y2.max(y + 1);
+        }
+        (x1 != usize::MAX).then(|| {
+            let (ox, oy) = (self.x0 as f32, self.y0 as f32);
+            [
+                ox + x1 as f32,
+                oy + y1 as f32,
+                ox + x2 as f32,
+                oy + y2 as f32,
+            ]
+        })
     }
 
     /// Row-major full-frame bitmap.
@@ -355,7 +389,34 @@ mod tests {
             resolution: 28,
             paste_padding: 1,
             paste,
+            box_from_mask: 0.0,
         }
+    }
+
+    #[test]
+    fn output_box_moves_the_given_share_towards_the_mask_bounds() {
+        let mut m = InstanceMask {
+            frame_height: 100,
+            frame_width: 100,
+            x0: 10,
+            y0: 20,
+            width: 8,
+            height: 6,
+            data: vec![0; 48],
+        };
+        let b = [10.0, 20.0, 18.0, 26.0];
+        assert_eq!(m.bounds(), None);
+        assert_eq!(box_from_mask(b, &m, 0.5), b, "an empty mask keeps the box");
+        // set pixels (x 12..=14, y 21..=23) in frame coordinates
+        for y in 1..4 {
+            for x in 2..5 {
+                m.data[y * 8 + x] = 1;
+            }
+        }
+        assert_eq!(m.bounds(), Some([12.0, 21.0, 15.0, 24.0]));
+        assert_eq!(box_from_mask(b, &m, 0.0), b);
+        assert_eq!(box_from_mask(b, &m, 1.0), [12.0, 21.0, 15.0, 24.0]);
+        assert_eq!(box_from_mask(b, &m, 0.5), [11.0, 20.5, 16.5, 25.0]);
     }
 
     fn paste_ones(b: BoxF, mode: PasteMode) -> InstanceMask {
