@@ -181,6 +181,22 @@ pub struct MaskSection {
     /// the box head's box; 0.5 averages the two estimates of the object's extent; 1 takes the mask's.
     #[serde(default)]
     pub box_from_mask: f32,
+    /// A detection whose pasted mask covers nearly the same pixels as a better-scoring one of another
+    /// class (per-class NMS cannot see it) keeps only a share of its score; absent (torchvision's
+    /// semantics), both reports stand as the box head scored them.
+    #[serde(default)]
+    pub cross_class: Option<CrossClass>,
+}
+
+/// `[mask] cross_class = { iou = 0.85, factor = 0.5 }`: the second report of one object, under another
+/// class, is kept (it is the right one when the first's class is wrong) but scored `factor` times lower.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossClass {
+    /// Mask IoU from which two detections of different classes count as one object.
+    pub iou: f32,
+    /// What the lower-scoring report's score is multiplied by.
+    pub factor: f32,
 }
 
 /// The geometry of the paste. torchvision's truncates the box to whole pixels and resizes the mask to
@@ -555,6 +571,20 @@ impl Manifest {
                 format!("{} is not a share in [0, 1]", self.mask.box_from_mask),
             );
         }
+        if let Some(c) = self.mask.cross_class {
+            if !(c.iou > 0.0 && c.iou <= 1.0) {
+                return bad(
+                    "mask.cross_class.iou",
+                    format!("{} is not a mask IoU in (0, 1]", c.iou),
+                );
+            }
+            if !(0.0..1.0).contains(&c.factor) {
+                return bad(
+                    "mask.cross_class.factor",
+                    format!("{} is not a factor in [0, 1)", c.factor),
+                );
+            }
+        }
         if self.mask.resolution != 2 * self.mask_roi_pool.output_size {
             return bad(
                 "mask.resolution",
@@ -831,6 +861,40 @@ mod tests {
                 err.to_string().contains("mask.box_from_mask"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn cross_class_is_off_unless_asked_and_is_checked() {
+        // the bundled manifest without the key, however it was written
+        let mut doc: toml::Table = toml::from_str(&bundled()).unwrap();
+        if let Some(toml::Value::Table(mask)) = doc.get_mut("mask") {
+            mask.remove("cross_class");
+        }
+        let base = toml::to_string(&doc).unwrap();
+        let off = Manifest::parse(&base, Path::new("m.toml")).unwrap();
+        assert_eq!(off.mask.cross_class, None);
+        let with = |v: &str| base.replace("[mask]\n", &format!("[mask]\ncross_class = {v}\n"));
+        let on =
+            Manifest::parse(&with("{ iou = 0.8, factor = 0.25 }"), Path::new("m.toml")).unwrap();
+        assert_eq!(
+            on.mask.cross_class,
+            Some(CrossClass {
+                iou: 0.8,
+                factor: 0.25
+            })
+        );
+        for (v, field) in [
+            ("{ iou = 0.0, factor = 0.5 }", "mask.cross_class.iou"),
+            ("{ iou = 1.5, factor = 0.5 }", "mask.cross_class.iou"),
+            ("{ iou = 0.8, factor = 1.0 }", "mask.cross_class.factor"),
+            ("{ iou = 0.8, factor = -0.1 }", "mask.cross_class.factor"),
+            ("{ iou = 0.8, factor = nan }", "mask.cross_class.factor"),
+            ("{ iou = 0.8 }", "factor"),
+            ("{ iou = 0.8, factor = 0.5, extra = 1 }", "extra"),
+        ] {
+            let err = Manifest::parse(&with(v), Path::new("m.toml")).unwrap_err();
+            assert!(err.to_string().contains(field), "{v}: {err}");
         }
     }
 

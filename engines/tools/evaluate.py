@@ -37,7 +37,7 @@ from pycocotools.cocoeval import COCOeval
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import (load_shapes_checkpoint, load_shapes_from_engine, mask_threshold, output_boxes,  # noqa: E402
-                   use_exact_paste)
+                   output_scores, use_exact_paste)
 from shapes import CLASSES, CocoWriter, make_image, random_size  # noqa: E402
 
 HELD_OUT_SEED = 1_000_000_000
@@ -57,7 +57,7 @@ def detect(model, img: np.ndarray, image_id: int) -> list[dict]:
     with torch.no_grad():
         out = model([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0]
     results = []
-    for b, label, s, m in zip(output_boxes(model, out), out["labels"], out["scores"], out["masks"]):
+    for b, label, s, m in zip(output_boxes(model, out), out["labels"], output_scores(model, out), out["masks"]):
         rle = mask_util.encode(np.asfortranarray((m[0] > mask_threshold(model)).numpy().astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         x1, y1, x2, y2 = (float(v) for v in b)

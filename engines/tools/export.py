@@ -214,6 +214,17 @@ def check_graph(module, path, inputs: list[torch.Tensor], tolerance: float) -> f
     return worst
 
 
+def cross_class(text: str) -> dict:
+    """--cross-class IOU,FACTOR as the manifest's [mask.cross_class] table (checked as maskstream does)."""
+    try:
+        iou, factor = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--cross-class {text!r}: expected IOU,FACTOR, e.g. 0.85,0.5")
+    if not (0 < iou <= 1 and 0 <= factor < 1):
+        raise SystemExit(f"--cross-class {text!r}: IOU must be in (0, 1] and FACTOR in [0, 1)")
+    return {"iou": iou, "factor": factor}
+
+
 def toml_value(v):
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -264,6 +275,9 @@ def main():
     ap.add_argument("--box-from-mask", type=float, default=0.0,
                     help="share of each pasted mask's own bounds in its output box (0: the box head's box, "
                          "torchvision's; 0.5: the average of the two)")
+    ap.add_argument("--cross-class", metavar="IOU,FACTOR",
+                    help="score a detection whose mask overlaps a better one of another class by mask IoU >= IOU "
+                         "down to FACTOR times its score (e.g. 0.85,0.5; default: off, torchvision's)")
     ap.add_argument("--mask-paste", choices=["torchvision", "exact"], default="torchvision",
                     help="how masks are laid over their boxes: torchvision's paste_masks_in_image (about a pixel "
                          "too wide and tall) or exact (sampled at pixel centres, Detectron2's); measure the AP "
@@ -384,7 +398,8 @@ def main():
                           "canonical_scale": int(heads.mask_roi_pool.canonical_scale),
                           "canonical_level": int(heads.mask_roi_pool.canonical_level)},
         "mask": {"threshold": 0.5, "resolution": int(2 * mres), "paste_padding": 1, "paste": args.mask_paste,
-                 **({"box_from_mask": args.box_from_mask} if args.box_from_mask else {})},
+                 **({"box_from_mask": args.box_from_mask} if args.box_from_mask else {}),
+                 **({"cross_class": cross_class(args.cross_class)} if args.cross_class else {})},
         "graphs": {
             "backbone": {"file": "backbone.onnx", "sha256": sha256(bb_path), "input": "images",
                          "features": levels, "feature_layout": args.feature_layout, "objectness": [f"objectness_{p}" for p in levels],

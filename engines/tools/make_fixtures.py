@@ -26,7 +26,8 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import LevelMapper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import load_shapes_checkpoint, load_shapes_from_engine, mask_threshold, output_boxes  # noqa: E402
+from model import (load_shapes_checkpoint, load_shapes_from_engine, mask_threshold, output_boxes,  # noqa: E402
+                   output_scores)
 from shapes import _background, make_image  # noqa: E402
 
 # (case name, height, width, seed); seed None = background only, no objects
@@ -88,6 +89,8 @@ def detect_case(model, out_dir, name, h, w, seed):
     np.save(os.path.join(d, "boxes.npy"), final["boxes"].numpy().astype(np.float32))
     # what maskstream writes: the boxes moved towards their masks' bounds where the manifest asks for it
     np.save(os.path.join(d, "output_boxes.npy"), output_boxes(model, final).numpy().astype(np.float32))
+    # and the scores: a second report of one object under another class scored down (mask.cross_class)
+    np.save(os.path.join(d, "output_scores.npy"), output_scores(model, final).numpy().astype(np.float32))
     np.save(os.path.join(d, "boxes_resized.npy"), resized_boxes.numpy().astype(np.float32))
     np.save(os.path.join(d, "labels.npy"), final["labels"].numpy().astype(np.int64))
     np.save(os.path.join(d, "scores.npy"), final["scores"].numpy().astype(np.float32))

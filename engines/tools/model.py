@@ -2,6 +2,7 @@
 head, deconv + 1x1 predictor) at widths that run in real time on two CPU cores."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -200,6 +201,7 @@ def apply_manifest_settings(model: MaskRCNN, engine_dir: str) -> MaskRCNN:
     model.roi_heads.mask_roi_pool.sampling_ratio = m["mask_roi_pool"]["sampling_ratio"]
     model.mask_threshold = m["mask"]["threshold"]
     model.box_from_mask = float(m["mask"].get("box_from_mask", 0.0))
+    model.cross_class = m["mask"].get("cross_class")
     if m["mask"].get("paste", "torchvision") == "exact":
         use_exact_paste(model)
     return model
@@ -225,6 +227,39 @@ def output_boxes(model: MaskRCNN, pred: dict) -> torch.Tensor:
             continue
         bounds = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
         out[i] = boxes[i] + torch.tensor(share, dtype=torch.float32) * (bounds - boxes[i])
+    return out
+
+
+def output_scores(model: MaskRCNN, pred: dict) -> torch.Tensor:
+    """The scores maskstream writes (src/model/cross_class.rs): with the manifest's mask.cross_class
+    {iou, factor}, a detection whose thresholded mask has a mask IoU of `iou` or more with a better-scoring
+    one of another class gets `factor` times its score (judged on the box head's scores); else the box
+    head's scores. Same order as pred (maskstream sorts best first again)."""
+    c = getattr(model, "cross_class", None)
+    scores = pred["scores"]
+    if not c or "masks" not in pred or len(scores) < 2:
+        return scores
+    masks = pred["masks"][:, 0] > mask_threshold(model)
+    areas = [int(m.sum()) for m in masks]
+    bounds = []  # (y0, y1, x0, x1) of the set pixels: the overlap of two masks lies inside both
+    for m in masks:
+        ys, xs = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
+        bounds.append((int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1) if len(xs) else None)
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    out = scores.clone()
+    for r, j in enumerate(order):
+        for i in order[:r]:
+            if pred["labels"][i] == pred["labels"][j] or bounds[i] is None or bounds[j] is None:
+                continue
+            y0, y1 = max(bounds[i][0], bounds[j][0]), min(bounds[i][1], bounds[j][1])
+            x0, x1 = max(bounds[i][2], bounds[j][2]), min(bounds[i][3], bounds[j][3])
+            if y0 >= y1 or x0 >= x1:
+                continue
+            inter = int((masks[i, y0:y1, x0:x1] & masks[j, y0:y1, x0:x1]).sum())
+            union = areas[i] + areas[j] - inter
+            if union > 0 and np.float32(inter) >= np.float32(c["iou"]) * np.float32(union):
+                out[j] = scores[j] * torch.tensor(c["factor"], dtype=torch.float32)
+                break
     return out
 
 

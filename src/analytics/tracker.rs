@@ -22,8 +22,8 @@ use pathfinding::matrix::Matrix;
 
 use super::config::TrackerConfig;
 use super::kalman::KalmanBox;
-use super::merge::mask_iou_shifted;
 use crate::model::boxes::{self, BoxF};
+use crate::model::mask_iou::mask_iou_shifted;
 use crate::model::paste::InstanceMask;
 use crate::model::Detection;
 

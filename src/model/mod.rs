@@ -9,6 +9,7 @@
 //!        ─ roi_align 14×14 (device) ─▶ Pooled [ΣD,C,14,14]
 //!        ─ mask_head (ONNX convs/deconv + class channel, sigmoid) ─▶ MaskProbs [ΣD,28,28]
 //!        ─ paste (device) ─▶ Instances: N × detections in frame pixels with binary masks
+//!        ─ cross_class (manifest opt-in) ─▶ a second report of one object under another class scored down
 //! ```
 //!
 //! The dense work is in the three ONNX graphs ([`graph`], run by [`crate::backend`]); everything
@@ -18,9 +19,11 @@ pub mod anchors;
 pub mod backbone;
 pub mod box_head;
 pub mod boxes;
+pub mod cross_class;
 pub mod device;
 pub mod graph;
 pub mod mask_head;
+pub mod mask_iou;
 pub mod paste;
 pub mod preprocess;
 pub mod roi_align;
@@ -218,9 +221,18 @@ impl MaskRcnn {
         let probs = t.time(Stage::MaskHead, || {
             mask_head.forward(&pooled_masks, &detections, m)
         })?;
-        let instances = t.time(Stage::Paste, || {
+        let mut instances = t.time(Stage::Paste, || {
             paste::instances(device, detections, &probs, &images, &m.mask)
         });
+        // one object reported under two classes: the second report scored down (manifest opt-in)
+        if let Some(c) = m.mask.cross_class {
+            t.time(Stage::Paste, || {
+                for frame in &mut instances {
+                    cross_class::soften(frame, c);
+                    frame.retain(|d| d.score >= *min_score);
+                }
+            });
+        }
 
         Ok(instances
             .into_iter()

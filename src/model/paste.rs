@@ -390,6 +390,7 @@ mod tests {
             paste_padding: 1,
             paste,
             box_from_mask: 0.0,
+            cross_class: None,
         }
     }
 
