@@ -212,6 +212,15 @@ def mask_threshold(model: MaskRCNN) -> float:
     return getattr(model, "mask_threshold", 0.5)
 
 
+def mask_bounds(m: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(x1, y1, x2, y2) of a binary mask's set pixels (their outer edges, as src/model/paste.rs
+    InstanceMask::bounds); None when none is set."""
+    ys, xs = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
+    if len(xs) == 0:
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+
+
 def output_boxes(model: MaskRCNN, pred: dict) -> torch.Tensor:
     """The boxes maskstream writes (src/model/paste.rs box_from_mask): each of the box head's boxes moved
     the manifest's mask.box_from_mask share of the way to the bounds (pixel edges) of its thresholded
@@ -222,10 +231,10 @@ def output_boxes(model: MaskRCNN, pred: dict) -> torch.Tensor:
         return boxes
     out = boxes.clone()
     for i, m in enumerate(pred["masks"][:, 0] > mask_threshold(model)):
-        ys, xs = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
-        if len(xs) == 0:
+        b = mask_bounds(m)
+        if b is None:
             continue
-        bounds = torch.tensor([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1], dtype=torch.float32)
+        bounds = torch.tensor(b, dtype=torch.float32)
         out[i] = boxes[i] + torch.tensor(share, dtype=torch.float32) * (bounds - boxes[i])
     return out
 
@@ -241,18 +250,15 @@ def output_scores(model: MaskRCNN, pred: dict) -> torch.Tensor:
         return scores
     masks = pred["masks"][:, 0] > mask_threshold(model)
     areas = [int(m.sum()) for m in masks]
-    bounds = []  # (y0, y1, x0, x1) of the set pixels: the overlap of two masks lies inside both
-    for m in masks:
-        ys, xs = torch.nonzero(m.any(1))[:, 0], torch.nonzero(m.any(0))[:, 0]
-        bounds.append((int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1) if len(xs) else None)
+    bounds = [mask_bounds(m) for m in masks]  # the overlap of two masks lies inside both bounds
     order = torch.argsort(scores, descending=True, stable=True).tolist()
     out = scores.clone()
     for r, j in enumerate(order):
         for i in order[:r]:
             if pred["labels"][i] == pred["labels"][j] or bounds[i] is None or bounds[j] is None:
                 continue
-            y0, y1 = max(bounds[i][0], bounds[j][0]), min(bounds[i][1], bounds[j][1])
-            x0, x1 = max(bounds[i][2], bounds[j][2]), min(bounds[i][3], bounds[j][3])
+            x0, y0 = max(bounds[i][0], bounds[j][0]), max(bounds[i][1], bounds[j][1])
+            x1, y1 = min(bounds[i][2], bounds[j][2]), min(bounds[i][3], bounds[j][3])
             if y0 >= y1 or x0 >= x1:
                 continue
             inter = int((masks[i, y0:y1, x0:x1] & masks[j, y0:y1, x0:x1]).sum())
