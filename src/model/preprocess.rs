@@ -101,10 +101,9 @@ impl Preprocessed<'_> {
     }
 }
 
-/// Reusable buffers for preprocessing: normalized planes before resize, and the batch tensor.
+/// Reusable buffer for preprocessing: the batch tensor.
 #[derive(Debug, Default)]
 pub struct Preprocessor {
-    planes: Vec<f32>,
     input: Vec<f32>,
 }
 
@@ -123,7 +122,7 @@ impl Preprocessor {
         let sizes = frames
             .iter()
             .zip(self.input.chunks_exact_mut(per_image.max(1)))
-            .map(|(f, out)| image(f, t, (ph, pw), &mut self.planes, out))
+            .map(|(f, out)| image(f, t, (ph, pw), out))
             .collect();
         Preprocessed {
             tensor: &self.input,
@@ -136,59 +135,63 @@ impl Preprocessor {
 /// Row bands a channel is split into for the thread pool (a few per core of a small machine).
 const BANDS: usize = 4;
 
+/// One source row of channel `c`, normalized through `lut` and blended across columns: the first
+/// half of resize_plane's sums, computed once per source row instead of once per output row that
+/// reads it (upscaling reads most rows twice), straight from the interleaved bytes.
+fn blend_row(row: &[u8], c: usize, lut: &[f32; 256], cols: &[LinearTap], out: &mut [f32]) {
+    for (o, t) in out.iter_mut().zip(cols) {
+        *o = lut[row[t.i0 * 3 + c] as usize] * t.w0 + lut[row[t.i1 * 3 + c] as usize] * t.w1;
+    }
+}
+
 /// Writes one normalized, resized image into `out` (3 planes of `pad_h x pad_w`, zero padding).
-fn image(
-    frame: &RgbFrame<'_>,
-    t: &Transform,
-    pad: (usize, usize),
-    planes: &mut Vec<f32>,
-    out: &mut [f32],
-) -> ImageSize {
+/// Each value is resize_plane's over the normalized planes, the same operations in the same order,
+/// so the tensor is bit-for-bit torchvision's (unit test against the plain computation).
+fn image(frame: &RgbFrame<'_>, t: &Transform, pad: (usize, usize), out: &mut [f32]) -> ImageSize {
     let (h, w) = (frame.height, frame.width);
     let (rh, rw) = resized_size(h, w, t);
-    let plane = h * w;
-    planes.resize(3 * plane, 0.0);
     let (ph, pw) = pad;
     let rows = linear_taps(h, rh);
     let cols = linear_taps(w, rw);
-    // bands of rows of every channel, in parallel (three channels alone left one of two cores idle
-    // a third of the time); each value is computed exactly as before, so the output is unchanged
-    let band = h.div_ceil(BANDS).max(1);
-    planes
-        .par_chunks_exact_mut(plane.max(1))
+    // bands of output rows of every channel, in parallel (three channels alone left one of two
+    // cores idle a third of the time)
+    let out_band = rh.div_ceil(BANDS).max(1);
+    out[..3 * ph * pw]
+        .par_chunks_exact_mut((ph * pw).max(1))
         .enumerate()
-        .for_each(|(c, src)| {
+        .for_each(|(c, dst)| {
             // torchvision: image / 255, then (x - mean) / std, in f32; a byte has 256 values, so a
             // table holds each result exactly as computed
             let lut: [f32; 256] = std::array::from_fn(|v| {
                 (v as f32 / t.input_divisor - t.image_mean[c]) / t.image_std[c]
             });
-            src.par_chunks_mut(band * w)
-                .enumerate()
-                .for_each(|(b, rows_out)| {
-                    for (i, out_row) in rows_out.chunks_exact_mut(w).enumerate() {
-                        let row = &frame.row(b * band + i)[c..];
-                        for (x, p) in out_row.iter_mut().enumerate() {
-                            *p = lut[row[x * 3] as usize];
-                        }
-                    }
-                });
-        });
-    let out_band = rh.div_ceil(BANDS).max(1);
-    let planes = &planes[..];
-    out[..3 * ph * pw]
-        .par_chunks_exact_mut((ph * pw).max(1))
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let src = &planes[c * plane..(c + 1) * plane];
             let (image, below) = dst.split_at_mut(rh * pw);
             below.fill(0.0);
             image
                 .par_chunks_mut(out_band * pw)
                 .zip(rows.par_chunks(out_band))
                 .for_each(|(dst_rows, taps)| {
-                    resize_plane(src, w, taps, &cols, dst_rows, pw);
-                    for row in dst_rows.chunks_exact_mut(pw) {
+                    // the two blended source rows the last output row read, by source index
+                    let mut a = (usize::MAX, vec![0.0f32; rw]);
+                    let mut b = (usize::MAX, vec![0.0f32; rw]);
+                    for (row, r) in dst_rows.chunks_exact_mut(pw).zip(taps) {
+                        for want in [r.i0, r.i1] {
+                            if a.0 == want || b.0 == want {
+                                continue;
+                            }
+                            // evict the slot holding neither row this output row reads
+                            let victim = if a.0 != r.i0 && a.0 != r.i1 {
+                                &mut a
+                            } else {
+                                &mut b
+                            };
+                            blend_row(frame.row(want), c, &lut, &cols, &mut victim.1);
+                            victim.0 = want;
+                        }
+                        let of = |i: usize| if a.0 == i { &a.1 } else { &b.1 };
+                        for ((o, x0), x1) in row[..rw].iter_mut().zip(of(r.i0)).zip(of(r.i1)) {
+                            *o = x0 * r.w0 + x1 * r.w1;
+                        }
                         row[rw..].fill(0.0);
                     }
                 });
