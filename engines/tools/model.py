@@ -149,6 +149,17 @@ def _deconv_from_subpixel(inits: dict) -> dict:
     return out
 
 
+def engine_config(engine_dir: str) -> dict:
+    """SHAPES_CONFIG with the engine's FPN width (manifest model.fpn_channels): engines narrowed by
+    narrow.py carry 64 where the first ones had 96."""
+    import os
+    import tomllib
+
+    with open(os.path.join(engine_dir, "manifest.toml"), "rb") as f:
+        m = tomllib.load(f)
+    return {**SHAPES_CONFIG, "fpn": int(m["model"]["fpn_channels"])}
+
+
 def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     """The bundled engine's own weights (BN folded at export) in an eval-mode torchvision model: the
     same weights as the checkpoint it was exported from, for a clone that does not have that file
@@ -158,7 +169,7 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     import onnx
     from onnx import numpy_helper
 
-    model = build_folded_shapes_model(SHAPES_CONFIG)
+    model = build_folded_shapes_model(engine_config(engine_dir))
     state = model.state_dict()
     loaded = set()
     for file, prefixes in _GRAPH_PREFIXES.items():

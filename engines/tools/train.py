@@ -50,7 +50,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import SHAPES_CONFIG, build_folded_shapes_model, build_shapes_model, load_shapes_from_engine  # noqa: E402
+from model import (SHAPES_CONFIG, build_folded_shapes_model, build_shapes_model, engine_config,  # noqa: E402
+                   load_shapes_from_engine)
 from shapes import make_image, random_size, to_target  # noqa: E402
 
 # image seeds are batch_seed * 16 + k; they stay far below evaluate.py's held-out seeds (10^9)
@@ -109,7 +110,7 @@ def check_against_engine(model, engine_dir: str, world: str) -> float:
     h, w = random_size(rng, world=world)
     img, _ = make_image(123, h, w, world=world)
     x = model.transform([torch.from_numpy(img).permute(2, 0, 1).float() / 255.0])[0].tensors
-    f = SHAPES_CONFIG["fpn"]
+    f = model.backbone.out_channels
     g = torch.Generator().manual_seed(0)
     with open(os.path.join(engine_dir, "manifest.toml"), "rb") as fh:
         bb = tomllib.load(fh)["graphs"]["backbone"]
@@ -170,7 +171,9 @@ def main():
 
     ckpt = torch.load(args.out, map_location="cpu", weights_only=False) if os.path.exists(args.out) else None
     folded = ckpt["bn_folded"] if ckpt else args.init == "engine"
-    model = build_folded_shapes_model() if folded else build_shapes_model()
+    # the widths the run goes on with: the checkpoint's, else the engine's (manifest fpn_channels)
+    cfg = ckpt.get("config", SHAPES_CONFIG) if ckpt else engine_config(args.engine) if folded else SHAPES_CONFIG
+    model = build_folded_shapes_model(cfg) if folded else build_shapes_model(cfg)
     start, cycle = 0, 0
     if ckpt:
         model.load_state_dict(ckpt["model"])
@@ -201,7 +204,7 @@ def main():
 
     def save(it):
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "iter": it, "total": total,
-                    "cycle": cycle, "bn_folded": folded, "world": args.world, "config": SHAPES_CONFIG},
+                    "cycle": cycle, "bn_folded": folded, "world": args.world, "config": cfg},
                    args.out + ".tmp")
         os.replace(args.out + ".tmp", args.out)
 
