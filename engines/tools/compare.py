@@ -422,8 +422,8 @@ def main():
               f"Measured peak of these {args.threads} threads (best of 8 runs): FP32 {peak32:.0f} GFLOP/s (the "
               f"fastest of 2048x2048 products in torch and onnxruntime and a 256-channel 3x3 convolution at "
               f"96x168 in torch), INT8 {peak8:.0f} GOP/s (onnxruntime MatMulInteger u8 x s8). The shapes "
-              f"model's convolutions are small ({shapes.backbone.out_channels} channels) and reach less than these, so the fraction is an "
-              f"upper bound on what is left.", "",
+              f"model's convolutions are small ({shapes.backbone.out_channels} channels) and reach less than "
+              f"these, so the fraction is an upper bound on what is left.", "",
               "| runner | achieved GFLOP/s (or GOP/s) | fraction of the peak |", "|---|---|---|",
               f"| torchvision eager FP32 | {gflop * tv:.0f} | {gflop * tv / peak32:.2f} of FP32 |",
               f"| maskstream FP32 | {used32:.0f} | {used32 / peak32:.2f} of FP32 |",
