@@ -248,6 +248,7 @@ impl SourceSinks {
                 fps,
                 live,
                 o,
+                cfg.queue.background_nice,
             )?),
             None => None,
         };

@@ -110,13 +110,27 @@ impl Default for InferenceConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Frames buffered between stages. Unset: 8 for files (smooths decode and encode against
     /// inference) and 2 for live sources, where every queued frame is latency (a live pipeline with 8
     /// measured 433 ms decode-to-sink p50 against 189 ms with 2 on 2 cores).
     pub capacity: Option<usize>,
+    /// How many nice levels below inference the threads that can wait for it run: encoding video
+    /// files and decoding input files (0..19; 0: the same priority). They then work in the moments
+    /// inference leaves cores idle instead of taking turns with it (pipeline/priority.rs). On a
+    /// machine whose other processes keep every core busy, 0 keeps them from waiting behind those.
+    pub background_nice: u8,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity: None,
+            background_nice: 19,
+        }
+    }
 }
 
 impl QueueConfig {
@@ -708,6 +722,12 @@ impl PipelineConfig {
         if let Some(n) = self.queue.capacity.filter(|&n| n == 0 || n > 1024) {
             return bad("queue.capacity", format!("{n} is outside 1..1024"));
         }
+        if self.queue.background_nice > 19 {
+            return bad(
+                "queue.background_nice",
+                format!("{} is outside 0..19", self.queue.background_nice),
+            );
+        }
         let o = &self.overlay;
         if !(0.0..=1.0).contains(&o.alpha) {
             return bad("overlay.alpha", format!("{} is outside 0..1", o.alpha));
@@ -908,6 +928,7 @@ mod tests {
         assert_eq!(c.queue.capacity, None);
         assert_eq!(c.queue.capacity_for(false), 8);
         assert_eq!(c.queue.capacity_for(true), 2);
+        assert_eq!(c.queue.background_nice, 19);
     }
 
     #[test]
@@ -920,6 +941,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("x264_preset") && e.contains("ultrafast"), "{e}");
+    }
+
+    #[test]
+    fn background_nice_is_checked() {
+        let parse = |t: &str| PipelineConfig::parse(&format!("[[source]]\nuri = \"a.mp4\"\n{t}"));
+        assert_eq!(
+            parse("[queue]\nbackground_nice = 0\n")
+                .unwrap()
+                .queue
+                .background_nice,
+            0
+        );
+        let e = parse("[queue]\nbackground_nice = 20\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("queue.background_nice") && e.contains("0..19"),
+            "{e}"
+        );
     }
 
     #[test]

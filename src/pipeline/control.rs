@@ -205,6 +205,7 @@ impl Spawner {
         let id = self.entries.len();
         let spec = SourceSpec {
             capacity: self.cfg.queue.capacity_for(kind.is_live()),
+            background_nice: self.cfg.queue.background_nice,
             rtsp: self.cfg.rtsp_input.clone(),
             credentials: self.credentials.clone(),
             ..SourceSpec::new(id, name.clone(), kind.clone(), &source)

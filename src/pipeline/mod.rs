@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod observe;
 pub mod outputs;
+mod priority;
 pub mod rtsp;
 pub mod sink;
 pub mod source;
@@ -208,6 +209,7 @@ impl<'a> Built<'a> {
             let kind = s.kind()?;
             let spec = SourceSpec {
                 capacity: cfg.queue.capacity_for(kind.is_live()),
+                background_nice: cfg.queue.background_nice,
                 rtsp: cfg.rtsp_input.clone(),
                 credentials: credentials.clone(),
                 ..SourceSpec::new(i, name.clone(), kind.clone(), s)

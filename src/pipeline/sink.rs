@@ -50,8 +50,16 @@ pub struct AppSrcPipeline {
 }
 
 impl AppSrcPipeline {
-    fn new(what: String, caps: gst::Caps, live: bool, chain: Vec<gst::Element>) -> Result<Self> {
+    /// `nice`: how much nicer than inference its threads run (see priority.rs).
+    fn new(
+        what: String,
+        caps: gst::Caps,
+        live: bool,
+        nice: u8,
+        chain: Vec<gst::Element>,
+    ) -> Result<Self> {
         let pipeline = gst::Pipeline::new();
+        super::priority::lower(&pipeline, nice);
         let src = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
@@ -136,13 +144,14 @@ fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
 
 /// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
 /// from a live source, which drops frames when inference lags (see below). Bitrate, x264 preset and
-/// fragment length come from `[output]`.
+/// fragment length come from `[output]`; `nice`: how much nicer than inference encoding runs.
 pub fn video_file(
     path: &Path,
     (width, height): (usize, usize),
     fps: (i32, i32),
     live: bool,
     o: &OutputConfig,
+    nice: u8,
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -203,6 +212,7 @@ pub fn video_file(
         format!("video output {}", path.display()),
         raw_caps(width, height, fps),
         false,
+        nice,
         vec![i420, enc, parse, mux, sink],
     )
 }
@@ -219,6 +229,7 @@ pub fn preview(name: &str, width: usize, height: usize, fps: (i32, i32)) -> Resu
         format!("preview {name}"),
         raw_caps(width, height, fps),
         true,
+        0,
         vec![sink],
     )
 }
@@ -279,5 +290,63 @@ impl JsonlSink {
         self.file
             .write_all(&self.line)
             .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The nice value of the calling thread.
+    fn thread_nice() -> i32 {
+        // SAFETY: plain system calls on integers about the calling thread.
+        unsafe {
+            libc::getpriority(
+                libc::PRIO_PROCESS,
+                libc::syscall(libc::SYS_gettid) as libc::id_t,
+            )
+        }
+    }
+
+    #[test]
+    fn video_files_are_encoded_on_threads_nicer_than_the_callers() {
+        gst::init().unwrap();
+        let dir = std::env::temp_dir().join(format!("ms-sink-nice-{}", std::process::id()));
+        let path = dir.join("out.mp4");
+        let out = video_file(&path, (64, 48), (10, 1), false, &OutputConfig::default(), 6).unwrap();
+        // x264's output leaves it on the thread that encoded the frame
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let enc = out
+            .pipeline
+            .iterate_elements()
+            .into_iter()
+            .flatten()
+            .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
+            .unwrap();
+        let s = seen.clone();
+        enc.static_pad("src")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                s.lock().unwrap().push(thread_nice());
+                gst::PadProbeReturn::Ok
+            });
+        for i in 0..5u64 {
+            out.push(rgb_buffer(
+                vec![(i * 40) as u8; 64 * 48 * 3],
+                Some(i * 100_000_000),
+                Some(100_000_000),
+            ))
+            .unwrap();
+        }
+        out.finish(Duration::from_secs(10)).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!seen.is_empty());
+        let expected = (thread_nice() + 6).min(19);
+        assert!(
+            seen.iter().all(|&n| n == expected),
+            "{seen:?}, expected {expected}"
+        );
     }
 }

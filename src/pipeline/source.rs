@@ -78,6 +78,8 @@ pub struct SourceSpec {
     pub max_size: (u32, u32),
     /// Frames queued towards inference.
     pub capacity: usize,
+    /// How much nicer than inference a file's decoding runs (live sources keep their priority).
+    pub background_nice: u8,
     pub rtsp: RtspInputConfig,
     /// For the camera (rtspsrc / souphttpsrc user-id and user-pw).
     pub credentials: Option<Credentials>,
@@ -92,6 +94,7 @@ impl SourceSpec {
             max_frames: cfg.max_frames,
             max_size: (cfg.max_width, cfg.max_height),
             capacity: 2,
+            background_nice: 0,
             rtsp: RtspInputConfig::default(),
             credentials: None,
         }
@@ -384,6 +387,10 @@ impl SourceCtx {
 
     fn build(&self, fixed: Option<(usize, usize)>) -> Result<(gst::Pipeline, gst_app::AppSink)> {
         let pipeline = gst::Pipeline::new();
+        if !self.spec.kind.is_live() {
+            // a file waits in the queue when inference is behind: it can decode in idle moments
+            super::priority::lower(&pipeline, self.spec.background_nice);
+        }
         // scale before converting: cheaper on the smaller frame, and memory per frame is bounded
         let scale = make("videoscale")?;
         let convert = make("videoconvert")?;
@@ -803,6 +810,47 @@ mod tests {
         assert!(ends_early(None, Some(s)).is_none());
         let why = ends_early(Some(10 * s), Some(5 * s)).unwrap();
         assert!(why.contains("5.0 s of the 10.0 s"), "{why}");
+    }
+
+    /// Nice values of this process's threads (field 19 of /proc/self/task/*/stat).
+    fn thread_nices() -> Vec<i32> {
+        let mut all = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            if let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) {
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                all.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_file_decodes_on_nicer_threads() {
+        gst::init().unwrap();
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/shapes-demo.mp4");
+        let base = thread_nices()[0]; // the main thread's
+        let spec = SourceSpec {
+            capacity: 1,
+            background_nice: 3,
+            ..SourceSpec::new(
+                0,
+                "nice".into(),
+                SourceKind::File(demo.clone()),
+                &SourceConfig::new(demo.display().to_string()),
+            )
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = spawn(spec, stop.clone()).unwrap();
+        // a frame out means the decoder's threads exist; the full queue keeps them alive
+        assert!(matches!(
+            h.rx.recv_timeout(Duration::from_secs(20)),
+            Ok(SourceEvent::Frame(_))
+        ));
+        let nices = thread_nices();
+        stop.store(true, Ordering::Relaxed);
+        drop(h.rx);
+        let _ = h.thread.join();
+        assert!(nices.contains(&(base + 3)), "{nices:?}");
     }
 
     #[test]
