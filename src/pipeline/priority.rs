@@ -138,7 +138,7 @@ pub(crate) fn set_thread_nice(_nice: i32) {}
 
 /// The calling thread's nice value.
 #[cfg(all(test, target_os = "linux"))]
-fn thread_nice() -> i32 {
+pub(crate) fn thread_nice() -> i32 {
     // SAFETY: plain system calls on integers about the calling thread.
     unsafe {
         libc::getpriority(

@@ -295,19 +295,9 @@ impl JsonlSink {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use super::super::priority::thread_nice;
     use super::*;
     use std::sync::{Arc, Mutex};
-
-    /// The nice value of the calling thread.
-    fn thread_nice() -> i32 {
-        // SAFETY: plain system calls on integers about the calling thread.
-        unsafe {
-            libc::getpriority(
-                libc::PRIO_PROCESS,
-                libc::syscall(libc::SYS_gettid) as libc::id_t,
-            )
-        }
-    }
 
     #[test]
     fn video_files_are_encoded_on_threads_nicer_than_the_callers() {
