@@ -105,47 +105,51 @@ pub fn lower(pipeline: &gst::Pipeline, by: u8) {
     });
 }
 
+/// The nice value of thread `tid` (on Linux the nice value is per thread; a process id names its
+/// main thread). getpriority may return -1 as a value; a failure (never expected for our own
+/// threads) reads as -1 too, which only makes a target one level higher.
+#[cfg(target_os = "linux")]
+pub(crate) fn nice_of(tid: libc::id_t) -> i32 {
+    // SAFETY: a plain system call on integers.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
+}
+
+/// The calling thread's id.
+#[cfg(target_os = "linux")]
+fn this_thread() -> libc::id_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
+}
+
 /// The main thread's nice value (what the process was started with).
 #[cfg(target_os = "linux")]
-fn process_nice() -> i32 {
-    // SAFETY: plain system calls on integers. getpriority may return -1 as a value; a failure
-    // (never expected for our own pid) reads as -1 too, which only makes the target one level higher.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::getpid() as libc::id_t) }
+pub(crate) fn process_nice() -> i32 {
+    nice_of(std::process::id())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn process_nice() -> i32 {
+pub(crate) fn process_nice() -> i32 {
     0
 }
 
 /// Raises the calling thread's nice value to `nice` (never lowers it: that needs privileges).
-/// On Linux the nice value is per thread; threads started from this one inherit it.
+/// Threads started from this one inherit it.
 #[cfg(target_os = "linux")]
-pub(crate) fn set_thread_nice(nice: i32) {
-    // SAFETY: plain system calls on integers about the calling thread.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::getpriority(libc::PRIO_PROCESS, tid) < nice
-            && libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
-        {
-            tracing::debug!(nice, "could not lower a streaming thread's priority");
-        }
+fn set_thread_nice(nice: i32) {
+    let tid = this_thread();
+    // SAFETY: a plain system call on integers about the calling thread.
+    if nice_of(tid) < nice && unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+        tracing::debug!(nice, "could not lower a streaming thread's priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn set_thread_nice(_nice: i32) {}
+fn set_thread_nice(_nice: i32) {}
 
 /// The calling thread's nice value.
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) fn thread_nice() -> i32 {
-    // SAFETY: plain system calls on integers about the calling thread.
-    unsafe {
-        libc::getpriority(
-            libc::PRIO_PROCESS,
-            libc::syscall(libc::SYS_gettid) as libc::id_t,
-        )
-    }
+    nice_of(this_thread())
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -812,27 +812,23 @@ mod tests {
         assert!(why.contains("5.0 s of the 10.0 s"), "{why}");
     }
 
-    /// The nice value in a /proc stat file (field 19).
-    fn nice_in(stat: &str) -> i32 {
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split(' ').nth(16).unwrap().parse().unwrap()
-    }
-
     /// Nice values of this process's threads.
+    #[cfg(target_os = "linux")]
     fn thread_nices() -> Vec<i32> {
         std::fs::read_dir("/proc/self/task")
             .unwrap()
             .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .map(|s| nice_in(&s))
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .map(super::super::priority::nice_of)
             .collect()
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_file_decodes_on_nicer_threads() {
         gst::init().unwrap();
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/shapes-demo.mp4");
-        let base = nice_in(&std::fs::read_to_string("/proc/self/stat").unwrap()); // the main thread's
+        let base = super::super::priority::process_nice();
         let spec = SourceSpec {
             capacity: 1,
             background_nice: 3,
