@@ -398,11 +398,15 @@ impl RoiAligner {
                 r.level, r.batch
             )));
         }
+        if per_roi == 0 {
+            return Ok(());
+        }
+        let kernel = Kernel::detect();
         out.par_chunks_mut(per_roi)
             .zip(rois.par_iter())
             .for_each_init(
-                || (Vec::new(), vec![0.0f32; channels]),
-                |(taps, acc), (dst, roi)| {
+                || (Vec::new(), Vec::new()),
+                |(taps, bins), (dst, roi)| {
                     let fm = &levels[roi.level];
                     let (samples, count) = roi_taps(&roi.bbox, fm, p, taps);
                     let plane = fm.height * fm.width;
@@ -412,53 +416,137 @@ impl RoiAligner {
                     };
                     let img =
                         &nhwc[roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
-                    for (bin, t) in taps
-                        .chunks_exact(samples.max(1))
-                        .take(bin_count)
-                        .enumerate()
-                    {
-                        acc.fill(0.0);
-                        if samples > 0 {
-                            for s in t {
-                                accumulate(acc, img, s, channels);
-                            }
-                        }
-                        for (c, a) in acc.iter().enumerate() {
-                            dst[c * bin_count + bin] = a / count;
-                        }
-                    }
                     if samples == 0 {
                         dst.fill(0.0);
+                        return;
                     }
+                    bins.resize(per_roi, 0.0);
+                    kernel.pool_roi(img, taps, samples, count, channels, bins, dst);
                 },
             );
         Ok(())
     }
 }
 
-/// acc[c] += w0*f0[c] + w1*f1[c] + w2*f2[c] + w3*f3[c]: torchvision's per-sample expression, vectorized
-/// across channels (an AVX2 build of the same loop where the CPU has it; no FMA, so rounding is unchanged).
-#[inline]
-fn accumulate(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
+/// The widest vector instructions this CPU has for [`pool_roi`] (checked once per call).
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Generic,
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked above); the function only uses safe slice code.
-            unsafe { accumulate_avx2(acc, img, s, channels) };
-            return;
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Generic
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pool_roi(
+        self,
+        img: &[f32],
+        taps: &[Tap],
+        samples: usize,
+        count: f32,
+        channels: usize,
+        bins: &mut [f32],
+        dst: &mut [f32],
+    ) {
+        match self {
+            Kernel::Generic => pool_roi(img, taps, samples, count, channels, bins, dst),
+            // SAFETY: `detect` saw the CPU support these features; the functions only use safe code.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe {
+                pool_roi_avx2(img, taps, samples, count, channels, bins, dst)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                pool_roi_avx512(img, taps, samples, count, channels, bins, dst)
+            },
         }
     }
-    accumulate_generic(acc, img, s, channels);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
-    accumulate_generic(acc, img, s, channels);
+unsafe fn pool_roi_avx2(
+    img: &[f32],
+    taps: &[Tap],
+    samples: usize,
+    count: f32,
+    channels: usize,
+    bins: &mut [f32],
+    dst: &mut [f32],
+) {
+    pool_roi(img, taps, samples, count, channels, bins, dst);
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_roi_avx512(
+    img: &[f32],
+    taps: &[Tap],
+    samples: usize,
+    count: f32,
+    channels: usize,
+    bins: &mut [f32],
+    dst: &mut [f32],
+) {
+    pool_roi(img, taps, samples, count, channels, bins, dst);
+}
+
+/// One ROI: each bin's samples summed channels-last into `bins` ([bin][channel], contiguous, so the
+/// sums and the division by `count` are straight vector loops), then laid out [channel][bin] in `dst`.
+/// Every value sees torchvision's operations in torchvision's order (no FMA: rounding is unchanged).
 #[inline(always)]
-fn accumulate_generic(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
+fn pool_roi(
+    img: &[f32],
+    taps: &[Tap],
+    samples: usize,
+    count: f32,
+    channels: usize,
+    bins: &mut [f32],
+    dst: &mut [f32],
+) {
+    let bin_count = bins.len() / channels.max(1);
+    if bin_count == 0 || samples == 0 {
+        return;
+    }
+    for (acc, t) in bins
+        .chunks_exact_mut(channels)
+        .zip(taps.chunks_exact(samples))
+    {
+        acc.fill(0.0);
+        for s in t {
+            accumulate(acc, img, s, channels);
+        }
+    }
+    for a in bins.iter_mut() {
+        *a /= count;
+    }
+    // the transpose reads `bins` (in L1) with a stride and writes `dst` in order
+    for (c, row) in dst.chunks_exact_mut(bin_count).enumerate() {
+        for (bin, d) in row.iter_mut().enumerate() {
+            *d = bins[bin * channels + c];
+        }
+    }
+}
+
+/// acc[c] += w0*f0[c] + w1*f1[c] + w2*f2[c] + w3*f3[c]: torchvision's per-sample expression, vectorized
+/// across channels by the caller's target features.
+#[inline(always)]
+fn accumulate(acc: &mut [f32], img: &[f32], s: &Tap, channels: usize) {
     let at = |k: usize| &img[s.pos[k] as usize * channels..s.pos[k] as usize * channels + channels];
     let (f0, f1, f2, f3) = (at(0), at(1), at(2), at(3));
     let [w0, w1, w2, w3] = s.w;
