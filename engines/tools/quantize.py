@@ -11,7 +11,8 @@ images' proposals and detections (the torch model's poolers, same weights), not 
 On x86 ONNX Runtime folds each DequantizeLinear -> Conv/Gemm -> QuantizeLinear into integer kernels
 (VNNI / AMX where the CPU has them). The FP32 graphs are left untouched: --precision fp32 stays exact.
 The INT8 backbone is quantized from the same weights with the ResNet stem rewritten as space-to-depth + a
-4x4 convolution (space_to_depth_stem: the same sums, a faster shape for the integer kernels).
+4x4 convolution (space_to_depth_stem: the same sums, a faster shape for the integer kernels), and its FPN's
+upsample + add steps as broadcast adds (upsample_add.py: the same values, no element-by-element Resize).
 
 Any other engine (a torchvision checkpoint exported with export.py) is calibrated on frames like the ones
 it will see: --calibration VIDEO (frames spread evenly over it) or a folder of images. Its torch weights
@@ -45,6 +46,7 @@ from engine_model import engine_model, session  # noqa: E402
 from export import BackboneGraph, export_graph, sha256, upsample_by_two  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
+import upsample_add  # noqa: E402
 
 CALIBRATION_SEED = 1_500_000_000  # above evaluate.py's held-out seeds (10^9..) and far above training's (~1.6e7)
 GRAPHS = ("backbone", "box_head", "mask_head")
@@ -318,6 +320,8 @@ def main():
         dst = os.path.join(args.engine, files[g])
         t1 = time.time()
         quantize(stem if g == "backbone" and s2d else src, dst, data[g], method)
+        if g == "backbone":
+            rewritten = upsample_add.rewrite_checked(dst, args.threads)
         err, ms32, ms8, n = compare(src, dst, data[g][:16], args.threads, args.check_secs)
         errors[g] = err
         print(f"{g}: {os.path.getsize(src) / 1e6:.1f} MB -> {os.path.getsize(dst) / 1e6:.1f} MB, "
@@ -330,6 +334,7 @@ def main():
     calibration = (f"onnxruntime {ort.__version__} quantize_static QDQ: int8 per-channel symmetric weights, "
                    f"uint8 per-tensor activations, {args.method} ranges from {what} and their ROIAlign outputs"
                    + ("; the backbone's stem as space-to-depth + a 4x4 convolution (same sums)" if s2d else "")
+                   + (upsample_add.NOTE if rewritten else "")
                    + "; relative RMS error against FP32 on calibration inputs: "
                    + ", ".join(f"{g} {e:.4f}" for g, e in errors.items()))
     tmp.cleanup()
