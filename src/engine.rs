@@ -270,6 +270,11 @@ pub struct BoxHeadGraph {
     pub file: String,
     pub sha256: String,
     pub input: String,
+    /// Memory layout of the pooled input: [R, C, 7, 7] (torchvision's) or [R, 7, 7, C], the order
+    /// ROIAlign computes it in (no transpose on our side; fc6's weights are permuted to match).
+    /// Engines without the key are channels-first.
+    #[serde(default)]
+    pub input_layout: FeatureLayout,
     pub class_logits: String,
     pub box_deltas: String,
     #[serde(default)]
@@ -282,6 +287,10 @@ pub struct MaskHeadGraph {
     pub file: String,
     pub sha256: String,
     pub input: String,
+    /// Memory layout of the pooled input: [R, C, 14, 14] or [R, 14, 14, C] (ONNX Runtime's integer
+    /// convolutions run channels-last, so that one needs no transpose on either side).
+    #[serde(default)]
+    pub input_layout: FeatureLayout,
     pub mask_logits: String,
     /// How the graph does the predictor's 2x upsampling (informational: same inputs and outputs).
     #[serde(default)]
@@ -797,6 +806,18 @@ mod tests {
                 FeatureLayout::Nchw,
                 &nhwc,
                 "hwc",
+            );
+        }
+        for section in ["graphs.box_head", "graphs.mask_head"] {
+            check_enum_key(
+                (section, "input_layout"),
+                |m| match section {
+                    "graphs.box_head" => m.graphs.box_head.input_layout,
+                    _ => m.graphs.mask_head.input_layout,
+                },
+                FeatureLayout::Nchw,
+                &[("nhwc", FeatureLayout::Nhwc)],
+                "chw",
             );
         }
         assert_eq!(FeatureLayout::Nhwc.channel_axis(), 3);

@@ -24,6 +24,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
+from qdq_rewrite import dequantized
+
 # what torchvision fixes in code and a manifest records: an engine that asks for something else cannot
 # be run by torchvision's modules
 _TORCHVISION_FIXED = {("roi_heads", "min_box_size"): 0.01}
@@ -56,8 +58,10 @@ class OrtBackbone(nn.Module):
                         self.session.run(None, {g["input"]: images.numpy()})))
         feats_nhwc = g.get("feature_layout", "nchw") == "nhwc"
         rpn_nhwc = g.get("rpn_layout", "nchw") == "nhwc"
+        # an INT8 backbone may give its levels as uint8 with their scale and zero point (qdq_rewrite.py)
+        levels = {name: dequantized(outs, name) for name in g["features"]}
         features = OrderedDict(
-            (name, _nchw(outs[name]) if feats_nhwc else torch.from_numpy(outs[name])) for name in g["features"])
+            (name, _nchw(levels[name]) if feats_nhwc else torch.from_numpy(levels[name])) for name in g["features"])
         conv = _nchw if rpn_nhwc else torch.from_numpy
         self.rpn_outputs = ([conv(outs[o]) for o in g["objectness"]], [conv(outs[d]) for d in g["deltas"]])
         return features
@@ -78,11 +82,14 @@ class OrtRpnHead(nn.Module):
 class OrtHead(nn.Module):
     """A head graph: pooled features [N,C,S,S] -> its outputs (one tensor, or a tuple)."""
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, outputs: list[str]):
+    def __init__(self, session: ort.InferenceSession, input_name: str, outputs: list[str], layout: str = "nchw"):
         super().__init__()
         self.session, self.input_name, self.outputs = session, input_name, outputs
+        self.nhwc = layout == "nhwc"
 
     def forward(self, x: torch.Tensor):
+        if self.nhwc:  # the graph takes [N,S,S,C] (export.py --head-layout nhwc)
+            x = x.permute(0, 2, 3, 1)
         res = [torch.from_numpy(r) for r in self.session.run(self.outputs, {self.input_name: x.contiguous().numpy()})]
         return res[0] if len(res) == 1 else tuple(res)
 
@@ -139,12 +146,12 @@ def engine_model(engine_dir: str, precision: str = "fp32", threads: int = 2) -> 
         rpn_nms_thresh=rpn["nms_thresh"], rpn_score_thresh=rpn["score_thresh"],
         box_roi_pool=pool(m["box_roi_pool"]),
         box_head=OrtHead(session(os.path.join(engine_dir, files["box_head"]), threads), gbox["input"],
-                         [gbox["class_logits"], gbox["box_deltas"]]),
+                         [gbox["class_logits"], gbox["box_deltas"]], gbox.get("input_layout", "nchw")),
         box_predictor=Passthrough(), box_score_thresh=rh["score_thresh"], box_nms_thresh=rh["nms_thresh"],
         bbox_reg_weights=tuple(rh["box_coder_weights"]),
         mask_roi_pool=pool(m["mask_roi_pool"]),
         mask_head=OrtHead(session(os.path.join(engine_dir, files["mask_head"]), threads), gmask["input"],
-                          [gmask["mask_logits"]]),
+                          [gmask["mask_logits"]], gmask.get("input_layout", "nchw")),
         mask_predictor=Passthrough())
     model.rpn.min_size = rpn["min_size"]
     model.rpn.box_coder = BoxCoder(tuple(rpn["box_coder_weights"]), rpn["bbox_xform_clip"])

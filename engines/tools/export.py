@@ -18,6 +18,7 @@ export fails when max |delta| exceeds --tolerance.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import math
 import os
@@ -26,6 +27,7 @@ import sys
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,15 +88,52 @@ def upsample_by_two(model, size_divisible: int) -> bool:
 
 
 class BoxHeadGraph(nn.Module):
-    """pooled [N,C,7,7] -> class_logits [N,K], box_deltas [N,4K]."""
+    """pooled [N,C,7,7] (layout "nchw") or [N,7,7,C] ("nhwc") -> class_logits [N,K], box_deltas [N,4K].
 
-    def __init__(self, model):
+    "nhwc" is the order maskstream's ROIAlign computes the bins in, so no transpose on its side. For
+    torchvision's TwoMLPHead the graph is the same but for fc6's weight columns, permuted to the input's
+    order (the same sums); any other head gets a transpose at its input (channels-last convolutions
+    cancel it in ONNX Runtime)."""
+
+    def __init__(self, model, layout: str = "nchw"):
         super().__init__()
-        self.head = model.roi_heads.box_head
+        head = model.roi_heads.box_head
+        self.permute_input = False
+        if layout == "nhwc":
+            if isinstance(head, TwoMLPHead):
+                head = copy.deepcopy(head)
+                c = model.backbone.out_channels
+                s = head.fc6.in_features // c
+                s = int(round(s ** 0.5))
+                with torch.no_grad():
+                    w = head.fc6.weight
+                    head.fc6.weight.copy_(w.view(-1, c, s, s).permute(0, 2, 3, 1).reshape(w.shape))
+            else:
+                self.permute_input = True
+        self.head = head
         self.predictor = model.roi_heads.box_predictor
 
     def forward(self, x):
+        if self.permute_input:
+            x = x.permute(0, 3, 1, 2)
         return self.predictor(self.head(x))
+
+
+class ChannelsLastInput(nn.Module):
+    """A torchvision head fed [N,S,S,C]: the reference the "nhwc" graphs are checked against."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x.permute(0, 3, 1, 2))
+
+
+def fc6_columns_nchw(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """fc6's weight of an "nhwc" box head graph back in torchvision's column order."""
+    s = int(round((weight.shape[1] // channels) ** 0.5))
+    return weight.view(-1, s, s, channels).permute(0, 3, 1, 2).reshape(weight.shape)
 
 
 class SubpixelMaskPredictor(nn.Module):
@@ -130,16 +169,20 @@ class SubpixelMaskPredictor(nn.Module):
 
 
 class MaskHeadGraph(nn.Module):
-    """pooled [N,C,14,14] -> mask_logits [N,K,28,28]; upsample "subpixel" (SubpixelMaskPredictor) or
-    "deconv" (torchvision's predictor as it is)."""
+    """pooled [N,C,14,14] (layout "nchw") or [N,14,14,C] ("nhwc": a transpose at the input, which ONNX
+    Runtime's channels-last integer convolutions cancel) -> mask_logits [N,K,28,28]; upsample "subpixel"
+    (SubpixelMaskPredictor) or "deconv" (torchvision's predictor as it is)."""
 
-    def __init__(self, model, upsample: str = "deconv"):
+    def __init__(self, model, upsample: str = "deconv", layout: str = "nchw"):
         super().__init__()
         self.head = model.roi_heads.mask_head
         predictor = model.roi_heads.mask_predictor
         self.predictor = SubpixelMaskPredictor(predictor) if upsample == "subpixel" else predictor
+        self.permute_input = layout == "nhwc"
 
     def forward(self, x):
+        if self.permute_input:
+            x = x.permute(0, 3, 1, 2)
         return self.predictor(self.head(x))
 
 
@@ -269,6 +312,9 @@ def main():
                     help="layout of the backbone's P2..P6 outputs (nhwc: what ROIAlign reads, no transpose)")
     ap.add_argument("--rpn-layout", choices=["nhwc", "nchw"], default="nhwc",
                     help="layout of the RPN head's outputs (nhwc: torchvision's flattening order, no transpose)")
+    ap.add_argument("--head-layout", choices=["nhwc", "nchw"], default="nhwc",
+                    help="layout of the pooled features the box and mask heads take (nhwc: the order ROIAlign "
+                         "computes them in, no transpose)")
     ap.add_argument("--mask-upsample", choices=["subpixel", "deconv"], default="subpixel",
                     help="the mask predictor's 2x upsampling: subpixel (1x1 convolutions, quantizable; the same "
                          "sums) or deconv (torchvision's ConvTranspose as it is)")
@@ -342,16 +388,24 @@ def main():
     res = res[0] if isinstance(res, (list, tuple)) else res
     mres = heads.mask_roi_pool.output_size
     mres = mres[0] if isinstance(mres, (list, tuple)) else mres
-    box = BoxHeadGraph(model).eval()
+    nhwc = args.head_layout == "nhwc"
+
+    def pooled(n, size):  # random pooled features in the graphs' layout
+        return torch.randn(n, size, size, fpn_channels) if nhwc else torch.randn(n, fpn_channels, size, size)
+
+    def reference(module):  # torchvision's module, fed the graphs' layout
+        return ChannelsLastInput(module).eval() if nhwc else module
+
+    box = BoxHeadGraph(model, args.head_layout).eval()
     box_path = os.path.join(args.out, "box_head.onnx")
-    export_graph(box, (torch.randn(5, fpn_channels, res, res),), box_path, ["box_features"],
+    export_graph(box, (pooled(5, res),), box_path, ["box_features"],
                  ["class_logits", "box_deltas"], {"box_features": {0: "rois"}, "class_logits": {0: "rois"},
                                                   "box_deltas": {0: "rois"}})
-    graphs["box_head"] = check_graph(box, box_path, [torch.randn(n, fpn_channels, res, res) for n in (1, 37)],
-                                     args.tolerance)
-    mask = MaskHeadGraph(model, args.mask_upsample).eval()
+    graphs["box_head"] = check_graph(reference(BoxHeadGraph(model).eval()), box_path,
+                                     [pooled(n, res) for n in (1, 37)], args.tolerance)
+    mask = MaskHeadGraph(model, args.mask_upsample, args.head_layout).eval()
     mask_path = os.path.join(args.out, "mask_head.onnx")
-    export_graph(mask, (torch.randn(3, fpn_channels, mres, mres),), mask_path, ["mask_features"],
+    export_graph(mask, (pooled(3, mres),), mask_path, ["mask_features"],
                  ["mask_logits"], {"mask_features": {0: "rois"}, "mask_logits": {0: "rois"}})
     if args.mask_upsample == "subpixel":  # model.load_shapes_from_engine reads torchvision's weights back
         from model import _deconv_from_subpixel
@@ -361,8 +415,8 @@ def main():
             if not torch.equal(back[f"predictor.{k}"], v):
                 sys.exit(f"mask head: predictor.{k} does not read back from the subpixel graph's weights")
     # checked against torchvision's own mask head, whichever way the graph upsamples
-    graphs["mask_head"] = check_graph(MaskHeadGraph(model).eval(), mask_path,
-                                      [torch.randn(n, fpn_channels, mres, mres) for n in (1, 9)], args.tolerance)
+    graphs["mask_head"] = check_graph(reference(MaskHeadGraph(model).eval()), mask_path,
+                                      [pooled(n, mres) for n in (1, 9)], args.tolerance)
     num_classes = heads.box_predictor.cls_score.out_features
     if len(classes) != num_classes:
         classes = class_names(args, num_classes)
@@ -405,10 +459,10 @@ def main():
                          "features": levels, "feature_layout": args.feature_layout, "objectness": [f"objectness_{p}" for p in levels],
                          "deltas": [f"deltas_{p}" for p in levels], "rpn_layout": args.rpn_layout, "max_abs_diff_vs_torch": graphs["backbone"]},
             "box_head": {"file": "box_head.onnx", "sha256": sha256(box_path), "input": "box_features",
-                         "class_logits": "class_logits", "box_deltas": "box_deltas",
+                         "input_layout": args.head_layout, "class_logits": "class_logits", "box_deltas": "box_deltas",
                          "max_abs_diff_vs_torch": graphs["box_head"]},
             "mask_head": {"file": "mask_head.onnx", "sha256": sha256(mask_path), "input": "mask_features",
-                          "mask_logits": "mask_logits", "upsample": args.mask_upsample,
+                          "input_layout": args.head_layout, "mask_logits": "mask_logits", "upsample": args.mask_upsample,
                           "max_abs_diff_vs_torch": graphs["mask_head"]},
         },
     }

@@ -169,14 +169,22 @@ def load_shapes_from_engine(engine_dir: str) -> MaskRCNN:
     import onnx
     from onnx import numpy_helper
 
+    import tomllib
+
     model = build_folded_shapes_model(engine_config(engine_dir))
     state = model.state_dict()
+    with open(os.path.join(engine_dir, "manifest.toml"), "rb") as f:
+        box_layout = tomllib.load(f)["graphs"]["box_head"].get("input_layout", "nchw")
     loaded = set()
     for file, prefixes in _GRAPH_PREFIXES.items():
         inits = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
                  for i in onnx.load(os.path.join(engine_dir, file)).graph.initializer}
         if file == "mask_head.onnx":
             inits = _deconv_from_subpixel(inits)
+        if file == "box_head.onnx" and box_layout == "nhwc":  # fc6's columns in the input's order
+            from export import fc6_columns_nchw
+
+            inits["head.fc6.weight"] = fc6_columns_nchw(inits["head.fc6.weight"], engine_config(engine_dir)["fpn"])
         for init_name, value in inits.items():
             src = next((p for p in prefixes if init_name.startswith(p)), None)
             if src is None:

@@ -11,8 +11,9 @@ images' proposals and detections (the torch model's poolers, same weights), not 
 On x86 ONNX Runtime folds each DequantizeLinear -> Conv/Gemm -> QuantizeLinear into integer kernels
 (VNNI / AMX where the CPU has them). The FP32 graphs are left untouched: --precision fp32 stays exact.
 The INT8 backbone is quantized from the same weights with the ResNet stem rewritten as space-to-depth + a
-4x4 convolution (space_to_depth_stem: the same sums, a faster shape for the integer kernels), and its FPN's
-upsample + add steps as broadcast adds (upsample_add.py: the same values, no element-by-element Resize).
+4x4 convolution (space_to_depth_stem: the same sums, a faster shape for the integer kernels), then rewritten
+by qdq_rewrite.py (the same values): the FPN's upsample + add steps as broadcast adds, and P2..P6 given out
+as uint8 with their scale and zero point.
 
 Any other engine (a torchvision checkpoint exported with export.py) is calibrated on frames like the ones
 it will see: --calibration VIDEO (frames spread evenly over it) or a folder of images. Its torch weights
@@ -46,7 +47,7 @@ from engine_model import engine_model, session  # noqa: E402
 from export import BackboneGraph, export_graph, sha256, upsample_by_two  # noqa: E402
 from model import load_shapes_from_engine  # noqa: E402
 from shapes import make_image, random_size  # noqa: E402
-import upsample_add  # noqa: E402
+import qdq_rewrite  # noqa: E402
 
 CALIBRATION_SEED = 1_500_000_000  # above evaluate.py's held-out seeds (10^9..) and far above training's (~1.6e7)
 GRAPHS = ("backbone", "box_head", "mask_head")
@@ -162,7 +163,13 @@ def calibration_inputs(engine: str, images: list[np.ndarray], max_rois: int, man
                 out.append(np.ascontiguousarray(c))
         return out
 
-    return {"backbone": backbone, "box_head": sample(pooled["box"]), "mask_head": sample(pooled["mask"])}
+    def layout(name, chunks):  # the head graph's input layout (export.py --head-layout)
+        if manifest["graphs"][name].get("input_layout", "nchw") == "nhwc":
+            return [np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in chunks]
+        return chunks
+
+    return {"backbone": backbone, "box_head": layout("box_head", sample(pooled["box"])),
+            "mask_head": layout("mask_head", sample(pooled["mask"]))}
 
 
 def space_to_depth_stem(conv: torch.nn.Conv2d) -> torch.nn.Module | None:
@@ -320,9 +327,9 @@ def main():
         dst = os.path.join(args.engine, files[g])
         t1 = time.time()
         quantize(stem if g == "backbone" and s2d else src, dst, data[g], method)
-        if g == "backbone":
-            rewritten = upsample_add.rewrite_checked(dst, args.threads)
         err, ms32, ms8, n = compare(src, dst, data[g][:16], args.threads, args.check_secs)
+        if g == "backbone":
+            rewritten = qdq_rewrite.rewrite_checked(dst, manifest["graphs"]["backbone"]["features"], args.threads)
         errors[g] = err
         print(f"{g}: {os.path.getsize(src) / 1e6:.1f} MB -> {os.path.getsize(dst) / 1e6:.1f} MB, "
               f"relative RMS error {err:.4f}, {ms32:.1f} -> {ms8:.1f} ms per calibration input "
@@ -334,7 +341,7 @@ def main():
     calibration = (f"onnxruntime {ort.__version__} quantize_static QDQ: int8 per-channel symmetric weights, "
                    f"uint8 per-tensor activations, {args.method} ranges from {what} and their ROIAlign outputs"
                    + ("; the backbone's stem as space-to-depth + a 4x4 convolution (same sums)" if s2d else "")
-                   + (upsample_add.NOTE if rewritten else "")
+                   + "".join(qdq_rewrite.NOTES[r] for r in rewritten)
                    + "; relative RMS error against FP32 on calibration inputs: "
                    + ", ".join(f"{g} {e:.4f}" for g, e in errors.items()))
     tmp.cleanup()

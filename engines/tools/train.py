@@ -103,7 +103,7 @@ def iters_until(deadline: float, it: int, secs_per_iter: float) -> int:
 def check_against_engine(model, engine_dir: str, world: str) -> float:
     """Max |difference| between the model and the engine's three ONNX graphs on one image and random
     ROI features; exits if it exceeds 1e-4 (export.py's tolerance)."""
-    from export import BackboneGraph, BoxHeadGraph, MaskHeadGraph, check_graph
+    from export import BackboneGraph, BoxHeadGraph, ChannelsLastInput, MaskHeadGraph, check_graph
 
     model.eval()
     rng = np.random.default_rng(123)
@@ -113,15 +113,21 @@ def check_against_engine(model, engine_dir: str, world: str) -> float:
     f = model.backbone.out_channels
     g = torch.Generator().manual_seed(0)
     with open(os.path.join(engine_dir, "manifest.toml"), "rb") as fh:
-        bb = tomllib.load(fh)["graphs"]["backbone"]
+        graphs = tomllib.load(fh)["graphs"]
+    bb = graphs["backbone"]
     layout, rpn_layout = bb.get("feature_layout", "nchw"), bb.get("rpn_layout", "nchw")
+
+    def check_head(module, name: str, size: int) -> float:  # random pooled features in the graph's layout
+        x = torch.rand(16, f, size, size, generator=g)
+        if graphs[name].get("input_layout", "nchw") == "nhwc":
+            module, x = ChannelsLastInput(module), x.permute(0, 2, 3, 1).contiguous()
+        return check_graph(module, os.path.join(engine_dir, f"{name}.onnx"), [x], 1e-4)
+
     worst = max(
         check_graph(BackboneGraph(model, layout, rpn_layout=rpn_layout), os.path.join(engine_dir, "backbone.onnx"),
                     [x], 1e-4),
-        check_graph(BoxHeadGraph(model), os.path.join(engine_dir, "box_head.onnx"),
-                    [torch.rand(16, f, 7, 7, generator=g)], 1e-4),
-        check_graph(MaskHeadGraph(model), os.path.join(engine_dir, "mask_head.onnx"),
-                    [torch.rand(16, f, 14, 14, generator=g)], 1e-4))
+        check_head(BoxHeadGraph(model), "box_head", 7),
+        check_head(MaskHeadGraph(model), "mask_head", 14))
     model.train()
     return worst
 

@@ -508,7 +508,7 @@ pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
         .map(|f| {
             let s = f.shape();
             Ok(FeatureMap {
-                data: f.as_slice().context("feature not contiguous")?,
+                data: f.as_slice().context("feature not contiguous")?.into(),
                 layout: FeatureLayout::Nchw,
                 batch: s[0],
                 channels: s[1],
@@ -532,6 +532,7 @@ pub fn run_roi_align(args: RoiArgs) -> anyhow::Result<()> {
         .collect();
     let params = RoiAlignParams {
         output_size: 7,
+        layout: FeatureLayout::Nchw,
         sampling_ratio: 2,
         aligned: false,
     };

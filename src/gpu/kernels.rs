@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::FeatureLayout;
 use crate::error::{Error, Result};
-use crate::model::roi_align::{Roi, RoiAlignParams};
+use crate::model::roi_align::{LevelData, Roi, RoiAlignParams};
 
 /// Virtual architecture of the PTX: every GPU NVRTC 13 supports JIT-compiles it.
 pub const ARCH: &str = "compute_75";
@@ -102,6 +102,16 @@ impl CudaKernels {
                 "CUDA roi_align reads channels-first levels".into(),
             ));
         }
+        let floats: Vec<&[f32]> = levels
+            .iter()
+            .map(|l| match l.data {
+                LevelData::F32(d) => Ok(d),
+                LevelData::U8 { .. } => Err(Error::Input(
+                    "CUDA roi_align reads float levels (uint8 levels are the CPU's INT8 graphs')"
+                        .into(),
+                )),
+            })
+            .collect::<Result<_>>()?;
         let channels = levels[0].channels;
         let s = &self.stream;
         let mut dims = Vec::with_capacity(10);
@@ -134,9 +144,9 @@ impl CudaKernels {
         let scalars = [nr, ch, po, sr, al];
         let consts = [&d_dims, &d_meta];
         if half {
-            let feats: Vec<Vec<u16>> = levels
+            let feats: Vec<Vec<u16>> = floats
                 .iter()
-                .map(|l| l.data.iter().map(|&x| f32_to_f16(x)).collect())
+                .map(|d| d.iter().map(|&x| f32_to_f16(x)).collect())
                 .collect();
             let out = self.launch_roi_align(
                 &self.roi_align_f16,
@@ -149,10 +159,9 @@ impl CudaKernels {
             )?;
             return Ok(out.into_iter().map(f16_to_f32).collect());
         }
-        let feats: Vec<&[f32]> = levels.iter().map(|l| l.data).collect();
         self.launch_roi_align(
             &self.roi_align_f32,
-            &feats,
+            &floats,
             consts,
             [&d_scales, &d_boxes],
             scalars,

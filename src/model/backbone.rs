@@ -9,13 +9,15 @@ use crate::error::{Error, Result};
 
 use super::graph::{self, Contract, Graph};
 use super::preprocess::Preprocessed;
+use super::roi_align::LevelData;
 use super::rpn::LevelHead;
 
 /// One pyramid level of a batch of N images.
 #[derive(Debug, Clone, Copy)]
 pub struct Level<'a> {
-    /// FPN output, [N, C, h, w] or [N, h, w, C] as `layout` says.
-    pub features: &'a [f32],
+    /// FPN output, [N, C, h, w] or [N, h, w, C] as `layout` says: floats, or an INT8 graph's uint8
+    /// values with their scale and zero point (outputs `<name>_scale`, `<name>_zero_point`).
+    pub features: LevelData<'a>,
     pub layout: FeatureLayout,
     /// RPN objectness logits [N, A, h, w] or [N, h, w, A] as `rpn_layout` says.
     pub objectness: &'a [f32],
@@ -48,7 +50,29 @@ impl<'a> Features<'a> {
                 FeatureLayout::Nchw => [n, c, -1, -1],
                 FeatureLayout::Nhwc => [n, -1, -1, c],
             };
-            let (shape, features) = graph::output(outputs, &g.file, feature, &expect)?;
+            let (shape, features) = if graph::is_u8(outputs, feature) {
+                let (shape, data) = graph::typed_output::<u8>(outputs, &g.file, feature, &expect)?;
+                let scalar = |suffix: &str| format!("{feature}{suffix}");
+                let (_, scale) = graph::output(outputs, &g.file, &scalar("_scale"), &[])?;
+                let (_, zero_point) =
+                    graph::typed_output::<u8>(outputs, &g.file, &scalar("_zero_point"), &[])?;
+                let (scale, zero_point) = (scale[0], zero_point[0]);
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(Error::graph(
+                        &g.file,
+                        format!("output {feature:?}_scale is {scale}, not a positive number"),
+                    ));
+                }
+                let data = LevelData::U8 {
+                    data,
+                    scale,
+                    zero_point,
+                };
+                (shape, data)
+            } else {
+                let (shape, data) = graph::output(outputs, &g.file, feature, &expect)?;
+                (shape, LevelData::F32(data))
+            };
             let (channels, fh, fw) = match layout {
                 FeatureLayout::Nchw => (shape[1], shape[2], shape[3]),
                 FeatureLayout::Nhwc => (shape[3], shape[1], shape[2]),

@@ -51,7 +51,13 @@ impl BoxHead {
     pub fn load(engine: &Engine, opts: &BackendOptions) -> Result<(Self, Provider)> {
         let g = &engine.manifest.graphs.box_head;
         let outputs = [g.class_logits.as_str(), &g.box_deltas];
-        let (head, provider) = Head::open(engine, (&g.file, &g.input), &outputs, "box_head", opts)?;
+        let (head, provider) = Head::open(
+            engine,
+            (&g.file, &g.input, g.input_layout),
+            &outputs,
+            "box_head",
+            opts,
+        )?;
         let scratch = DetectionScratch::default();
         Ok((BoxHead { head, scratch }, provider))
     }
@@ -59,7 +65,7 @@ impl BoxHead {
     /// Runs the graph at the most ROIs a frame brings (every proposal).
     pub fn warm(&mut self, m: &Manifest, buffer: &mut Vec<f32>) -> Result<()> {
         let (c, s) = (m.model.fpn_channels, m.box_roi_pool.output_size);
-        self.head.warm([m.rpn.post_nms_top_n, c, s, s], buffer)
+        self.head.warm((m.rpn.post_nms_top_n, c, s), buffer)
     }
 
     /// Pooled proposals [ΣP, C, 7, 7] → class logits [ΣP, K] and deltas [ΣP, 4K] (timed as

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use ort::session::{Session, SessionOutputs};
-use ort::value::TensorRef;
+use ort::value::{PrimitiveTensorElementType, TensorElementType, TensorRef, ValueType};
 
 use crate::backend::{self, BackendOptions, Provider};
-use crate::engine::Engine;
+use crate::engine::{Engine, FeatureLayout};
 use crate::error::{Error, Result};
 
 use super::roi_align::Pooled;
@@ -35,17 +35,18 @@ pub struct Contract<'a> {
     pub channel_axis: usize,
 }
 
-/// A head graph (box or mask): pooled features [R, C, S, S] in, named outputs out.
+/// A head graph (box or mask): pooled features [R, C, S, S] (or [R, S, S, C]) in, named outputs out.
 #[derive(Debug)]
 pub struct Head {
     graph: Graph,
     input: String,
+    layout: FeatureLayout,
 }
 
 impl Head {
     pub fn open(
         engine: &Engine,
-        (file, input): (&str, &str),
+        (file, input, layout): (&str, &str, FeatureLayout),
         outputs: &[&str],
         stage: &str,
         opts: &BackendOptions,
@@ -55,16 +56,31 @@ impl Head {
             outputs,
             with_channels: &[input],
             channels: engine.manifest.model.fpn_channels,
-            channel_axis: 1,
+            channel_axis: layout.channel_axis(),
         };
         let (graph, provider) = Graph::open(&engine.dir, file, stage, opts, &contract)?;
         let input = input.to_string();
-        Ok((Head { graph, input }, provider))
+        Ok((
+            Head {
+                graph,
+                input,
+                layout,
+            },
+            provider,
+        ))
     }
 
-    /// Runs once on `shape` zeros (in `buffer`, whose capacity is kept): ONNX Runtime's memory arena
-    /// then holds what that many ROIs need.
-    pub fn warm(&mut self, shape: [usize; 4], buffer: &mut Vec<f32>) -> Result<()> {
+    /// Runs once on `rois` ROIs of `channels` x `size` x `size` zeros (in `buffer`, whose capacity is
+    /// kept): ONNX Runtime's memory arena then holds what that many ROIs need.
+    pub fn warm(
+        &mut self,
+        (rois, channels, size): (usize, usize, usize),
+        buffer: &mut Vec<f32>,
+    ) -> Result<()> {
+        let shape = match self.layout {
+            FeatureLayout::Nchw => [rois, channels, size, size],
+            FeatureLayout::Nhwc => [rois, size, size, channels],
+        };
         buffer.clear();
         buffer.resize(shape.iter().product(), 0.0);
         self.graph.run(&self.input, shape, buffer).map(drop)
@@ -158,11 +174,21 @@ pub fn output<'a>(
     name: &str,
     expect: &[i64],
 ) -> Result<(Vec<usize>, &'a [f32])> {
+    typed_output(outputs, graph, name, expect)
+}
+
+/// [`output`] for any element type (the uint8 levels of an INT8 backbone, their zero points).
+pub fn typed_output<'a, T: PrimitiveTensorElementType + std::fmt::Debug>(
+    outputs: &'a SessionOutputs<'_>,
+    graph: &str,
+    name: &str,
+    expect: &[i64],
+) -> Result<(Vec<usize>, &'a [T])> {
     let value = outputs
         .get(name)
         .ok_or_else(|| Error::graph(graph, format!("output {name:?} missing")))?;
     let (shape, data) = value
-        .try_extract_tensor::<f32>()
+        .try_extract_tensor::<T>()
         .map_err(|e| Error::graph(graph, format!("output {name:?}: {e}")))?;
     let dims: &[i64] = shape;
     let ok = dims.len() == expect.len() && dims.iter().zip(expect).all(|(d, e)| *e < 0 || d == e);
@@ -173,4 +199,17 @@ pub fn output<'a>(
         ));
     }
     Ok((dims.iter().map(|&d| d as usize).collect(), data))
+}
+
+/// Whether output `name` holds uint8 values (an INT8 backbone's quantized levels).
+pub fn is_u8(outputs: &SessionOutputs<'_>, name: &str) -> bool {
+    outputs.get(name).is_some_and(|v| {
+        matches!(
+            v.dtype(),
+            ValueType::Tensor {
+                ty: TensorElementType::Uint8,
+                ..
+            }
+        )
+    })
 }

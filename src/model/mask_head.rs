@@ -29,8 +29,13 @@ impl MaskHead {
     pub fn load(engine: &Engine, opts: &BackendOptions) -> Result<(Self, Provider)> {
         let g = &engine.manifest.graphs.mask_head;
         let outputs = [g.mask_logits.as_str()];
-        let (head, provider) =
-            Head::open(engine, (&g.file, &g.input), &outputs, "mask_head", opts)?;
+        let (head, provider) = Head::open(
+            engine,
+            (&g.file, &g.input, g.input_layout),
+            &outputs,
+            "mask_head",
+            opts,
+        )?;
         Ok((
             MaskHead {
                 head,
@@ -44,7 +49,7 @@ impl MaskHead {
     pub fn warm(&mut self, m: &Manifest, buffer: &mut Vec<f32>) -> Result<()> {
         let (c, s) = (m.model.fpn_channels, m.mask_roi_pool.output_size);
         self.head
-            .warm([m.roi_heads.detections_per_img, c, s, s], buffer)
+            .warm((m.roi_heads.detections_per_img, c, s), buffer)
     }
 
     /// Pooled detections [ΣD, C, 14, 14] → logits [ΣD, K, 28, 28] → probabilities of each

@@ -201,7 +201,14 @@ impl MaskRcnn {
 
         // → [ΣP, C, 7, 7] → N × [D, 4] detections with scores and labels
         let image = images.max_resized();
-        let box_pool = MultiScaleRoiAlign::new(&m.box_roi_pool, m, &features, image, None)?;
+        let box_pool = MultiScaleRoiAlign::new(
+            &m.box_roi_pool,
+            m,
+            &features,
+            image,
+            m.graphs.box_head.input_layout,
+            None,
+        )?;
         let boxes = boxes_of(proposals.iter().map(|p| &p.boxes));
         let pooled_boxes = t.time(Stage::RoiAlignBox, || box_pool.pool(device, &boxes, pooled))?;
         let mut detections = box_head.forward(&pooled_boxes, &proposals, &images, m, &mut t)?;
@@ -212,8 +219,14 @@ impl MaskRcnn {
         }
 
         // → [ΣD, C, 14, 14] → [ΣD, 28, 28] mask probabilities → N × instances in frame pixels
-        let mask_pool =
-            MultiScaleRoiAlign::new(&m.mask_roi_pool, m, &features, image, Some(&box_pool))?;
+        let mask_pool = MultiScaleRoiAlign::new(
+            &m.mask_roi_pool,
+            m,
+            &features,
+            image,
+            m.graphs.mask_head.input_layout,
+            Some(&box_pool),
+        )?;
         let boxes = boxes_of(detections.iter().map(|d| &d.boxes));
         let pooled_masks = t.time(Stage::RoiAlignMask, || {
             mask_pool.pool(device, &boxes, pooled)

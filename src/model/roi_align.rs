@@ -19,11 +19,43 @@ use super::device::Device;
 /// Pixels per block of the channels-last transpose in [`RoiAligner::prepare`].
 const TRANSPOSE_TILE: usize = 32;
 
+/// A level's values: floats, or the uint8 values an INT8 backbone computes them from, with the affine
+/// map of ONNX's DequantizeLinear (value = (q - zero_point) as f32 * scale). ROIAlign dequantizes only
+/// the values it samples, exactly as DequantizeLinear would, and reads a quarter of the memory.
+#[derive(Debug, Clone, Copy)]
+pub enum LevelData<'a> {
+    F32(&'a [f32]),
+    U8 {
+        data: &'a [u8],
+        scale: f32,
+        zero_point: u8,
+    },
+}
+
+impl LevelData<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            LevelData::F32(d) => d.len(),
+            LevelData::U8 { data, .. } => data.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<&'a [f32]> for LevelData<'a> {
+    fn from(d: &'a [f32]) -> Self {
+        LevelData::F32(d)
+    }
+}
+
 /// One feature level: a contiguous [batch, channels, height, width] tensor, or
-/// [batch, height, width, channels] where `layout` says so.
+/// [batch, height, width, channels] where `layout` says so (uint8 levels: channels-last only).
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureMap<'a> {
-    pub data: &'a [f32],
+    pub data: LevelData<'a>,
     pub layout: FeatureLayout,
     pub batch: usize,
     pub channels: usize,
@@ -37,6 +69,9 @@ pub struct FeatureMap<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct RoiAlignParams {
     pub output_size: usize,
+    /// Layout of the output: [R, C, S, S] (torchvision's) or [R, S, S, C], the order the bins are
+    /// computed in (a head graph that takes it spares the transpose).
+    pub layout: FeatureLayout,
     /// > 0: fixed samples per bin and axis; 0: adaptive, ceil(roi / output_size).
     pub sampling_ratio: i32,
     pub aligned: bool,
@@ -71,7 +106,8 @@ pub fn map_level(
     (k as i32 - k_min) as usize
 }
 
-/// ROIAlign's output: [rois, channels, output_size, output_size].
+/// ROIAlign's output: [rois, channels, output_size, output_size], or [rois, output_size, output_size,
+/// channels] where the pooler's layout is channels-last.
 #[derive(Debug, Clone, Copy)]
 pub struct Pooled<'a> {
     pub data: &'a [f32],
@@ -109,6 +145,7 @@ impl<'a> MultiScaleRoiAlign<'a> {
         m: &Manifest,
         features: &Features<'a>,
         image: (usize, usize),
+        layout: FeatureLayout,
         earlier: Option<&MultiScaleRoiAlign<'a>>,
     ) -> Result<Self> {
         let graph = &m.graphs.backbone.file;
@@ -153,6 +190,7 @@ impl<'a> MultiScaleRoiAlign<'a> {
             canonical_level: pooler.canonical_level as f32,
             params: RoiAlignParams {
                 output_size: pooler.output_size,
+                layout,
                 sampling_ratio: pooler.sampling_ratio,
                 aligned: pooler.aligned,
             },
@@ -191,10 +229,11 @@ impl<'a> MultiScaleRoiAlign<'a> {
             device.load_features(&self.maps)?;
         }
         device.roi_align(&self.maps, &rois, &self.params, out)?;
-        Ok(Pooled {
-            data: out,
-            shape: [rois.len(), channels, res, res],
-        })
+        let shape = match self.params.layout {
+            FeatureLayout::Nchw => [rois.len(), channels, res, res],
+            FeatureLayout::Nhwc => [rois.len(), res, res, channels],
+        };
+        Ok(Pooled { data: out, shape })
     }
 }
 
@@ -335,17 +374,25 @@ impl RoiAligner {
                     "roi_align: level {i} data length does not match its shape"
                 )));
             }
+            if matches!(l.data, LevelData::U8 { .. }) && l.layout != FeatureLayout::Nhwc {
+                return Err(Error::Input(format!(
+                    "roi_align: level {i} is uint8 and channels-first (uint8 levels must be channels-last)"
+                )));
+            }
         }
         self.nhwc.resize_with(levels.len(), Vec::new);
         for (l, dst) in levels.iter().zip(&mut self.nhwc) {
+            let LevelData::F32(data) = l.data else {
+                dst.clear(); // uint8: channels-last (checked above)
+                continue;
+            };
             if l.layout == FeatureLayout::Nhwc {
                 dst.clear();
                 continue;
             }
             let (plane, c) = (l.height * l.width, l.channels);
             dst.resize(l.batch * plane * c, 0.0);
-            for (src, img) in l
-                .data
+            for (src, img) in data
                 .chunks_exact(plane * c)
                 .zip(dst.chunks_exact_mut(plane * c))
             {
@@ -410,18 +457,39 @@ impl RoiAligner {
                     let fm = &levels[roi.level];
                     let (samples, count) = roi_taps(&roi.bbox, fm, p, taps);
                     let plane = fm.height * fm.width;
-                    let nhwc = match fm.layout {
-                        FeatureLayout::Nhwc => fm.data,
-                        FeatureLayout::Nchw => &self.nhwc[roi.level],
+                    let image = roi.batch * plane * channels..(roi.batch + 1) * plane * channels;
+                    let texels = match (fm.data, fm.layout) {
+                        (LevelData::F32(d), FeatureLayout::Nhwc) => Texels::F32(&d[image]),
+                        (LevelData::F32(_), FeatureLayout::Nchw) => {
+                            Texels::F32(&self.nhwc[roi.level][image])
+                        }
+                        (
+                            LevelData::U8 {
+                                data,
+                                scale,
+                                zero_point,
+                            },
+                            _,
+                        ) => Texels::U8 {
+                            data: &data[image],
+                            scale,
+                            zero_point: zero_point as f32,
+                        },
                     };
-                    let img =
-                        &nhwc[roi.batch * plane * channels..(roi.batch + 1) * plane * channels];
                     if samples == 0 {
                         dst.fill(0.0);
                         return;
                     }
-                    bins.resize(per_roi, 0.0);
-                    kernel.pool_roi(img, taps, samples, count, channels, bins, dst);
+                    match p.layout {
+                        FeatureLayout::Nhwc => {
+                            kernel.pool_roi(texels, taps, samples, count, channels, dst)
+                        }
+                        FeatureLayout::Nchw => {
+                            bins.resize(per_roi, 0.0);
+                            kernel.pool_roi(texels, taps, samples, count, channels, bins);
+                            channels_first(bins, channels, dst);
+                        }
+                    }
                 },
             );
         Ok(())
@@ -452,28 +520,22 @@ impl Kernel {
         Kernel::Generic
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn pool_roi(
         self,
-        img: &[f32],
+        img: Texels<'_>,
         taps: &[Tap],
         samples: usize,
         count: f32,
         channels: usize,
         bins: &mut [f32],
-        dst: &mut [f32],
     ) {
         match self {
-            Kernel::Generic => pool_roi(img, taps, samples, count, channels, bins, dst),
+            Kernel::Generic => pool_roi(img, taps, samples, count, channels, bins),
             // SAFETY: `detect` saw the CPU support these features; the functions only use safe code.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe {
-                pool_roi_avx2(img, taps, samples, count, channels, bins, dst)
-            },
+            Kernel::Avx2 => unsafe { pool_roi_avx2(img, taps, samples, count, channels, bins) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe {
-                pool_roi_avx512(img, taps, samples, count, channels, bins, dst)
-            },
+            Kernel::Avx512 => unsafe { pool_roi_avx512(img, taps, samples, count, channels, bins) },
         }
     }
 }
@@ -481,46 +543,42 @@ impl Kernel {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pool_roi_avx2(
-    img: &[f32],
+    img: Texels<'_>,
     taps: &[Tap],
     samples: usize,
     count: f32,
     channels: usize,
     bins: &mut [f32],
-    dst: &mut [f32],
 ) {
-    pool_roi(img, taps, samples, count, channels, bins, dst);
+    pool_roi(img, taps, samples, count, channels, bins);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn pool_roi_avx512(
-    img: &[f32],
+    img: Texels<'_>,
     taps: &[Tap],
     samples: usize,
     count: f32,
     channels: usize,
     bins: &mut [f32],
-    dst: &mut [f32],
 ) {
-    pool_roi(img, taps, samples, count, channels, bins, dst);
+    pool_roi(img, taps, samples, count, channels, bins);
 }
 
 /// One ROI: each bin's samples summed channels-last into `bins` ([bin][channel], contiguous, so the
-/// sums and the division by `count` are straight vector loops), then laid out [channel][bin] in `dst`.
-/// Every value sees torchvision's operations in torchvision's order (no FMA: rounding is unchanged).
+/// sums and the division by `count` are straight vector loops). Every value sees torchvision's
+/// operations in torchvision's order (no FMA: rounding is unchanged).
 #[inline(always)]
 fn pool_roi(
-    img: &[f32],
+    img: Texels<'_>,
     taps: &[Tap],
     samples: usize,
     count: f32,
     channels: usize,
     bins: &mut [f32],
-    dst: &mut [f32],
 ) {
-    let bin_count = bins.len() / channels.max(1);
-    if bin_count == 0 || samples == 0 {
+    if channels == 0 || samples == 0 {
         return;
     }
     for (acc, t) in bins
@@ -528,18 +586,68 @@ fn pool_roi(
         .zip(taps.chunks_exact(samples))
     {
         acc.fill(0.0);
-        for s in t {
-            accumulate(acc, img, s, channels);
+        // plain loops: an iterator adapter's body may be compiled apart, without the caller's features
+        match img {
+            Texels::F32(img) => {
+                for s in t {
+                    accumulate(acc, img, s, channels);
+                }
+            }
+            Texels::U8 {
+                data,
+                scale,
+                zero_point,
+            } => {
+                for s in t {
+                    accumulate_u8(acc, data, s, channels, scale, zero_point);
+                }
+            }
         }
     }
     for a in bins.iter_mut() {
         *a /= count;
     }
-    // the transpose reads `bins` (in L1) with a stride and writes `dst` in order
-    for (c, row) in dst.chunks_exact_mut(bin_count).enumerate() {
-        for (bin, d) in row.iter_mut().enumerate() {
-            *d = bins[bin * channels + c];
+}
+
+/// [bin][channel] -> [channel][bin] (torchvision's layout), reading `bins` in order.
+fn channels_first(bins: &[f32], channels: usize, dst: &mut [f32]) {
+    let bin_count = bins.len() / channels.max(1);
+    for (bin, values) in bins.chunks_exact(channels.max(1)).enumerate() {
+        for (c, &v) in values.iter().enumerate() {
+            dst[c * bin_count + bin] = v;
         }
+    }
+}
+
+/// One image of one level, channels-last, as [`pool_roi`] reads it.
+#[derive(Debug, Clone, Copy)]
+enum Texels<'a> {
+    F32(&'a [f32]),
+    /// The zero point as a float: (q - zp) of two small integers is exact in f32, as in i32.
+    U8 {
+        data: &'a [u8],
+        scale: f32,
+        zero_point: f32,
+    },
+}
+
+/// [`accumulate`] on uint8 values, each dequantized first as ONNX's DequantizeLinear does, so the sums
+/// are those of the float level bit for bit.
+#[inline(always)]
+fn accumulate_u8(
+    acc: &mut [f32],
+    img: &[u8],
+    s: &Tap,
+    channels: usize,
+    scale: f32,
+    zero_point: f32,
+) {
+    let at = |k: usize| &img[s.pos[k] as usize * channels..s.pos[k] as usize * channels + channels];
+    let (f0, f1, f2, f3) = (at(0), at(1), at(2), at(3));
+    let [w0, w1, w2, w3] = s.w;
+    let v = |q: u8| (q as f32 - zero_point) * scale;
+    for ((((a, &q0), &q1), &q2), &q3) in acc.iter_mut().zip(f0).zip(f1).zip(f2).zip(f3) {
+        *a += w0 * v(q0) + w1 * v(q1) + w2 * v(q2) + w3 * v(q3);
     }
 }
 
@@ -562,7 +670,7 @@ mod tests {
     /// One image, one channel, at image resolution.
     fn one_channel(data: &[f32], height: usize, width: usize) -> FeatureMap<'_> {
         FeatureMap {
-            data,
+            data: data.into(),
             layout: FeatureLayout::Nchw,
             batch: 1,
             channels: 1,
@@ -575,6 +683,7 @@ mod tests {
     fn params(output_size: usize, sampling_ratio: i32, aligned: bool) -> RoiAlignParams {
         RoiAlignParams {
             output_size,
+            layout: FeatureLayout::Nchw,
             sampling_ratio,
             aligned,
         }
@@ -632,7 +741,7 @@ mod tests {
             .iter()
             .zip(&datas)
             .map(|(&(batch, channels, height, width), data)| FeatureMap {
-                data,
+                data: data.as_slice().into(),
                 layout: FeatureLayout::Nchw,
                 batch,
                 channels,
@@ -643,12 +752,12 @@ mod tests {
             .collect();
         let mut a = RoiAligner::default();
         a.prepare(&maps).unwrap();
-        for (m, nhwc) in maps.iter().zip(&a.nhwc) {
+        for ((m, nhwc), data) in maps.iter().zip(&a.nhwc).zip(&datas) {
             let plane = m.height * m.width;
             for b in 0..m.batch {
                 for c in 0..m.channels {
                     for px in 0..plane {
-                        let nchw = m.data[(b * m.channels + c) * plane + px];
+                        let nchw = data[(b * m.channels + c) * plane + px];
                         assert_eq!(nhwc[(b * plane + px) * m.channels + c], nchw);
                     }
                 }
@@ -695,7 +804,7 @@ mod tests {
                 .enumerate()
                 .map(
                     |(k, (&(batch, channels, height, width), data))| FeatureMap {
-                        data,
+                        data: data.as_slice().into(),
                         layout,
                         batch,
                         channels,
@@ -730,6 +839,147 @@ mod tests {
             aligner.pool(&last, &rois, &p, &mut b).unwrap();
             assert_eq!(a, b);
         }
+    }
+
+    #[test]
+    fn uint8_levels_pool_as_their_dequantized_floats_bit_for_bit() {
+        // two levels, two images; 5 channels (no full vector) and 64 (whole AVX-512 vectors); zero
+        // points at both ends and inside; values across the whole byte range
+        for channels in [5usize, 64] {
+            let shapes = [(2usize, channels, 9usize, 13usize), (2, channels, 5, 7)];
+            let quant = [(0.037f32, 0u8), (1.9e-3, 255)];
+            let bytes: Vec<Vec<u8>> = shapes
+                .iter()
+                .map(|&(b, c, h, w)| {
+                    (0..b * c * h * w)
+                        .map(|i| ((i * 97 + i / 7) % 256) as u8)
+                        .collect()
+                })
+                .collect();
+            for zp_mid in [false, true] {
+                let quant: Vec<(f32, u8)> = quant
+                    .iter()
+                    .map(|&(s, z)| (s, if zp_mid { 131 } else { z }))
+                    .collect();
+                // ONNX DequantizeLinear: (q - zero_point) in int32, to float, times scale
+                let floats: Vec<Vec<f32>> = bytes
+                    .iter()
+                    .zip(&quant)
+                    .map(|(q, &(scale, zp))| {
+                        q.iter()
+                            .map(|&v| (v as i32 - zp as i32) as f32 * scale)
+                            .collect()
+                    })
+                    .collect();
+                fn level<'d>(
+                    shape: (usize, usize, usize, usize),
+                    k: usize,
+                    data: LevelData<'d>,
+                ) -> FeatureMap<'d> {
+                    let (batch, channels, height, width) = shape;
+                    FeatureMap {
+                        data,
+                        layout: FeatureLayout::Nhwc,
+                        batch,
+                        channels,
+                        height,
+                        width,
+                        spatial_scale: 1.0 / (1 << k) as f32,
+                    }
+                }
+                let as_f32: Vec<FeatureMap<'_>> = (0..2)
+                    .map(|k| level(shapes[k], k, floats[k].as_slice().into()))
+                    .collect();
+                let as_u8: Vec<FeatureMap<'_>> = (0..2)
+                    .map(|k| {
+                        let (scale, zero_point) = quant[k];
+                        let data = LevelData::U8 {
+                            data: &bytes[k],
+                            scale,
+                            zero_point,
+                        };
+                        level(shapes[k], k, data)
+                    })
+                    .collect();
+                let rois: Vec<Roi> = (0..12)
+                    .map(|i| Roi {
+                        batch: i % 2,
+                        level: (i / 2) % 2,
+                        bbox: [i as f32 * 0.7, 1.3, 4.0 + i as f32, 6.5 + 0.3 * i as f32],
+                    })
+                    .collect();
+                for p in [params(7, 2, false), params(3, 0, true)] {
+                    let n = rois.len() * channels * p.output_size * p.output_size;
+                    let (mut a, mut b) = (vec![0.0; n], vec![1.0; n]);
+                    roi_align(&as_f32, &rois, &p, &mut a).unwrap();
+                    roi_align(&as_u8, &rois, &p, &mut b).unwrap();
+                    assert!(a.iter().any(|&v| v != 0.0));
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{channels} channels, zero points {quant:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn channels_last_output_is_the_channels_first_one_transposed() {
+        let (c, h, w) = (5usize, 11usize, 13usize);
+        let data: Vec<f32> = (0..c * h * w).map(|i| (i as f32 * 0.61).cos()).collect();
+        let fm = FeatureMap {
+            data: data.as_slice().into(),
+            layout: FeatureLayout::Nhwc,
+            batch: 1,
+            channels: c,
+            height: h,
+            width: w,
+            spatial_scale: 1.0,
+        };
+        let rois: Vec<Roi> = (0..4)
+            .map(|i| roi([i as f32, 0.5 * i as f32, 6.0 + i as f32, 9.0]))
+            .collect();
+        for p in [params(7, 2, false), params(3, 0, true)] {
+            let s = p.output_size;
+            let bins = s * s;
+            let mut first = vec![0.0; rois.len() * c * bins];
+            let mut last = vec![1.0; first.len()];
+            roi_align(&[fm], &rois, &p, &mut first).unwrap();
+            let p_last = RoiAlignParams {
+                layout: FeatureLayout::Nhwc,
+                ..p
+            };
+            roi_align(&[fm], &rois, &p_last, &mut last).unwrap();
+            for r in 0..rois.len() {
+                for ch in 0..c {
+                    for b in 0..bins {
+                        let a = first[(r * c + ch) * bins + b];
+                        assert_eq!(a.to_bits(), last[(r * bins + b) * c + ch].to_bits());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uint8_levels_must_be_channels_last() {
+        let q = [7u8; 12];
+        let fm = FeatureMap {
+            data: LevelData::U8 {
+                data: &q,
+                scale: 0.5,
+                zero_point: 3,
+            },
+            layout: FeatureLayout::Nchw,
+            batch: 1,
+            channels: 1,
+            height: 3,
+            width: 4,
+            spatial_scale: 1.0,
+        };
+        let err = RoiAligner::default().prepare(&[fm]).unwrap_err();
+        assert!(err.to_string().contains("channels-last"), "{err}");
     }
 
     #[test]

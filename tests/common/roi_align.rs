@@ -53,7 +53,7 @@ impl Fixtures {
             .map(|f| {
                 let s = f.shape();
                 FeatureMap {
-                    data: f.as_slice().unwrap(),
+                    data: f.as_slice().unwrap().into(),
                     layout: FeatureLayout::Nchw,
                     batch: s[0],
                     channels: s[1],
@@ -75,6 +75,7 @@ impl Fixtures {
         let name = case["name"].as_str().unwrap().to_string();
         let params = RoiAlignParams {
             output_size: case["output_size"].as_u64().unwrap() as usize,
+            layout: FeatureLayout::Nchw,
             sampling_ratio: case["sampling_ratio"].as_i64().unwrap() as i32,
             aligned: case["aligned"].as_bool().unwrap(),
         };

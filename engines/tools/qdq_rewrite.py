@@ -1,17 +1,24 @@
-"""The FPN's top-down step in an INT8 (QDQ) backbone, `lateral + nearest-2x-upsample(coarser)`, rewritten as
-one broadcast add in NHWC: lateral [N,2H,2W,C] seen as [N,H,2,W,2,C], the coarser level [N,H,W,C] as
-[N,H,1,W,1,C]. The same integer values, bit for bit: a nearest 2x upsample copies each value to a 2x2 block,
-which is what the broadcast reads.
+"""Two rewrites of an INT8 (QDQ) backbone graph for ONNX Runtime's CPU kernels. Both keep every value the
+runtime reads bit for bit (checked on random inputs at three sizes before the file is replaced).
 
-Why: ONNX Runtime runs the integer convolutions channels-last and so turns the Resize into an NHWC Resize
-with scales [1,2,2,1], which misses its only fast path (NCHW, [1,1,2,2]) and copies element by element
-through index tables: ~1 ms a frame for P3 -> P2 at the demo's size, on one thread. The explicit Transposes
-written here are the inverses of the ones ONNX Runtime inserts around its channels-last convolutions, so its
-transpose optimizer cancels them: nothing is transposed at run time (profiled: Transpose time unchanged).
+upsample_add: the FPN's top-down step, `lateral + nearest-2x-upsample(coarser)`, as one broadcast add in
+NHWC: lateral [N,2H,2W,C] seen as [N,H,2,W,2,C], the coarser level [N,H,W,C] as [N,H,1,W,1,C]; a nearest 2x
+upsample copies each value to a 2x2 block, which is what the broadcast reads. Why: ONNX Runtime runs the
+integer convolutions channels-last and so turns the Resize into an NHWC Resize with scales [1,2,2,1], which
+misses its only fast path (NCHW, [1,1,2,2]) and copies element by element through index tables: ~1 ms a frame
+for P3 -> P2 at the demo's size, on one thread. The explicit Transposes written here are the inverses of the
+ones ONNX Runtime inserts around its channels-last convolutions, so its transpose optimizer cancels them:
+nothing is transposed at run time (profiled: Transpose time unchanged).
+
+quantized_features: the FPN outputs (P2..P6) leave the graph as the uint8 values they are inside it, with two
+more outputs per level, `<name>_scale` (float) and `<name>_zero_point` (uint8): the DequantizeLinear the graph
+ended with, (q - zero_point) * scale, is done by maskstream's ROIAlign on the values it samples. Why: writing
+~6 MB of floats a frame cost ~0.4 ms inside the graph, and ROIAlign read 4x the memory it needs. The runtime
+reads either form (docs/engine-format.md); the RPN head's outputs stay float.
 
 Applied by quantize.py to the INT8 backbone it writes; on an engine quantized before, in place:
 
-    upsample_add.py --engine engines/shapes    # rewrite, check the outputs equal, record the new sha256
+    qdq_rewrite.py --engine engines/shapes    # rewrite, check the values equal, record the new sha256
 """
 from __future__ import annotations
 
@@ -28,7 +35,10 @@ from onnx import helper, numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # what the manifest's calibration line says of a backbone rewritten here
-NOTE = "; the FPN's nearest 2x upsample + add as one broadcast add in NHWC (same values)"
+NOTES = {
+    "upsample_add": "; the FPN's nearest 2x upsample + add as one broadcast add in NHWC (same values)",
+    "quantized_features": "; P2..P6 leave the graph as uint8 with their scale and zero point (same values)",
+}
 
 
 def _attr(node, name, default=None):
@@ -74,7 +84,7 @@ def _is_nearest_2x(graph, r) -> bool:
     return numpy_helper.to_array(init[r.input[2]]).tolist() == [1.0, 1.0, 2.0, 2.0]
 
 
-def rewrite(model: onnx.ModelProto) -> int:
+def upsample_add(model: onnx.ModelProto) -> int:
     """Rewrites every DQ -> Resize(nearest 2x) -> Q -> DQ -> Add(DQ lateral) -> Q of `model` in place;
     returns how many. Anything else is left as it was."""
     g = model.graph
@@ -157,31 +167,84 @@ def rewrite(model: onnx.ModelProto) -> int:
     return count
 
 
-def rewrite_checked(path: str, threads: int = 2) -> int:
-    """Rewrites the graph at `path` in place when the outputs stay equal (3 input sizes, batches of 1
-    and 2); returns how many upsample + add were rewritten."""
+def quantized_features(model: onnx.ModelProto, names: list[str]) -> int:
+    """Every graph output of `names` made by a DequantizeLinear (per-tensor) becomes its uint8 input, plus
+    `<name>_scale` and `<name>_zero_point` outputs; returns how many."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    init = {t.name: t for t in g.initializer}
+    count = 0
+    for out in [o for o in g.output if o.name in names]:
+        dq = producer.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            continue
+        scale, zp = init.get(dq.input[1]), init.get(dq.input[2])
+        if scale is None or zp is None or numpy_helper.to_array(scale).size != 1 \
+                or numpy_helper.to_array(zp).dtype != np.uint8:
+            continue
+        quantized = dq.input[0]
+        if quantized not in producer or any(out.name in n.input for n in g.node):
+            continue  # a graph input, or float values read inside the graph too
+        g.node.remove(dq)
+        stale = [v for v in g.value_info if v.name == quantized]
+        for v in stale:
+            g.value_info.remove(v)
+        for n in g.node:  # the uint8 tensor takes the output's name
+            n.input[:] = [out.name if i == quantized else i for i in n.input]
+            n.output[:] = [out.name if o == quantized else o for o in n.output]
+        out.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+        for suffix, src, elem in (("_scale", dq.input[1], onnx.TensorProto.FLOAT),
+                                  ("_zero_point", dq.input[2], onnx.TensorProto.UINT8)):
+            g.node.append(helper.make_node("Identity", [src], [out.name + suffix]))
+            g.output.append(helper.make_tensor_value_info(out.name + suffix, elem, []))
+        count += 1
+    if count:
+        onnx.checker.check_model(model)
+    return count
+
+
+def dequantized(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Output `name` as floats: a uint8 output through its `_scale` / `_zero_point` outputs, as ONNX's
+    DequantizeLinear computes it ((q - zero_point) in int32, to float, times scale)."""
+    v = outputs[name]
+    if v.dtype != np.uint8:
+        return v
+    zp = np.int32(outputs[name + "_zero_point"])
+    return (v.astype(np.int32) - zp).astype(np.float32) * np.float32(outputs[name + "_scale"])
+
+
+def rewrite_checked(path: str, features: list[str], threads: int = 2) -> list[str]:
+    """Applies both rewrites to the graph at `path` in place when every output the runtime reads keeps its
+    values (3 input sizes, batches of 1 and 2); returns the names of those that changed something."""
     model = onnx.load(path)
-    n = rewrite(model)
-    if n:
+    done = [name for name, n in (("upsample_add", upsample_add(model)),
+                                 ("quantized_features", quantized_features(model, features))) if n]
+    if done:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as tmp:
             out = os.path.join(tmp, os.path.basename(path))
             onnx.save(model, out)
-            outputs_equal(path, out, [(384, 704), (320, 320), (512, 384)], threads)
+            values_equal(path, out, [(384, 704), (320, 320), (512, 384)], threads)
             os.replace(out, path)
-    return n
+    return done
 
 
-def outputs_equal(a: str, b: str, shapes: list[tuple[int, int]], threads: int) -> None:
-    """Runs both graphs on random images of each (height, width); raises unless every output is equal."""
+def values_equal(a: str, b: str, shapes: list[tuple[int, int]], threads: int) -> None:
+    """Runs both graphs on random images of each (height, width); raises unless every output of `a` has
+    the same values in `b` (dequantized where `b` gives it as uint8)."""
     from engine_model import session
     sa, sb = session(a, threads), session(b, threads)
     name = sa.get_inputs()[0].name
+    names_a = [o.name for o in sa.get_outputs()]
+    names_b = [o.name for o in sb.get_outputs()]
     rng = np.random.default_rng(0)
     for batch, (h, w) in enumerate(shapes):
         x = rng.uniform(-2.5, 2.5, (1 + batch % 2, 3, h, w)).astype(np.float32)
-        for k, (u, v) in enumerate(zip(sa.run(None, {name: x}), sb.run(None, {name: x}))):
+        ra = dict(zip(names_a, sa.run(None, {name: x})))
+        rb = dict(zip(names_b, sb.run(None, {name: x})))
+        for k in names_a:
+            u, v = dequantized(ra, k), dequantized(rb, k)
             if u.shape != v.shape or not np.array_equal(u, v):
-                raise SystemExit(f"upsample_add: output {k} differs at {x.shape} "
+                raise SystemExit(f"qdq_rewrite: output {k} differs at {x.shape} "
                                  f"(max |delta| {np.abs(u - v).max() if u.shape == v.shape else 'shape'})")
 
 
@@ -189,6 +252,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", default="engines/shapes")
     args = ap.parse_args()
+    import tomllib
     from export import sha256
     manifest = os.path.join(args.engine, "manifest.toml")
     with open(manifest) as f:
@@ -197,16 +261,23 @@ def main():
     if not line:
         raise SystemExit(f"{manifest}: no INT8 backbone in [precision.int8] (run quantize.py first)")
     path = os.path.join(args.engine, line.group(1))
-    n = rewrite_checked(path)
-    if n == 0:
+    done = rewrite_checked(path, tomllib.loads(text)["graphs"]["backbone"]["features"])
+    if not done:
         print(f"{path}: nothing to rewrite")
         return
     text = text.replace(line.group(0), line.group(0).replace(line.group(2), sha256(path)))
-    if NOTE not in text:
-        text = text.replace("; relative RMS error against FP32", NOTE + "; relative RMS error against FP32", 1)
+    text = record_notes(text, done)
     with open(manifest, "w") as f:
         f.write(text)
-    print(f"{path}: {n} upsample + add rewritten, outputs equal on 3 input sizes; sha256 recorded in {manifest}")
+    print(f"{path}: {', '.join(done)}; values equal on 3 input sizes; sha256 recorded in {manifest}")
+
+
+def record_notes(text: str, done: list[str]) -> str:
+    """The manifest's calibration line with a note for each rewrite in `done` (once)."""
+    for name in done:
+        if NOTES[name] not in text:
+            text = text.replace("; relative RMS error against FP32", NOTES[name] + "; relative RMS error against FP32", 1)
+    return text
 
 
 if __name__ == "__main__":
