@@ -74,6 +74,24 @@ pub struct Int8Graphs {
     pub backbone: GraphFile,
     pub box_head: GraphFile,
     pub mask_head: GraphFile,
+    /// Present where the INT8 backbone takes its input quantized (engines/tools/qdq_rewrite.py).
+    #[serde(default)]
+    pub input: Option<QuantizedInput>,
+}
+
+/// An INT8 backbone's uint8 input: the normalized image quantized as ONNX's QuantizeLinear does
+/// (x / scale, rounded half to even, plus the zero point, clamped to 0..255), padded by `pad` pixels of
+/// the zero point on every side and laid out space-to-depth, [N, H', W', 4C] with channel 4c + 2a + b
+/// holding pixel (2y + a - pad, 2x + b - pad) of channel c: what the stem's one-hot convolution made
+/// of the float input inside the graph before.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizedInput {
+    /// Block size; 2 is the only one the runtime writes.
+    pub space_to_depth: usize,
+    pub pad: usize,
+    pub scale: f32,
+    pub zero_point: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +375,15 @@ impl Engine {
             }),
             other => Ok(other),
         }
+    }
+
+    /// How the selected backbone takes its input: quantized (an INT8 backbone rewritten so), or
+    /// None for floats.
+    pub fn quantized_input(&self) -> Option<QuantizedInput> {
+        if self.precision != Precision::Int8 {
+            return None;
+        }
+        self.manifest.precision.as_ref()?.int8.as_ref()?.input
     }
 
     /// Points `manifest.graphs` at the graphs of `precision` (already resolved: FP32 or INT8).
@@ -649,7 +676,17 @@ impl Manifest {
                 "precision.cpu_default",
                 "is \"int8\" but there is no [precision.int8] section",
             ),
-            _ => Ok(()),
+            Some(p) => match p.int8.as_ref().and_then(|i| i.input) {
+                Some(q) if q.space_to_depth != 2 => {
+                    bad("precision.int8.input.space_to_depth", "must be 2")
+                }
+                Some(q) if !(q.scale.is_finite() && q.scale > 0.0) => {
+                    bad("precision.int8.input.scale", "must be a positive number")
+                }
+                Some(q) if q.pad > 16 => bad("precision.int8.input.pad", "must be at most 16"),
+                _ => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 
@@ -929,5 +966,35 @@ mod tests {
         let escape = int8_section("int8").replace("b8.onnx", "../b8.onnx");
         let err = engine(&escape).unwrap_err().to_string();
         assert!(err.contains("precision.int8.backbone.file"), "{err}");
+    }
+
+    #[test]
+    fn a_quantized_input_is_read_and_checked() {
+        let with = |table: &str| format!("{}[precision.int8.input]\n{table}", int8_section("int8"));
+        let good = "space_to_depth = 2\npad = 3\nscale = 0.0172\nzero_point = 116\n";
+        let mut e = engine(&with(good)).unwrap();
+        assert_eq!(e.quantized_input(), None, "FP32 until INT8 is selected");
+        e.select(Precision::Int8).unwrap();
+        let q = e.quantized_input().unwrap();
+        assert_eq!((q.space_to_depth, q.pad, q.zero_point), (2, 3, 116));
+        assert_eq!(q.scale, 0.0172);
+        for (bad, field) in [
+            (
+                good.replace("= 2", "= 4"),
+                "precision.int8.input.space_to_depth",
+            ),
+            (good.replace("0.0172", "-1.0"), "precision.int8.input.scale"),
+            (
+                good.replace("pad = 3", "pad = 99"),
+                "precision.int8.input.pad",
+            ),
+        ] {
+            let err = engine(&with(&bad)).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let err = engine(&with("space_to_depth = 2\npad = 3\nscale = 1.0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zero_point"), "{err}");
     }
 }

@@ -218,6 +218,20 @@ fn int8_needs_int8_graphs_and_checks_them() {
     std::fs::write(&p, bytes).unwrap();
     let out = detect_on_cpu(e.path(), "fp32");
     fails_with(&out, &["mask_head.int8.onnx", "sha256"]);
+
+    // an INT8 backbone that takes its input quantized, without the manifest table that says how
+    let e = engine_copy();
+    let p = e.path().join("manifest.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let at = text
+        .find("\n[precision.int8.input]")
+        .expect("the bundled INT8 backbone takes its input quantized");
+    let end = text[at + 1..]
+        .find("\n[")
+        .map_or(text.len(), |i| at + 1 + i);
+    std::fs::write(&p, format!("{}{}", &text[..at], &text[end..])).unwrap();
+    let out = detect_on_cpu(e.path(), "int8");
+    fails_with(&out, &["backbone.int8.onnx", "[precision.int8.input]"]);
 }
 
 #[test]

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 NOTES = {
     "upsample_add": "; the FPN's nearest 2x upsample + add as one broadcast add in NHWC (same values)",
     "quantized_features": "; P2..P6 leave the graph as uint8 with their scale and zero point (same values)",
+    "quantized_input": "; the input quantized and laid out space-to-depth by maskstream (same values)",
 }
 
 
@@ -203,34 +204,129 @@ def quantized_features(model: onnx.ModelProto, names: list[str]) -> int:
     return count
 
 
+def _init(g, name):
+    for t in g.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    return None
+
+
+def quantized_input(model: onnx.ModelProto) -> dict | None:
+    """The graph's float input, its QuantizeLinear and the space-to-depth stem's one-hot convolution
+    (quantize.space_to_depth_stem: channel 4c + 2a + b copies input pixel (2y + a - pad, 2x + b - pad) of
+    channel c) become one uint8 input [N, H', W', 4C], channels-last, that maskstream writes: quantized as
+    QuantizeLinear does, laid out as that convolution would, its padding at the zero point. The one-hot
+    convolution only moved pixels (weights 1.0, output range its input's: the same integers), ~0.8 ms a
+    frame. Returns the input's parameters for the manifest, or None where the graph does not start so."""
+    g = model.graph
+    if len(g.input) != 1:
+        return None
+    inp = g.input[0]
+    producer = {o: n for n in g.node for o in n.output}
+    cons = _consumers(g)
+
+    def only(tensor, op):
+        users = cons.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0] is not None and users[0].op_type == op else None
+
+    q = only(inp.name, "QuantizeLinear")
+    dq = q and only(q.output[0], "DequantizeLinear")
+    conv = dq and only(dq.output[0], "Conv")
+    if conv is None or len(conv.input) != 2:
+        return None
+    scale, zp = _init(g, q.input[1]), _init(g, q.input[2])
+    if scale is None or zp is None or scale.size != 1 or zp.dtype != np.uint8 or \
+            not _same_qparams(g, q.input[1:], dq.input[1:]):
+        return None
+    pads = _attr(conv, "pads", [0, 0, 0, 0])
+    if _attr(conv, "kernel_shape") != [2, 2] or _attr(conv, "strides") != [2, 2] or _attr(conv, "group", 1) != 1 \
+            or _attr(conv, "dilations", [1, 1]) != [1, 1] or len(set(pads)) != 1:
+        return None
+    wdq = producer.get(conv.input[1])
+    if wdq is None or wdq.op_type != "DequantizeLinear":
+        return None
+    wq, ws = _init(g, wdq.input[0]), _init(g, wdq.input[1])
+    if wq is None or ws is None or wq.ndim != 4:
+        return None
+    cout, cin = wq.shape[:2]
+    one_hot = np.zeros((cout, cin, 2, 2), np.float32)
+    for c in range(cin):
+        for a in range(2):
+            for b in range(2):
+                one_hot[4 * c + 2 * a + b, c, a, b] = 1.0
+    weights = wq.astype(np.float32) * ws.reshape(-1, 1, 1, 1)
+    if cout != 4 * cin or not np.allclose(weights, one_hot, atol=1e-6):
+        return None
+    q_out = only(conv.output[0], "QuantizeLinear")
+    if q_out is None or not _same_qparams(g, q.input[1:], q_out.input[1:]):
+        return None  # the convolution's output must be requantized at the input's scale: the same integers
+    # the new input: [N, H', W', 4C] uint8, transposed to the graph's NCHW (cancelled by ONNX Runtime's
+    # channels-last convolutions)
+    name = inp.name
+    new_input = helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, ["batch", "s2d_height", "s2d_width", cout])
+    transpose = helper.make_node("Transpose", [name], [q_out.output[0]], perm=[0, 3, 1, 2], name=name + "_nchw")
+    dead = {id(q), id(dq), id(conv), id(q_out)}
+    if len(cons.get(wdq.output[0], [])) == 1:
+        dead.add(id(wdq))
+    kept = [n for n in g.node if id(n) not in dead]
+    del g.node[:]
+    g.node.extend([transpose] + kept)
+    g.input.remove(inp)
+    g.input.append(new_input)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+    onnx.checker.check_model(model)
+    return {"space_to_depth": 2, "pad": int(pads[0]), "scale": float(scale.reshape(())),
+            "zero_point": int(zp.reshape(()))}
+
+
+def space_to_depth_input(x: np.ndarray, p: dict) -> np.ndarray:
+    """A float batch [N,C,H,W] as a quantized_input graph takes it: QuantizeLinear (x / scale, rounded half
+    to even, plus the zero point, clamped to 0..255), padded with the zero point, 2x2 blocks to channels
+    4c + 2a + b, channels-last. maskstream's preprocess writes the same bytes."""
+    scale, zp, pad = np.float32(p["scale"]), p["zero_point"], p["pad"]
+    q = np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.uint8)
+    q = np.pad(q, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=zp)
+    n, c, h, w = q.shape
+    ho, wo = (h - 2) // 2 + 1, (w - 2) // 2 + 1
+    q = q[:, :, :2 * ho, :2 * wo].reshape(n, c, ho, 2, wo, 2)
+    return np.ascontiguousarray(q.transpose(0, 2, 4, 1, 3, 5).reshape(n, ho, wo, 4 * c))
+
+
 def dequantized(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
     """Output `name` as floats: a uint8 output through its `_scale` / `_zero_point` outputs, as ONNX's
     DequantizeLinear computes it ((q - zero_point) in int32, to float, times scale)."""
     v = outputs[name]
-    if v.dtype != np.uint8:
+    if v.dtype != np.uint8 or name + "_scale" not in outputs:
         return v
     zp = np.int32(outputs[name + "_zero_point"])
     return (v.astype(np.int32) - zp).astype(np.float32) * np.float32(outputs[name + "_scale"])
 
 
-def rewrite_checked(path: str, features: list[str], threads: int = 2) -> list[str]:
-    """Applies both rewrites to the graph at `path` in place when every output the runtime reads keeps its
-    values (3 input sizes, batches of 1 and 2); returns the names of those that changed something."""
+def rewrite_checked(path: str, features: list[str], threads: int = 2) -> tuple[list[str], dict | None]:
+    """Applies the rewrites to the graph at `path` in place when every output the runtime reads keeps its
+    values (3 input sizes, batches of 1 and 2); returns the names of those that changed something, and
+    the quantized input's parameters (None where the input stays float)."""
     model = onnx.load(path)
     done = [name for name, n in (("upsample_add", upsample_add(model)),
                                  ("quantized_features", quantized_features(model, features))) if n]
+    quant = quantized_input(model)
+    if quant:
+        done.append("quantized_input")
     if done:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as tmp:
             out = os.path.join(tmp, os.path.basename(path))
             onnx.save(model, out)
-            values_equal(path, out, [(384, 704), (320, 320), (512, 384)], threads)
+            values_equal(path, out, [(384, 704), (320, 320), (512, 384)], threads, quant)
             os.replace(out, path)
-    return done
+    return done, quant
 
 
-def values_equal(a: str, b: str, shapes: list[tuple[int, int]], threads: int) -> None:
+def values_equal(a: str, b: str, shapes: list[tuple[int, int]], threads: int, quant: dict | None = None) -> None:
     """Runs both graphs on random images of each (height, width); raises unless every output of `a` has
-    the same values in `b` (dequantized where `b` gives it as uint8)."""
+    the same values in `b` (dequantized where `b` gives it as uint8; `b` fed space_to_depth_input where
+    its input is quantized)."""
     from engine_model import session
     sa, sb = session(a, threads), session(b, threads)
     name = sa.get_inputs()[0].name
@@ -239,8 +335,10 @@ def values_equal(a: str, b: str, shapes: list[tuple[int, int]], threads: int) ->
     rng = np.random.default_rng(0)
     for batch, (h, w) in enumerate(shapes):
         x = rng.uniform(-2.5, 2.5, (1 + batch % 2, 3, h, w)).astype(np.float32)
+        x[..., : h // 4, :] = 0.0  # exact zeros, as the batch's padding
         ra = dict(zip(names_a, sa.run(None, {name: x})))
-        rb = dict(zip(names_b, sb.run(None, {name: x})))
+        fed = space_to_depth_input(x, quant) if quant else x
+        rb = dict(zip(names_b, sb.run(None, {sb.get_inputs()[0].name: fed})))
         for k in names_a:
             u, v = dequantized(ra, k), dequantized(rb, k)
             if u.shape != v.shape or not np.array_equal(u, v):
@@ -261,15 +359,23 @@ def main():
     if not line:
         raise SystemExit(f"{manifest}: no INT8 backbone in [precision.int8] (run quantize.py first)")
     path = os.path.join(args.engine, line.group(1))
-    done = rewrite_checked(path, tomllib.loads(text)["graphs"]["backbone"]["features"])
+    done, quant = rewrite_checked(path, tomllib.loads(text)["graphs"]["backbone"]["features"])
     if not done:
         print(f"{path}: nothing to rewrite")
         return
     text = text.replace(line.group(0), line.group(0).replace(line.group(2), sha256(path)))
     text = record_notes(text, done)
+    if quant:
+        text = text.rstrip("\n") + "\n\n" + input_table(quant)
     with open(manifest, "w") as f:
         f.write(text)
     print(f"{path}: {', '.join(done)}; values equal on 3 input sizes; sha256 recorded in {manifest}")
+
+
+def input_table(quant: dict) -> str:
+    """The manifest's [precision.int8.input] table (docs/engine-format.md)."""
+    return ("[precision.int8.input]\n"
+            + "".join(f"{k} = {quant[k]!r}\n" for k in ("space_to_depth", "pad", "scale", "zero_point")))
 
 
 def record_notes(text: str, done: list[str]) -> str:

@@ -276,7 +276,7 @@ def compare(fp32: str, int8: str, tensors: list[np.ndarray], threads: int,
     return (num / max(den, 1e-30)) ** 0.5, times[0] / n * 1e3, times[1] / n * 1e3, n
 
 
-def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: str):
+def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: str, quant: dict | None = None):
     """Replaces the manifest's [precision] tables (everything from `[precision` to the end of those tables)."""
     with open(manifest) as f:
         text = f.read()
@@ -286,6 +286,8 @@ def record(manifest: str, files: dict[str, str], cpu_default: str, calibration: 
              f'calibration = "{calibration}"']
     for g in GRAPHS:
         lines.append(f'{g} = {{ file = "{files[g]}", sha256 = "{sha256(os.path.join(engine_dir, files[g]))}" }}')
+    if quant:  # the INT8 backbone takes its input quantized (qdq_rewrite.quantized_input)
+        lines += ["", qdq_rewrite.input_table(quant).rstrip("\n")]
     with open(manifest, "w") as f:
         f.write(text + "\n".join(lines) + "\n")
 
@@ -329,7 +331,8 @@ def main():
         quantize(stem if g == "backbone" and s2d else src, dst, data[g], method)
         err, ms32, ms8, n = compare(src, dst, data[g][:16], args.threads, args.check_secs)
         if g == "backbone":
-            rewritten = qdq_rewrite.rewrite_checked(dst, manifest["graphs"]["backbone"]["features"], args.threads)
+            rewritten, quant = qdq_rewrite.rewrite_checked(dst, manifest["graphs"]["backbone"]["features"],
+                                                           args.threads)
         errors[g] = err
         print(f"{g}: {os.path.getsize(src) / 1e6:.1f} MB -> {os.path.getsize(dst) / 1e6:.1f} MB, "
               f"relative RMS error {err:.4f}, {ms32:.1f} -> {ms8:.1f} ms per calibration input "
@@ -345,7 +348,7 @@ def main():
                    + "; relative RMS error against FP32 on calibration inputs: "
                    + ", ".join(f"{g} {e:.4f}" for g, e in errors.items()))
     tmp.cleanup()
-    record(os.path.join(args.engine, "manifest.toml"), files, args.cpu_default, calibration)
+    record(os.path.join(args.engine, "manifest.toml"), files, args.cpu_default, calibration, quant)
     print(f"recorded in {args.engine}/manifest.toml: [precision] cpu_default = {args.cpu_default}")
 
 

@@ -4,11 +4,11 @@
 use ort::session::SessionOutputs;
 
 use crate::backend::{BackendOptions, Provider};
-use crate::engine::{Engine, FeatureLayout, Manifest};
+use crate::engine::{Engine, FeatureLayout, Manifest, QuantizedInput};
 use crate::error::{Error, Result};
 
 use super::graph::{self, Contract, Graph};
-use super::preprocess::Preprocessed;
+use super::preprocess::{space_to_depth_u8, Preprocessed};
 use super::roi_align::LevelData;
 use super::rpn::LevelHead;
 
@@ -132,6 +132,10 @@ impl<'a> Features<'a> {
 pub struct Backbone {
     graph: Graph,
     input: String,
+    /// Where the (INT8) graph takes its input quantized: how, and the bytes of the batch being run.
+    quantized: Option<QuantizedInput>,
+    bytes: Vec<u8>,
+    bytes_shape: [usize; 4],
 }
 
 impl Backbone {
@@ -154,7 +158,41 @@ impl Backbone {
         };
         let (graph, provider) = Graph::open(&engine.dir, &g.file, "backbone", opts, &contract)?;
         let input = g.input.clone();
-        Ok((Backbone { graph, input }, provider))
+        let quantized = engine.quantized_input();
+        if graph.input_is_u8(&input) != quantized.is_some() {
+            return Err(Error::graph(
+                &g.file,
+                format!(
+                    "input {input:?} is {}, but the manifest's [precision.int8.input] {}",
+                    if quantized.is_some() {
+                        "not uint8"
+                    } else {
+                        "uint8"
+                    },
+                    if quantized.is_some() {
+                        "says it is quantized"
+                    } else {
+                        "is missing"
+                    }
+                ),
+            ));
+        }
+        let backbone = Backbone {
+            graph,
+            input,
+            quantized,
+            bytes: Vec::new(),
+            bytes_shape: [0; 4],
+        };
+        Ok((backbone, provider))
+    }
+
+    /// Lays a preprocessed batch out as the graph takes it: nothing to do for a float input; the
+    /// quantized, space-to-depth bytes for a quantized one (part of preprocessing).
+    pub fn prepare(&mut self, images: &Preprocessed<'_>) {
+        if let Some(q) = &self.quantized {
+            self.bytes_shape = space_to_depth_u8(images, q, &mut self.bytes);
+        }
     }
 
     /// Runs the graph on a preprocessed batch [N, 3, H, W]; read the result with [`Features::read`].
@@ -165,6 +203,16 @@ impl Backbone {
             return Err(Error::Input(
                 "backbone: input does not match its shape".into(),
             ));
+        }
+        if self.quantized.is_some() {
+            if self.bytes_shape[0] != n
+                || self.bytes.len() != self.bytes_shape.iter().product::<usize>()
+            {
+                return Err(Error::Input(
+                    "backbone: the quantized input was not prepared for this batch".into(),
+                ));
+            }
+            return self.graph.run(&self.input, self.bytes_shape, &self.bytes);
         }
         self.graph.run(&self.input, [n, 3, h, w], images.tensor)
     }

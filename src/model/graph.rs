@@ -153,12 +153,15 @@ impl Graph {
         Ok(())
     }
 
-    /// Runs the graph on one f32 tensor of `shape`.
-    pub fn run<const N: usize>(
+    /// Runs the graph on one tensor of `shape` (f32, or the uint8 input of a quantized backbone).
+    pub fn run<
+        T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+        const N: usize,
+    >(
         &mut self,
         input: &str,
         shape: [usize; N],
-        data: &[f32],
+        data: &[T],
     ) -> Result<SessionOutputs<'_>> {
         let tensor = TensorRef::from_array_view((shape, data))?;
         self.session
@@ -203,13 +206,25 @@ pub fn typed_output<'a, T: PrimitiveTensorElementType + std::fmt::Debug>(
 
 /// Whether output `name` holds uint8 values (an INT8 backbone's quantized levels).
 pub fn is_u8(outputs: &SessionOutputs<'_>, name: &str) -> bool {
-    outputs.get(name).is_some_and(|v| {
-        matches!(
-            v.dtype(),
-            ValueType::Tensor {
-                ty: TensorElementType::Uint8,
-                ..
-            }
-        )
-    })
+    outputs.get(name).is_some_and(|v| is_u8_type(v.dtype()))
+}
+
+fn is_u8_type(t: &ValueType) -> bool {
+    matches!(
+        t,
+        ValueType::Tensor {
+            ty: TensorElementType::Uint8,
+            ..
+        }
+    )
+}
+
+impl Graph {
+    /// Whether input `name` takes uint8 values.
+    pub fn input_is_u8(&self, name: &str) -> bool {
+        self.session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == name && is_u8_type(i.dtype()))
+    }
 }

@@ -191,6 +191,7 @@ impl MaskRcnn {
         let images = t.time(Stage::Preprocess, || {
             preprocessor.batch(frames, &m.transform)
         });
+        t.time(Stage::Preprocess, || backbone.prepare(&images));
         // → per level: features, objectness and deltas (layouts as the manifest says)
         let outputs = t.time(Stage::Backbone, || backbone.forward(&images))?;
         let features = t.time(Stage::Backbone, || {

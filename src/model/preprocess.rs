@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::engine::Transform;
+use crate::engine::{QuantizedInput, Transform};
 use crate::frame::RgbFrame;
 
 /// Size after torchvision's resize: scale = min(min_size/short, max_size/long) in f64, and
@@ -68,6 +68,117 @@ pub fn resize_plane(
             let t1 = b[c.i0] * c.w0 + b[c.i1] * c.w1;
             *o = t0 * r.w0 + t1 * r.w1;
         }
+    }
+}
+
+/// An INT8 backbone's uint8 input from a preprocessed batch (see [`QuantizedInput`]): each float
+/// quantized as ONNX's QuantizeLinear does, `pad` pixels of the zero point around, 2x2 blocks to channels
+/// 4c + 2a + b, channels-last. Returns the shape [N, H', W', 4C] written into `out`.
+pub fn space_to_depth_u8(
+    images: &Preprocessed<'_>,
+    q: &QuantizedInput,
+    out: &mut Vec<u8>,
+) -> [usize; 4] {
+    let (h, w) = images.padded;
+    let n = images.sizes.len();
+    let c = images.tensor.len() / (n * h * w).max(1);
+    let p = q.pad;
+    let (ho, wo, cc) = ((h + 2 * p) / 2, (w + 2 * p) / 2, 4 * c);
+    out.clear();
+    out.resize(n * ho * wo * cc, 0);
+    let quantize = Quantizer::new(q);
+    // one thread: a parallel section costs a wake-up of rayon's sleeping workers, which on a
+    // virtual machine can take longer (~0.1-1 ms) than this whole pass.
+    // Per output row: the 2C source rows it reads, quantized into zero-point-padded rows (a straight
+    // loop), then each output pixel's 4C bytes gathered from them in order.
+    let padded_w = 2 * wo;
+    let mut rows = vec![q.zero_point; 2 * c * padded_w];
+    for (row, dst) in out.chunks_exact_mut((wo * cc).max(1)).enumerate() {
+        let (img, y) = (row / ho, row % ho);
+        let src = &images.tensor[img * c * h * w..(img + 1) * c * h * w];
+        for (k, padded) in rows.chunks_exact_mut(padded_w.max(1)).enumerate() {
+            let (ch, a) = (k / 2, k % 2);
+            padded.fill(q.zero_point);
+            // source row 2y + a - pad; outside the image the row stays at the zero point
+            if let Some(iy) = (2 * y + a).checked_sub(p).filter(|&iy| iy < h) {
+                let line = &src[(ch * h + iy) * w..(ch * h + iy + 1) * w];
+                quantize.row(line, &mut padded[p.min(padded_w)..]);
+            }
+        }
+        for (k, padded) in rows.chunks_exact(padded_w.max(1)).enumerate() {
+            // channel 4c + 2a + b of pixel x is padded source column 2x + b
+            let at = (k / 2) * 4 + (k % 2) * 2;
+            for (d, pair) in dst.chunks_exact_mut(cc).zip(padded.chunks_exact(2)) {
+                d[at] = pair[0];
+                d[at + 1] = pair[1];
+            }
+        }
+    }
+    [n, ho, wo, cc]
+}
+
+/// MLAS's QuantizeLinear, a row at a time: x / scale clamped to the zero point's range, rounded half
+/// to even, plus the zero point. Division, as MLAS divides (a multiplication by the reciprocal can
+/// round differently); vectorized with the CPU's widest instructions, ~0.1 ms a frame instead of ~1 ms.
+#[derive(Debug, Clone, Copy)]
+struct Quantizer {
+    scale: f32,
+    zero_point: f32,
+    lo: f32,
+    hi: f32,
+    #[cfg(target_arch = "x86_64")]
+    avx2: bool,
+}
+
+/// x + 1.5 * 2^23 rounds x half to even (the sum's unit in the last place is 1) for |x| < 2^22, here
+/// |x| <= 255, and the integer is then the sum's bits minus those of 1.5 * 2^23: all of it vectorizes,
+/// where round_ties_even is a libm call without SSE4.1 and `as i32` a scalar saturating conversion.
+const ROUND_HALF_EVEN: f32 = 12_582_912.0;
+
+impl Quantizer {
+    fn new(q: &QuantizedInput) -> Self {
+        let zero_point = q.zero_point as f32;
+        Quantizer {
+            scale: q.scale,
+            zero_point,
+            lo: -zero_point,
+            hi: 255.0 - zero_point,
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
+        }
+    }
+
+    fn row(&self, line: &[f32], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2 (checked in `new`); the function only runs safe code.
+            unsafe { quantize_row_avx2(self, line, out) };
+            return;
+        }
+        quantize_row(self, line, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(q: &Quantizer, line: &[f32], out: &mut [u8]) {
+    quantize_row(q, line, out);
+}
+
+#[inline(always)]
+fn quantize_row(q: &Quantizer, line: &[f32], out: &mut [u8]) {
+    let Quantizer {
+        scale,
+        zero_point,
+        lo,
+        hi,
+        ..
+    } = *q;
+    let offset = ROUND_HALF_EVEN.to_bits() as i32 - zero_point as i32;
+    for (o, &v) in out.iter_mut().zip(line) {
+        let x = (v / scale).max(lo).min(hi);
+        // in 0..=255 by the clamp: the cast keeps the value
+        *o = ((x + ROUND_HALF_EVEN).to_bits() as i32 - offset) as u8;
     }
 }
 
@@ -304,5 +415,87 @@ mod tests {
         // scale 2: src = 2*(o+0.5)-0.5 = 0.5, 2.5 -> average of neighbours
         assert_eq!((taps[0].i0, taps[0].i1, taps[0].w1), (0, 1, 0.5));
         assert_eq!((taps[1].i0, taps[1].i1, taps[1].w1), (2, 3, 0.5));
+    }
+
+    /// The quantized, space-to-depth input as a plain loop: QuantizeLinear by its definition (division,
+    /// round half to even, zero point, saturation), the zero point outside the image.
+    fn space_to_depth_reference(
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        q: &QuantizedInput,
+    ) -> Vec<u8> {
+        let p = q.pad as isize;
+        let (ho, wo) = ((h + 2 * q.pad) / 2, (w + 2 * q.pad) / 2);
+        let mut out = vec![0u8; n * ho * wo * 4 * c];
+        for i in 0..n {
+            for y in 0..ho {
+                for xo in 0..wo {
+                    for ch in 0..c {
+                        for a in 0..2 {
+                            for b in 0..2 {
+                                let (iy, ix) = (2 * y as isize + a - p, 2 * xo as isize + b - p);
+                                let inside =
+                                    (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                                let v = if inside {
+                                    let f = x[((i * c + ch) * h + iy as usize) * w + ix as usize];
+                                    ((f / q.scale).round_ties_even() + q.zero_point as f32)
+                                        .clamp(0.0, 255.0) as u8
+                                } else {
+                                    q.zero_point
+                                };
+                                let k = ch * 4 + a as usize * 2 + b as usize;
+                                out[((i * ho + y) * wo + xo) * 4 * c + k] = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_quantized_input_is_quantize_linear_laid_out_space_to_depth() {
+        // two images, odd and even pads, values across the range and beyond it (saturation), exact
+        // halves (ties go to even), exact zeros (the batch's padding)
+        let (n, c, h, w) = (2usize, 3usize, 6usize, 10usize);
+        let scale = 0.25f32;
+        let x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| match i % 7 {
+                0 => 0.0,
+                1 => 0.125 * (i % 5) as f32, // k/8: halves of the scale's quarter steps
+                2 => -40.0,
+                3 => 40.0,
+                _ => (i as f32 * 0.37).sin() * 20.0,
+            })
+            .collect();
+        let sizes = vec![
+            ImageSize {
+                original: (h, w),
+                resized: (h, w),
+            };
+            n
+        ];
+        let images = Preprocessed {
+            tensor: &x,
+            padded: (h, w),
+            sizes,
+        };
+        for (pad, zero_point) in [(3usize, 116u8), (0, 0), (1, 255), (2, 7)] {
+            let q = QuantizedInput {
+                space_to_depth: 2,
+                pad,
+                scale,
+                zero_point,
+            };
+            let mut got = Vec::new();
+            let shape = space_to_depth_u8(&images, &q, &mut got);
+            assert_eq!(shape, [n, (h + 2 * pad) / 2, (w + 2 * pad) / 2, 4 * c]);
+            assert_eq!(
+                got,
+                space_to_depth_reference(&x, (n, c, h, w), &q),
+                "pad {pad}"
+            );
+        }
     }
 }
