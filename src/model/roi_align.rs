@@ -480,13 +480,18 @@ impl RoiAligner {
                         dst.fill(0.0);
                         return;
                     }
+                    let work = RoiWork {
+                        img: texels,
+                        taps,
+                        samples,
+                        count,
+                        channels,
+                    };
                     match p.layout {
-                        FeatureLayout::Nhwc => {
-                            kernel.pool_roi(texels, taps, samples, count, channels, dst)
-                        }
+                        FeatureLayout::Nhwc => kernel.pool_roi(work, dst),
                         FeatureLayout::Nchw => {
                             bins.resize(per_roi, 0.0);
-                            kernel.pool_roi(texels, taps, samples, count, channels, bins);
+                            kernel.pool_roi(work, bins);
                             channels_first(bins, channels, dst);
                         }
                     }
@@ -520,64 +525,53 @@ impl Kernel {
         Kernel::Generic
     }
 
-    fn pool_roi(
-        self,
-        img: Texels<'_>,
-        taps: &[Tap],
-        samples: usize,
-        count: f32,
-        channels: usize,
-        bins: &mut [f32],
-    ) {
+    fn pool_roi(self, work: RoiWork<'_>, bins: &mut [f32]) {
         match self {
-            Kernel::Generic => pool_roi(img, taps, samples, count, channels, bins),
+            Kernel::Generic => pool_roi(work, bins),
             // SAFETY: `detect` saw the CPU support these features; the functions only use safe code.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { pool_roi_avx2(img, taps, samples, count, channels, bins) },
+            Kernel::Avx2 => unsafe { pool_roi_avx2(work, bins) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { pool_roi_avx512(img, taps, samples, count, channels, bins) },
+            Kernel::Avx512 => unsafe { pool_roi_avx512(work, bins) },
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pool_roi_avx2(
-    img: Texels<'_>,
-    taps: &[Tap],
+/// What [`pool_roi`] needs of one ROI: its level's image, its taps (`samples` a bin) and the
+/// count each bin's sum is divided by.
+#[derive(Debug, Clone, Copy)]
+struct RoiWork<'a> {
+    img: Texels<'a>,
+    taps: &'a [Tap],
     samples: usize,
     count: f32,
     channels: usize,
-    bins: &mut [f32],
-) {
-    pool_roi(img, taps, samples, count, channels, bins);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_roi_avx2(work: RoiWork<'_>, bins: &mut [f32]) {
+    pool_roi(work, bins);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pool_roi_avx512(
-    img: Texels<'_>,
-    taps: &[Tap],
-    samples: usize,
-    count: f32,
-    channels: usize,
-    bins: &mut [f32],
-) {
-    pool_roi(img, taps, samples, count, channels, bins);
+unsafe fn pool_roi_avx512(work: RoiWork<'_>, bins: &mut [f32]) {
+    pool_roi(work, bins);
 }
 
 /// One ROI: each bin's samples summed channels-last into `bins` ([bin][channel], contiguous, so the
 /// sums and the division by `count` are straight vector loops). Every value sees torchvision's
 /// operations in torchvision's order (no FMA: rounding is unchanged).
 #[inline(always)]
-fn pool_roi(
-    img: Texels<'_>,
-    taps: &[Tap],
-    samples: usize,
-    count: f32,
-    channels: usize,
-    bins: &mut [f32],
-) {
+fn pool_roi(work: RoiWork<'_>, bins: &mut [f32]) {
+    let RoiWork {
+        img,
+        taps,
+        samples,
+        count,
+        channels,
+    } = work;
     if channels == 0 || samples == 0 {
         return;
     }
@@ -678,6 +672,17 @@ mod tests {
             width,
             spatial_scale: 1.0,
         }
+    }
+
+    /// 12 ROIs over two images and two levels, of growing sizes.
+    fn two_images_two_levels() -> Vec<Roi> {
+        (0..12)
+            .map(|i| Roi {
+                batch: i % 2,
+                level: (i / 2) % 2,
+                bbox: [i as f32 * 0.7, 1.3, 4.0 + i as f32, 6.5 + 0.3 * i as f32],
+            })
+            .collect()
     }
 
     fn params(output_size: usize, sampling_ratio: i32, aligned: bool) -> RoiAlignParams {
@@ -815,13 +820,7 @@ mod tests {
                 )
                 .collect()
         }
-        let rois: Vec<Roi> = (0..12)
-            .map(|i| Roi {
-                batch: i % 2,
-                level: (i / 2) % 2,
-                bbox: [i as f32 * 0.7, 1.3, 4.0 + i as f32, 6.5 + 0.3 * i as f32],
-            })
-            .collect();
+        let rois = two_images_two_levels();
         for p in [params(7, 2, false), params(3, 0, true)] {
             let n = rois.len() * 5 * p.output_size * p.output_size;
             let (mut a, mut b) = (vec![0.0; n], vec![1.0; n]);
@@ -901,13 +900,7 @@ mod tests {
                         level(shapes[k], k, data)
                     })
                     .collect();
-                let rois: Vec<Roi> = (0..12)
-                    .map(|i| Roi {
-                        batch: i % 2,
-                        level: (i / 2) % 2,
-                        bbox: [i as f32 * 0.7, 1.3, 4.0 + i as f32, 6.5 + 0.3 * i as f32],
-                    })
-                    .collect();
+                let rois = two_images_two_levels();
                 for p in [params(7, 2, false), params(3, 0, true)] {
                     let n = rois.len() * channels * p.output_size * p.output_size;
                     let (mut a, mut b) = (vec![0.0; n], vec![1.0; n]);
