@@ -61,11 +61,12 @@ def torch_fps(model, frames, threads: int, warmup: int = 3) -> float:
 
 
 def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool, precision: str = "fp32",
-                     rounds: int = 1) -> dict:
+                     rounds: int = 1, workers: int = 0) -> dict:
+    """`maskstream bench`; workers 0 is its default (2 frames in flight on 2 threads or more)."""
     exe = os.path.join(ROOT, "target", "release", "maskstream")
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [exe, "bench", "--engine", engine, "--frames", str(frames), "--threads", str(threads),
-               "--backend", "cpu", "--precision", precision, "--json", f.name]
+               "--backend", "cpu", "--precision", precision, "--workers", str(workers), "--json", f.name]
         cmd += ["--encode", "--rounds", str(rounds)] if pipeline else ["--model-only"]
         subprocess.run(cmd, cwd=ROOT, check=True)
         return json.load(open(f.name))
@@ -82,9 +83,10 @@ def maskstream_streams(engine: str, threads: int, counts: str, secs: int) -> dic
         return json.load(open(f.name))
 
 
-def whole_graph_fps(model, frames, threads: int, warmup: int = 3) -> tuple[float, str]:
+def whole_graph_export(model, frames, warmup: int = 3) -> tuple[str, list, str]:
     """torchvision's own ONNX export of the whole model (one graph: ROIAlign levels merged with
-    ScatterElements, masks pasted in a loop), run by onnxruntime; its detections checked against eager."""
+    ScatterElements, masks pasted in a loop), run by onnxruntime; its detections checked against eager.
+    Returns the graph's path, the frames as its inputs, and the check."""
     import onnxruntime as ort
 
     x = torch.from_numpy(frames[0].copy()).permute(2, 0, 1).float() / 255.0
@@ -92,10 +94,7 @@ def whole_graph_fps(model, frames, threads: int, warmup: int = 3) -> tuple[float
     torch.onnx.export(model, ([x],), path, opset_version=17, dynamo=False, input_names=["image"],
                       output_names=["boxes", "labels", "scores", "masks"],
                       dynamic_axes={"image": {1: "h", 2: "w"}})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     arrays = [(torch.from_numpy(f.copy()).permute(2, 0, 1).float() / 255.0).numpy() for f in frames]
     with torch.no_grad():
         ref = model([torch.from_numpy(arrays[warmup])])[0]
@@ -105,12 +104,84 @@ def whole_graph_fps(model, frames, threads: int, warmup: int = 3) -> tuple[float
             and float(np.abs(got[0] - ref["boxes"].numpy()).max(initial=0)) < 1e-2)
     check = (f"{len(got[0])} detections ({int(keep.sum())} at score >= 0.3) vs eager {len(ref['boxes'])}: "
              + ("same labels, boxes within 0.01 px" if same else "DIFFERENT"))
-    for a in arrays[:warmup]:
-        sess.run(None, {"image": a})
+    return path, arrays, check
+
+
+def whole_graph_fps(path: str, arrays, threads: int, workers: int = 1, warmup: int = 3) -> float:
+    """The whole-graph export's frames/s: one session on `threads` threads, or `workers` sessions of
+    threads/workers each taking the next frame in turn (onnxruntime lets go of the GIL while it runs),
+    as maskstream's workers do."""
+    import threading
+
+    import onnxruntime as ort
+
+    def session(n: int):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+        return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+    sessions = [session(max(1, threads // workers)) for _ in range(workers)]
+    for sess in sessions:
+        for a in arrays[:warmup]:
+            sess.run(None, {"image": a})
+    timed = arrays[warmup:]
+    lock, nxt = threading.Lock(), [0]
+
+    def work(sess):
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= len(timed):
+                return
+            sess.run(None, {"image": timed[i]})
+
+    pool = [threading.Thread(target=work, args=(sess,)) for sess in sessions]
     t0 = time.perf_counter()
-    for a in arrays[warmup:]:
-        sess.run(None, {"image": a})
-    return (len(arrays) - warmup) / (time.perf_counter() - t0), check
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return len(timed) / (time.perf_counter() - t0)
+
+
+def _eager_worker(engine: str, ckpt: str, frames, threads: int, warmup: int, barrier, out) -> None:
+    """One process of torch_parallel_fps: its own model and torch threads, timed after the barrier."""
+    torch.set_num_threads(threads)
+    from model import apply_manifest_settings, load_shapes_checkpoint, load_shapes_from_engine
+
+    model = (apply_manifest_settings(load_shapes_checkpoint(ckpt), engine) if os.path.exists(ckpt)
+             else load_shapes_from_engine(engine)).eval()
+    tensors = [torch.from_numpy(f.copy()).permute(2, 0, 1).float() / 255.0 for f in frames]
+    with torch.no_grad():
+        for t in tensors[:warmup]:
+            model([t])
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in tensors[warmup:]:
+            model([t])
+    out.put((t0, time.perf_counter(), len(tensors) - warmup))
+
+
+def torch_parallel_fps(engine: str, ckpt: str, frames, threads: int, workers: int, warmup: int = 3) -> float:
+    """torchvision eager with `workers` processes of threads/workers torch threads, the frames dealt
+    out in turn (processes: eager's Python between the operators holds the GIL); frames/s from the first
+    start to the last end (CLOCK_MONOTONIC is one clock for every process)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_eager_worker,
+                         args=(engine, ckpt, frames[:warmup] + frames[warmup + k::workers],
+                               max(1, threads // workers), warmup, barrier, out))
+             for k in range(workers)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(n for _, _, n in got) / (max(e for _, e, _ in got) - min(s for s, _, _ in got))
 
 
 def module_macs(module, x: torch.Tensor) -> float:
@@ -293,6 +364,8 @@ def main():
     # steal the cores from whatever runs next in this process's lifetime
     ms32 = maskstream_bench(engine, args.frames, args.threads, False, "fp32")
     ms8 = maskstream_bench(engine, args.frames, args.threads, False, "int8")
+    # one frame at a time on every thread (workers 1): the lowest latency, and the figure before workers
+    ms8_one = maskstream_bench(engine, args.frames, args.threads, False, "int8", workers=1)
     # the pipeline's overheads: longer runs, in rounds (each against the model measured just before)
     pl32 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "fp32", args.rounds)
     pl8 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "int8", args.rounds)
@@ -310,7 +383,12 @@ def main():
     (rh, rw), padded = resized.image_sizes[0], tuple(resized.tensors.shape[-2:])
     tv = torch_fps(shapes, frames, args.threads)
     # several times slower than the others: 30 timed frames are enough for its figure
-    whole, whole_check = whole_graph_fps(shapes, frames[:33], args.threads)
+    whole_path, whole_arrays, whole_check = whole_graph_export(shapes, frames[:33])
+    whole = whole_graph_fps(whole_path, whole_arrays, args.threads)
+    # the peers given maskstream's frames in flight too: ms8's worker count, threads shared alike
+    par = ms8.get("workers", 1)
+    whole_par = whole_graph_fps(whole_path, whole_arrays, args.threads, par) if par > 1 else whole
+    tv_par = torch_parallel_fps(engine, ckpt, frames, args.threads, par) if par > 1 else tv
     torch.set_num_threads(args.threads)
     gmacs = model_gmacs(shapes, padded, *mean_rois(shapes, frames))
     peak32, peak8 = peak_gflops(args.threads)
@@ -367,14 +445,26 @@ def main():
              f"{frames[0].shape[0]} -> {rw}x{rh}).", "",
              "## Peers, same weights, same frames, same threads", "",
              "| runner | frames/s | ms/frame | maskstream INT8 is |", "|---|---|---|---|"]
+    inflight = f"{par} frames in flight, {max(1, args.threads // par)} thread(s) each"
     peers = [("torchvision eager (FP32)", tv),
-             ("torchvision's whole-graph ONNX export in onnxruntime (FP32)", whole),
-             ("maskstream model-only, FP32 graphs", ms32["model_fps"]),
-             ("maskstream model-only, INT8 graphs", ms8["model_fps"])]
+             ("torchvision's whole-graph ONNX export in onnxruntime (FP32)", whole)]
+    if par > 1:
+        peers += [(f"torchvision eager (FP32), {inflight} ({par} processes)", tv_par),
+                  (f"the whole-graph export (FP32), {inflight} ({par} sessions)", whole_par)]
+    peers += [(f"maskstream model-only, FP32 graphs ({inflight})", ms32["model_fps"]),
+              ("maskstream model-only, INT8 graphs, one frame at a time (`--workers 1`)", ms8_one["model_fps"]),
+              (f"maskstream model-only, INT8 graphs ({inflight}; the default)", ms8["model_fps"])]
     for name, fps in peers:
         lines.append(f"| {name} | {fps:.2f} | {1e3 / fps:.1f} | {ms8['model_fps'] / fps:.2f}x |")
     lines += ["", f"maskstream FP32 is {ms32['model_fps'] / tv:.2f}x torchvision eager and "
               f"{ms32['model_fps'] / whole:.2f}x the whole-graph export. Whole-graph export check: {whole_check}.",
+              "", f"maskstream runs {inflight} by default (`[inference] workers`, `--workers`): between ONNX "
+              "Runtime's parallel operators its own stages run on one thread and every parallel section wakes "
+              "the other threads, so one frame at a time leaves cores idle. The peers' rows with frames in "
+              "flight give them the same treatment, the fairest comparison: against those, maskstream INT8 is "
+              f"{ms8['model_fps'] / tv_par:.2f}x eager and {ms8['model_fps'] / whole_par:.2f}x the whole-graph "
+              f"export; one frame at a time against one frame at a time, {ms8_one['model_fps'] / tv:.2f}x and "
+              f"{ms8_one['model_fps'] / whole:.2f}x.",
               "", "## Full pipeline against model-only (same engine, same frames)", "",
               "| precision | model-only fps | model-only at the pipeline's floor fps | pipeline, JSON only | overhead "
               "| pipeline + overlay + H.264 MP4 + JSON | overhead | overhead in each round "
@@ -428,11 +518,13 @@ def main():
               f"| torchvision eager FP32 | {gflop * tv:.0f} | {gflop * tv / peak32:.2f} of FP32 |",
               f"| maskstream FP32 | {used32:.0f} | {used32 / peak32:.2f} of FP32 |",
               f"| maskstream INT8 | {used8:.0f} | {used8 / peak8:.2f} of INT8 |",
-              "", f"4x the whole-graph export would be {4 * whole:.1f} frames/s: {4 * whole * gflop:.0f} GOP/s, "
+              "", f"4x the whole-graph export (one frame at a time) would be {4 * whole:.1f} frames/s: {4 * whole * gflop:.0f} GOP/s, "
               f"{4 * whole * gflop / peak8:.2f} of the INT8 peak for the whole model, our own stages (preprocess, "
               f"proposals, ROIAlign, paste) included; at the INT8 peak, with no time for anything else, the "
               f"model's work would take {gflop / peak8 * 1e3:.1f} ms a frame.",
-              "", "Per-stage ms/frame (maskstream model-only):", "", "| stage | FP32 | INT8 |", "|---|---|---|"]
+              "", f"Per-stage ms/frame (maskstream model-only, each on its worker: with {par} frames in flight "
+              "they overlap and add up to more than the wall time a frame):", "", "| stage | FP32 | INT8 |",
+              "|---|---|---|"]
     s8 = dict(ms8["stages_ms"])
     lines += [f"| {k} | {v:.2f} | {s8.get(k, float('nan')):.2f} |" for k, v in ms32["stages_ms"]]
     if r50_rows:

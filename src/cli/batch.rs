@@ -255,10 +255,10 @@ fn check_outputs(
 
 /// Counts one file's frames and failures; keeps the model it handed back, or loads it anew.
 fn record_run(
-    result: maskstream::Result<(pipeline::stats::Summary, maskstream::MaskRcnn)>,
+    result: maskstream::Result<(pipeline::stats::Summary, pipeline::Models)>,
     file: &Path,
     base: &PipelineConfig,
-    model: &mut Option<maskstream::MaskRcnn>,
+    model: &mut Option<pipeline::Models>,
     failures: &mut Vec<String>,
     frames: &mut u64,
 ) {

@@ -2,7 +2,7 @@
 //! peak RSS), then the full pipeline on the same video with a null sink, and the pipeline overhead.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,8 @@ use maskstream::overlay::{Canvas, Compositor, OverlayStyle};
 use maskstream::pipeline::config::{InferenceConfig, SourceConfig, SourceKind};
 use maskstream::pipeline::source::{self, SourceEvent};
 use maskstream::pipeline::stats::process_cpu;
-use maskstream::pipeline::{self, RunContext, WARM_UP_CALLS};
+use maskstream::pipeline::workers::on_pool;
+use maskstream::pipeline::{self, Models, RunContext, WARM_UP_CALLS};
 use maskstream::{BackendKind, BackendOptions, Detection, MaskRcnn, RgbFrame, StageTimes};
 use serde::Serialize;
 
@@ -41,6 +42,10 @@ pub struct Args {
     /// Frames per model call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Model calls in flight at once, each on its own copy of the model with an equal share of the
+    /// threads (0: automatic, 2 on the CPU with 2 threads or more; 1: one frame at a time).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// Video whose first frames are used.
     #[arg(long, default_value = "assets/shapes-demo.mp4")]
     pub video: PathBuf,
@@ -74,6 +79,7 @@ struct Report {
     backend: String,
     precision: String,
     threads: usize,
+    workers: usize,
     batch: usize,
     frames: usize,
     width: usize,
@@ -168,15 +174,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         precision: args.precision,
         ..Default::default()
     };
-    let mut model =
-        MaskRcnn::load(&engine, &opts).with_context(|| format!("loading {}", engine.display()))?;
+    let mut model = Models::load(&engine, &opts, args.workers)
+        .with_context(|| format!("loading {}", engine.display()))?;
     let views: Vec<RgbFrame<'_>> = frames
         .iter()
         .map(|(w, h, d)| RgbFrame::new(*w, *h, w * 3, d))
         .collect::<Result<_, _>>()?;
     let warm_up = warm_up.min(views.len().saturating_sub(1));
-    for chunk in views[..warm_up].chunks(batch) {
-        model.detect_batch(chunk)?;
+    for m in model.as_mut_slice() {
+        for chunk in views[..warm_up].chunks(batch) {
+            m.detect_batch(chunk)?;
+        }
     }
     let timed = &views[warm_up..];
     let Timed {
@@ -199,14 +207,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         maskstream::analytics::bench::ms_per_frame(20, 300),
     ));
     let (w, h) = (frames[0].0, frames[0].1);
-    let model_precision = model.precision();
+    let model_precision = model.first().precision();
+    let workers = model.workers();
     println!(
-        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {model_precision}, {} threads: {model_fps:.2} frames/s ({:.1} ms/frame)",
+        "model-only: {} frames {w}x{h}, batch {batch}, {} backend, {model_precision}, {} threads, {}: {model_fps:.2} frames/s ({:.1} ms/frame)",
         n,
-        model.provider(),
+        model.first().provider(),
         if args.threads == 0 { "all".to_string() } else { args.threads.to_string() },
+        if workers == 1 {
+            "1 worker".to_string()
+        } else {
+            format!("{workers} workers of {} thread(s)", model.threads_per_worker())
+        },
         1e3 / model_fps
     );
+    if workers > 1 {
+        println!("  (stage times below are per frame on one worker: frames overlap, so they add up to more than the wall time)");
+    }
     for (name, ms) in &stages {
         println!("  {name:<15} {ms:>8.2} ms/frame");
     }
@@ -215,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The pipeline skips the masks of detections under its floor (the tracker's low threshold);
     // the model alone at that floor does the same work, so the pipeline's overhead is measured
     // against it. The figure above stays torchvision's full output (every detection >= 0.05).
-    let floor = base_config(&engine, args.backend, args.precision, args.threads).detection_floor();
+    let floor = base_config(&engine, &args).detection_floor();
     let mut model_at_floor = || -> anyhow::Result<(f64, f64)> {
         model.set_min_score(floor);
         let t = time_model(&mut model, timed, batch)?;
@@ -257,7 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(model);
         Vec::new()
     } else {
-        let base = base_config(&engine, args.backend, args.precision, args.threads);
+        let base = base_config(&engine, &args);
         super::bench_streams::run(&base, model, &args.streams, args.stream_secs)?
     };
 
@@ -293,6 +310,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             backend: args.backend.to_string(),
             precision: model_precision.to_string(),
             threads: args.threads,
+            workers,
             batch,
             frames: n,
             width: w,
@@ -331,55 +349,93 @@ struct Timed {
     frames: usize,
 }
 
-/// Times the model over `timed` in batches of `batch`, and the compositor's drawing apart (and left
-/// out of the model's time) on a copy of each frame.
-fn time_model(model: &mut MaskRcnn, timed: &[RgbFrame<'_>], batch: usize) -> anyhow::Result<Timed> {
-    let mut stage_sum = StageTimes::default();
-    let compositor = Compositor::new(OverlayStyle::default());
+/// A frame's index and the detections drawn on it.
+type Kept = (usize, Vec<Detection>);
+
+/// Times the model over `timed` in batches of `batch` (on every worker at once, a batch to
+/// whichever is free), then the compositor's drawing of what it found, apart (left out of the
+/// model's time), on a copy of each frame.
+fn time_model(models: &mut Models, timed: &[RgbFrame<'_>], batch: usize) -> anyhow::Result<Timed> {
+    let chunks: Vec<&[RgbFrame<'_>]> = timed.chunks(batch).collect();
     let threshold = InferenceConfig::default().score_threshold;
-    let (mut overlay, mut canvas) = (Duration::ZERO, Vec::new());
-    let (mut model_time, mut cpu) = (Duration::ZERO, Duration::ZERO);
-    let mut n = 0usize;
-    for chunk in timed.chunks(batch) {
-        let (t, c) = (Instant::now(), process_cpu());
-        let r = model.detect_batch(chunk)?;
-        model_time += t.elapsed();
-        if let Some((after, before)) = process_cpu().zip(c) {
-            cpu += after.saturating_sub(before);
+    let next = AtomicUsize::new(0);
+    // each worker: its calls' first-frame stage sums, and the kept detections of each frame it ran
+    let run = |model: &mut MaskRcnn| -> anyhow::Result<(StageTimes, Vec<Kept>)> {
+        let (mut stages, mut kept) = (StageTimes::default(), Vec::new());
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(chunk) = chunks.get(i) else { break };
+            let r = model.detect_batch(chunk)?;
+            if let Some(first) = r.first() {
+                stages += first.times;
+            }
+            for (k, dets) in r.into_iter().enumerate() {
+                let d = dets.detections.into_iter().filter(|d| d.score >= threshold);
+                kept.push((i * batch + k, d.collect()));
+            }
         }
-        if let Some(first) = r.first() {
-            stage_sum += first.times;
-        }
-        for (frame, dets) in chunk.iter().zip(&r) {
-            canvas.clear();
-            canvas.extend_from_slice(frame.data);
-            let kept: Vec<Detection> = dets
-                .detections
-                .iter()
-                .filter(|d| d.score >= threshold)
-                .cloned()
+        Ok((stages, kept))
+    };
+    let threads = models.threads_per_worker();
+    let (start, cpu_start) = (Instant::now(), process_cpu());
+    let per_worker: Vec<anyhow::Result<_>> = match models.as_mut_slice() {
+        [one] => vec![run(one)],
+        many => std::thread::scope(|s| {
+            let handles: Vec<_> = many
+                .iter_mut()
+                .enumerate()
+                .map(|(i, m)| {
+                    let run = &run;
+                    s.spawn(move || on_pool(threads, &format!("bench-{i}"), || run(m)))
+                })
                 .collect();
-            let t = Instant::now();
-            compositor.draw(
-                &mut Canvas {
-                    data: &mut canvas,
-                    width: frame.width,
-                    height: frame.height,
-                    stride: frame.stride,
-                },
-                &kept,
-                model.classes(),
-            );
-            overlay += t.elapsed();
-        }
-        n += chunk.len();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))
+                })
+                .collect()
+        }),
+    };
+    let model_time = start.elapsed();
+    let cpu = process_cpu()
+        .zip(cpu_start)
+        .map_or(Duration::ZERO, |(after, before)| {
+            after.saturating_sub(before)
+        });
+    let (mut stage_sum, mut kept) = (StageTimes::default(), Vec::new());
+    for r in per_worker {
+        let (stages, k) = r?;
+        stage_sum += stages;
+        kept.extend(k);
+    }
+    let compositor = Compositor::new(OverlayStyle::default());
+    let (mut overlay, mut canvas) = (Duration::ZERO, Vec::new());
+    let classes = models.first().classes();
+    for (i, dets) in &kept {
+        let frame = &timed[*i];
+        canvas.clear();
+        canvas.extend_from_slice(frame.data);
+        let t = Instant::now();
+        compositor.draw(
+            &mut Canvas {
+                data: &mut canvas,
+                width: frame.width,
+                height: frame.height,
+                stride: frame.stride,
+            },
+            dets,
+            classes,
+        );
+        overlay += t.elapsed();
     }
     Ok(Timed {
         stages: stage_sum,
         overlay,
         model: model_time,
         cpu,
-        frames: n,
+        frames: kept.len(),
     })
 }
 
@@ -426,7 +482,7 @@ fn run_pipeline(
     model_fps: f64,
     encode: bool,
 ) -> anyhow::Result<PipelineRun> {
-    let mut cfg = base_config(engine, args.backend, args.precision, args.threads);
+    let mut cfg = base_config(engine, args);
     cfg.sources = vec![SourceConfig {
         uri: args.video.display().to_string(),
         name: Some("bench".into()),

@@ -7,8 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
-use maskstream::pipeline::{self, RunContext};
-use maskstream::MaskRcnn;
+use maskstream::pipeline::{self, Models, RunContext};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -30,7 +29,7 @@ const CAMERA_FPS: u64 = 15;
 
 pub fn run(
     base: &PipelineConfig,
-    mut model: MaskRcnn,
+    mut model: Models,
     counts: &[usize],
     secs: u64,
 ) -> anyhow::Result<Vec<Row>> {
@@ -102,17 +101,14 @@ pub fn run(
 
 /// The pipeline settings of the bench: engine, backend, precision and threads, tracking on, no
 /// outputs.
-pub fn base_config(
-    engine: &Path,
-    backend: maskstream::BackendKind,
-    precision: maskstream::Precision,
-    threads: usize,
-) -> PipelineConfig {
-    PipelineConfig {
+pub fn base_config(engine: &Path, args: &super::bench::Args) -> PipelineConfig {
+    let mut cfg = PipelineConfig {
         engine: engine.to_path_buf(),
-        backend,
-        precision,
-        threads,
+        backend: args.backend,
+        precision: args.precision,
+        threads: args.threads,
         ..Default::default()
-    }
+    };
+    cfg.inference.workers = args.workers;
+    cfg
 }

@@ -31,6 +31,11 @@ pub struct ModelFlags {
     pub precision: Option<maskstream::Precision>,
     #[arg(long)]
     pub score_threshold: Option<f32>,
+    /// Model calls in flight at once, each on its own copy of the model with an equal share of the
+    /// threads (`[inference] workers`; 0: automatic, 2 on the CPU; 1: one frame at a time, the
+    /// lowest latency).
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 impl ModelFlags {
@@ -46,6 +51,9 @@ impl ModelFlags {
         }
         if let Some(s) = self.score_threshold {
             cfg.inference.score_threshold = s;
+        }
+        if let Some(w) = self.workers {
+            cfg.inference.workers = w;
         }
     }
 }

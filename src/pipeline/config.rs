@@ -88,6 +88,11 @@ pub struct InferenceConfig {
     pub max_batch: Option<usize>,
     /// How long the first frame of a batch waits for others.
     pub max_wait_ms: u64,
+    /// Model calls in flight at once, each on its own copy of the model with an equal share of
+    /// `threads` (pipeline/workers.rs). Unset or 0: 2 on the CPU backend with 2 threads or more (more
+    /// frames a second; each frame takes longer), 1 on a GPU. 1: one frame at a time on every thread,
+    /// the lowest latency.
+    pub workers: usize,
 }
 
 impl InferenceConfig {
@@ -106,6 +111,7 @@ impl Default for InferenceConfig {
             score_threshold: 0.5,
             max_batch: None,
             max_wait_ms: 5,
+            workers: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The inference stage: gathers up to `max_batch` frames across sources (waiting at most
 //! `max_wait_ms` after the first, round-robin so no stream starves another), runs the model once,
-//! forwards results in order.
+//! forwards results in order. With several workers (`[inference] workers`) the model calls run on
+//! their threads, a batch to whichever is free, and a forwarding thread keeps the order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,9 +13,10 @@ use super::composite::SourceInfo;
 use super::config::InferenceConfig;
 use super::control::{Command, ControlError, Spawner};
 use super::source::{Frame, SourceEvent};
-use crate::error::Result;
+use super::workers::{Done, Models, Pool};
+use crate::error::{Error, Result};
 use crate::frame::RgbFrame;
-use crate::model::{Detection, MaskRcnn, StageTimes};
+use crate::model::{Detection, FrameResult, MaskRcnn, StageTimes};
 
 /// One frame with the model's detections.
 pub(super) struct Inferred {
@@ -46,16 +48,17 @@ pub(super) struct Controls {
     pub keep_running: bool,
 }
 
-/// The stage's thread body: returns the model (a batch reuses it) with the outcome.
+/// The stage's thread body: returns the models (a batch reuses them) with the outcome; None when
+/// they were lost with a worker that could not start or ended abnormally.
 pub(super) fn infer_loop(
-    mut model: MaskRcnn,
+    models: Models,
     receivers: Vec<Receiver<SourceEvent>>,
     out: Sender<Work>,
     cfg: InferenceConfig,
     max_batch: usize,
     stop: Arc<AtomicBool>,
     controls: Option<Controls>,
-) -> (MaskRcnn, Result<()>, Option<Spawner>) {
+) -> (Option<Models>, Result<()>, Option<Spawner>) {
     let _span = tracing::info_span!("infer").entered();
     let mut gather = Gather {
         open: vec![true; receivers.len()],
@@ -66,8 +69,14 @@ pub(super) fn infer_loop(
         stop,
         controls,
     };
-    let result = infer_batches(&mut model, &mut gather, &out);
-    (model, result, gather.controls.map(|c| c.spawner))
+    let (models, result) = if models.workers() == 1 {
+        let mut models = models;
+        let result = infer_batches(&mut models.as_mut_slice()[0], &mut gather, &out);
+        (Some(models), result)
+    } else {
+        infer_pooled(models, &mut gather, out)
+    };
+    (models, result, gather.controls.map(|c| c.spawner))
 }
 
 fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) -> Result<()> {
@@ -79,19 +88,8 @@ fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) 
         }
         let ended = gather.fill(&mut batch);
         if !batch.is_empty() {
-            let views: Result<Vec<RgbFrame<'_>>> = batch
-                .iter()
-                .map(|f| RgbFrame::new(f.width, f.height, f.width * 3, &f.data))
-                .collect();
-            let results = model.detect_batch(&views?)?;
-            let n = batch.len();
-            for (frame, r) in batch.drain(..).zip(results) {
-                let item = Inferred {
-                    frame,
-                    detections: r.detections,
-                    times: r.times,
-                    batch: n,
-                };
+            let results = model.detect_batch(&views(&batch)?)?;
+            for item in inferred(batch.drain(..), results) {
                 if out.send(Work::Frame(Box::new(item))).is_err() {
                     return Ok(());
                 }
@@ -99,17 +97,123 @@ fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) 
             }
         }
         for (source, error) in ended {
-            let reply = gather
-                .controls
-                .as_mut()
-                .and_then(|c| c.spawner.ended(source));
-            let end = Work::End {
-                source,
-                error,
-                reply,
-            };
-            if out.send(end).is_err() {
+            if out.send(gather.end(source, error)).is_err() {
                 return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The frames of a batch as the model reads them (a `&Vec`: the workers' [`super::workers::ViewFn`]).
+#[allow(clippy::ptr_arg)]
+fn views(batch: &Vec<Frame>) -> Result<Vec<RgbFrame<'_>>> {
+    batch
+        .iter()
+        .map(|f| RgbFrame::new(f.width, f.height, f.width * 3, &f.data))
+        .collect()
+}
+
+/// Each frame of a model call with its results.
+fn inferred(
+    batch: impl ExactSizeIterator<Item = Frame>,
+    results: Vec<FrameResult>,
+) -> impl Iterator<Item = Inferred> {
+    let n = batch.len();
+    batch.zip(results).map(move |(frame, r)| Inferred {
+        frame,
+        detections: r.detections,
+        times: r.times,
+        batch: n,
+    })
+}
+
+/// What the forwarding thread hands on next: a ready item, or the next results of a worker.
+enum Slot {
+    Ready(Work),
+    From(usize),
+}
+
+/// Several workers: this thread gathers a batch whenever one is free (so a live source's newest
+/// frames go to it) and notes the order; the forwarding thread hands results and ends on in it.
+fn infer_pooled(
+    models: Models,
+    gather: &mut Gather,
+    out: Sender<Work>,
+) -> (Option<Models>, Result<()>) {
+    let workers = models.workers();
+    let mut pool = match Pool::start(models, views) {
+        Ok(p) => p,
+        Err(e) => return (None, Err(e)),
+    };
+    let (order_tx, order) = crossbeam_channel::bounded::<Slot>(2 * workers + 2);
+    let results = pool.results();
+    let forward_out = out.clone();
+    let forwarder = std::thread::Builder::new()
+        .name("infer-forward".into())
+        .spawn(move || forward(order, results, forward_out));
+    let forwarder = match forwarder {
+        Ok(f) => f,
+        Err(e) => {
+            let err = Error::Pipeline(format!("starting the inference forwarder: {e}"));
+            return (pool.finish().ok(), Err(err));
+        }
+    };
+    'run: while gather.running() {
+        if !gather.obey(&out) || pool.free_worker().is_none() {
+            break;
+        }
+        let mut batch = Vec::with_capacity(gather.max_batch);
+        let ended = gather.fill(&mut batch);
+        if !batch.is_empty() {
+            match pool.send(batch) {
+                Ok(w) if order_tx.send(Slot::From(w)).is_ok() => {}
+                _ => break,
+            }
+        }
+        for (source, error) in ended {
+            if order_tx
+                .send(Slot::Ready(gather.end(source, error)))
+                .is_err()
+            {
+                break 'run;
+            }
+        }
+    }
+    drop(order_tx);
+    let forwarded = forwarder
+        .join()
+        .unwrap_or_else(|_| Err(Error::Pipeline("the inference forwarder panicked".into())));
+    match pool.finish() {
+        Ok(models) => (Some(models), forwarded),
+        Err(e) => (None, forwarded.and(Err(e))),
+    }
+}
+
+/// Hands results and ends on in the order `order` gives; a failed model call ends the run with its
+/// error (the workers then stop: their results have nowhere to go).
+fn forward(
+    order: Receiver<Slot>,
+    results: Vec<Receiver<Done<Vec<Frame>>>>,
+    out: Sender<Work>,
+) -> Result<()> {
+    for slot in order.iter() {
+        match slot {
+            Slot::Ready(work) => {
+                if out.send(work).is_err() {
+                    return Ok(());
+                }
+            }
+            Slot::From(w) => {
+                let Some(Ok(done)) = results.get(w).map(Receiver::recv) else {
+                    return Err(Error::Pipeline(format!("inference worker {w} ended")));
+                };
+                for item in inferred(done.batch.into_iter(), done.results?) {
+                    if out.send(Work::Frame(Box::new(item))).is_err() {
+                        return Ok(());
+                    }
+                    super::metrics::inferred_queue(out.len());
+                }
             }
         }
     }
@@ -129,6 +233,16 @@ struct Gather {
 }
 
 impl Gather {
+    /// The end of a source, with the reply a removal waits for.
+    fn end(&mut self, source: usize, error: Option<String>) -> Work {
+        let reply = self.controls.as_mut().and_then(|c| c.spawner.ended(source));
+        Work::End {
+            source,
+            error,
+            reply,
+        }
+    }
+
     /// Some source is open, or the API may still add one (until the run is stopped).
     fn running(&self) -> bool {
         self.open.iter().any(|&o| o)

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod timeline;
 pub mod tracking;
 mod witness;
+pub mod workers;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,6 @@ use gstreamer as gst;
 
 use crate::backend::BackendOptions;
 use crate::error::{Error, Result};
-use crate::model::MaskRcnn;
 pub use composite::WARM_UP_CALLS;
 use composite::{Composer, SourceInfo};
 use config::{expand, PipelineConfig, SourceKind};
@@ -37,6 +37,7 @@ use observe::Observer;
 use outputs::OutputPlan;
 use source::{SourceEvent, SourceSpec};
 use stats::{SourceSummary, Summary};
+pub use workers::Models;
 
 /// Progress reporting hooks (the CLI draws indicatif bars with them).
 pub trait Progress: Send {
@@ -77,15 +78,15 @@ impl Default for RunContext {
     }
 }
 
-/// Loads the pipeline's engine (ONNX sessions, warm-up) for `run_with`.
-pub fn load_model(cfg: &PipelineConfig) -> Result<MaskRcnn> {
+/// Loads the pipeline's engine (ONNX sessions, warm-up), a copy per inference worker, for `run_with`.
+pub fn load_model(cfg: &PipelineConfig) -> Result<Models> {
     let opts = BackendOptions {
         kind: cfg.backend,
         threads: cfg.threads,
         precision: cfg.precision,
         ..Default::default()
     };
-    MaskRcnn::load(&cfg.engine, &opts)
+    Models::load(&cfg.engine, &opts, cfg.inference.workers)
 }
 
 /// Runs a pipeline to the end of all its sources (or until `stop`), then reports.
@@ -130,12 +131,12 @@ pub fn plan_outputs(cfg: &PipelineConfig, plan: &mut OutputPlan) -> Result<()> {
     Ok(())
 }
 
-/// Runs a pipeline on a loaded model (a batch loads it once for all its files); hands the model back.
+/// Runs a pipeline on loaded models (a batch loads them once for all its files); hands them back.
 pub fn run_with(
     cfg: &PipelineConfig,
-    mut model: MaskRcnn,
+    mut model: Models,
     ctx: RunContext,
-) -> Result<(Summary, MaskRcnn)> {
+) -> Result<(Summary, Models)> {
     cfg.validate()?;
     check_outputs(cfg)?;
     model.set_min_score(cfg.detection_floor());
@@ -156,7 +157,7 @@ struct Built<'a> {
     started: Instant,
 }
 
-type InferThread = std::thread::JoinHandle<(MaskRcnn, Result<()>, Option<control::Spawner>)>;
+type InferThread = std::thread::JoinHandle<(Option<Models>, Result<()>, Option<control::Spawner>)>;
 
 /// A pipeline whose inference thread runs; the composite stage runs on the caller's thread in `join`.
 struct Running<'a> {
@@ -237,13 +238,14 @@ impl<'a> Built<'a> {
     }
 
     /// Starts the inference thread, fed by every source.
-    fn start(mut self, model: MaskRcnn) -> Result<Running<'a>> {
+    fn start(mut self, model: Models) -> Result<Running<'a>> {
         // sources added at run time are mostly cameras: keep the live (short) queue then
         let any_live = self.sources.iter().any(|s| s.kind.is_live()) || self.ctx.control.is_some();
         let (work_tx, work) = crossbeam_channel::bounded(self.cfg.queue.capacity_for(any_live));
         let inf = self.cfg.inference.clone();
-        let max_batch = inf.max_batch_for(model.provider());
-        let (provider, classes) = (model.provider().to_string(), model.classes().to_vec());
+        let max_batch = inf.max_batch_for(model.first().provider());
+        let first = model.first();
+        let (provider, classes) = (first.provider().to_string(), first.classes().to_vec());
         let (receivers, stop) = (self.receivers.clone(), self.ctx.stop.clone());
         let spawner = std::mem::replace(
             &mut self.spawner,
@@ -273,7 +275,7 @@ impl<'a> Built<'a> {
 
 impl Running<'_> {
     /// The composite stage until every source has ended (or a stop), then the summary.
-    fn join(self) -> Result<(Summary, MaskRcnn)> {
+    fn join(self) -> Result<(Summary, Models)> {
         let Running {
             built,
             provider,
@@ -334,6 +336,8 @@ impl Running<'_> {
             return Err(e);
         }
         infer_result?;
+        let model = model
+            .ok_or_else(|| Error::Pipeline("the inference workers' models were lost".into()))?;
         let summary = Summary {
             frames: composer.frames,
             load: Duration::ZERO,
@@ -342,6 +346,7 @@ impl Running<'_> {
             sources: source_summaries(&mut composer),
             stages: std::mem::take(&mut composer.stages),
             provider,
+            workers: model.workers(),
         };
         Ok((summary, model))
     }

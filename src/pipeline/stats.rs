@@ -109,6 +109,8 @@ pub struct Summary {
     /// Per source: (name, frames, dropped, reconnects, error).
     pub sources: Vec<SourceSummary>,
     pub provider: String,
+    /// Inference workers: model calls in flight at once.
+    pub workers: usize,
 }
 
 /// Steady-state throughput: see [`Summary::steady`].
@@ -165,11 +167,13 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} frames in {:.2} s: {:.1} frames/s ({} backend; engine loaded in {:.2} s before)",
+            "{} frames in {:.2} s: {:.1} frames/s ({} backend, {} inference worker{}; engine loaded in {:.2} s before)",
             self.frames,
             self.elapsed.as_secs_f64(),
             self.fps(),
             self.provider,
+            self.workers,
+            if self.workers == 1 { "" } else { "s" },
             self.load.as_secs_f64()
         )?;
         if let Some(st) = &self.steady {

@@ -1,0 +1,283 @@
+//! Inference workers: several frames in flight at once, each on its own copy of the model with its
+//! share of the threads.
+//!
+//! One frame at a time leaves cores idle: between ONNX Runtime's parallel operators our own stages
+//! (preprocess, proposals, ROIAlign, paste) run on one thread, and every parallel section pays for
+//! waking the other threads (90-170 µs a wake on a small VM). Two workers of one thread each on two
+//! cores keep both busy with no wake-ups inside a frame: the demo's INT8 model went from ~42 to ~55-62
+//! frames/s (BENCHMARKS.md), each frame taking longer (one thread instead of two), so a live stream's
+//! latency grows by about that; `workers = 1` runs one frame at a time, on all the threads.
+
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::backend::BackendOptions;
+use crate::error::{Error, Result};
+use crate::model::{FrameResult, MaskRcnn};
+
+/// The threads this machine offers (what `threads = 0` means).
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How many workers and threads each: `workers` 0 is automatic (2 on the CPU with 2 threads or
+/// more, 1 on a GPU, whose kernels a second worker would only queue behind the first's); each worker
+/// gets an equal share of `threads` (0: every core), at least one.
+pub fn plan(workers: usize, threads: usize, on_cpu: bool) -> (usize, usize) {
+    let total = if threads == 0 {
+        available_threads()
+    } else {
+        threads
+    };
+    let workers = match workers {
+        0 if on_cpu && total >= 2 => 2,
+        0 => 1,
+        w => w,
+    };
+    (workers, (total / workers).max(1))
+}
+
+/// The copies of the model inference runs on, one per worker.
+pub struct Models {
+    models: Vec<MaskRcnn>,
+    /// Threads of each worker (its ONNX Runtime sessions' and its rayon pool's).
+    threads: usize,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("workers", &self.models.len())
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Models {
+    /// Loads `workers` copies (0: automatic, see [`plan`]) of the engine in `dir`, at once.
+    pub fn load(dir: &std::path::Path, opts: &BackendOptions, workers: usize) -> Result<Self> {
+        let (workers, threads) = plan(workers, opts.threads, opts.runs_on_cpu());
+        let opts = BackendOptions {
+            // one worker keeps the caller's setting (0: ONNX Runtime's own choice of every core)
+            threads: if workers == 1 { opts.threads } else { threads },
+            ..opts.clone()
+        };
+        let models = std::thread::scope(|s| {
+            let loads: Vec<_> = (0..workers)
+                .map(|_| s.spawn(|| MaskRcnn::load(dir, &opts)))
+                .collect();
+            loads
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Pipeline("loading the engine panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        tracing::info!(workers, threads, "inference workers");
+        Ok(Models { models, threads })
+    }
+
+    /// One worker on a model already loaded (it runs on the caller's threads).
+    pub fn single(model: MaskRcnn) -> Self {
+        Models {
+            models: vec![model],
+            threads: 0,
+        }
+    }
+
+    /// The first copy: what every copy shares (classes, manifest, provider, precision).
+    pub fn first(&self) -> &MaskRcnn {
+        &self.models[0]
+    }
+
+    pub fn workers(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Threads of each worker (0: the caller's, with one worker loaded by [`Models::single`]).
+    pub fn threads_per_worker(&self) -> usize {
+        self.threads
+    }
+
+    /// See [`MaskRcnn::set_min_score`]; applies to every copy.
+    pub fn set_min_score(&mut self, score: f32) {
+        self.models.iter_mut().for_each(|m| m.set_min_score(score));
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [MaskRcnn] {
+        &mut self.models
+    }
+
+    /// Splits off the copies (for threads that each own one) and the threads each should use.
+    pub fn into_parts(self) -> (Vec<MaskRcnn>, usize) {
+        (self.models, self.threads)
+    }
+
+    pub fn from_parts(models: Vec<MaskRcnn>, threads: usize) -> Self {
+        Models { models, threads }
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads (0: rayon's global pool), so that a worker's own
+/// parallel stages stay on its share of the cores: with one thread they run inline, waking nobody.
+pub fn on_pool<R: Send>(threads: usize, name: &str, f: impl FnOnce() -> R + Send) -> R {
+    if threads == 0 {
+        return f();
+    }
+    let prefix = name.to_string();
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{prefix}-{i}"))
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread pool of its own for {name}; using rayon's global one");
+            f()
+        }
+    }
+}
+
+/// A batch of frames and what the model made of them.
+pub struct Done<B> {
+    pub batch: B,
+    pub results: Result<Vec<FrameResult>>,
+}
+
+/// Batches go to whichever worker is free; their results come back in the order they were sent
+/// (a worker runs its batches in order, and the order of sending is kept in `order`).
+pub struct Pool<B: Send + 'static> {
+    jobs: Vec<Sender<B>>,
+    done: Vec<Receiver<Done<B>>>,
+    idle: Receiver<usize>,
+    /// A worker that said it was free and has not been given a batch yet.
+    free: Option<usize>,
+    threads: Vec<JoinHandle<MaskRcnn>>,
+    per_worker: usize,
+}
+
+/// How a worker reads a batch's frames.
+pub type ViewFn<B> = fn(&B) -> Result<Vec<crate::frame::RgbFrame<'_>>>;
+
+impl<B: Send + 'static> Pool<B> {
+    /// Starts one thread per model; `view` gives a batch's frames to the model.
+    pub fn start(models: Models, view: ViewFn<B>) -> Result<Self> {
+        let (models, per_worker) = models.into_parts();
+        let (idle_tx, idle) = crossbeam_channel::unbounded();
+        let mut pool = Pool {
+            jobs: Vec::new(),
+            done: Vec::new(),
+            idle,
+            free: None,
+            threads: Vec::new(),
+            per_worker,
+        };
+        let mut models = models.into_iter();
+        for (id, model) in models.by_ref().enumerate() {
+            // a batch handed over waits for nothing: the worker took it when it said it was free
+            let (job_tx, job_rx) = crossbeam_channel::bounded::<B>(1);
+            let (done_tx, done_rx) = crossbeam_channel::bounded::<Done<B>>(1);
+            let idle_tx = idle_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("infer-{id}"))
+                .spawn(move || {
+                    on_pool(per_worker, &format!("infer-{id}"), || {
+                        work(model, id, view, job_rx, done_tx, idle_tx)
+                    })
+                });
+            match spawned {
+                Ok(handle) => {
+                    pool.jobs.push(job_tx);
+                    pool.done.push(done_rx);
+                    pool.threads.push(handle);
+                }
+                Err(e) => {
+                    // the models not started are dropped; the started ones end with their channels
+                    drop(pool);
+                    return Err(Error::Pipeline(format!(
+                        "starting inference worker {id}: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Waits for a free worker (each finishes its batch in its own time); its index, or None when
+    /// every worker has ended.
+    pub fn free_worker(&mut self) -> Option<usize> {
+        if self.free.is_none() {
+            self.free = self.idle.recv().ok();
+        }
+        self.free
+    }
+
+    /// Hands `batch` to the free worker (from [`Pool::free_worker`]); its index, whose results
+    /// [`Pool::take`] gives back. Err(batch) when that worker has ended.
+    pub fn send(&mut self, batch: B) -> std::result::Result<usize, B> {
+        let Some(w) = self.free.take() else {
+            return Err(batch);
+        };
+        self.jobs[w]
+            .send(batch)
+            .map(|()| w)
+            .map_err(|e| e.into_inner())
+    }
+
+    /// The next results of worker `w`, in the order its batches were sent; None when it has ended.
+    pub fn take(&self, w: usize) -> Option<Done<B>> {
+        self.done.get(w)?.recv().ok()
+    }
+
+    /// The receivers of each worker's results (for a thread that forwards them).
+    pub fn results(&self) -> Vec<Receiver<Done<B>>> {
+        self.done.clone()
+    }
+
+    /// Ends the workers (after their current batch) and hands their models back.
+    pub fn finish(self) -> Result<Models> {
+        let Pool {
+            jobs,
+            done,
+            threads,
+            per_worker,
+            ..
+        } = self;
+        drop(jobs);
+        drop(done);
+        let mut models = Vec::with_capacity(threads.len());
+        for t in threads {
+            models.push(
+                t.join()
+                    .map_err(|_| Error::Pipeline("an inference worker panicked".into()))?,
+            );
+        }
+        Ok(Models::from_parts(models, per_worker))
+    }
+}
+
+/// A worker's loop: says it is free, runs the batch it is given, sends the results, again.
+fn work<B>(
+    mut model: MaskRcnn,
+    id: usize,
+    view: ViewFn<B>,
+    jobs: Receiver<B>,
+    done: Sender<Done<B>>,
+    idle: Sender<usize>,
+) -> MaskRcnn {
+    let _span = tracing::info_span!("worker", id).entered();
+    loop {
+        if idle.send(id).is_err() {
+            break;
+        }
+        let Ok(batch) = jobs.recv() else { break };
+        let results = view(&batch).and_then(|frames| model.detect_batch(&frames));
+        if done.send(Done { batch, results }).is_err() {
+            break;
+        }
+    }
+    model
+}
