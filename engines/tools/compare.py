@@ -72,6 +72,11 @@ def maskstream_bench(engine: str, frames: int, threads: int, pipeline: bool, pre
         return json.load(open(f.name))
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median model frames/s (its other figures kept with it)."""
+    return sorted(runs, key=lambda r: r["model_fps"])[len(runs) // 2]
+
+
 def maskstream_streams(engine: str, threads: int, counts: str, secs: int) -> dict:
     """`bench --streams`: N live test cameras (15 frames/s each) through the full pipeline with tracking,
     with cross-stream batching (up to N frames a model call) and without."""
@@ -352,6 +357,8 @@ def main():
                     help="rounds of (model at the floor, pipeline, pipeline + MP4); overheads are medians")
     ap.add_argument("--streams", default="1,2,4", help="live test cameras at once (bench --streams)")
     ap.add_argument("--stream-secs", type=int, default=20, help="seconds of each camera in those runs")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs of each side of the peers table (INT8 and peers), medians")
     ap.add_argument("--r50", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     args = ap.parse_args()
@@ -363,9 +370,14 @@ def main():
     # maskstream first: torch's idle OpenMP threads keep spinning for a while after each run and would
     # steal the cores from whatever runs next in this process's lifetime
     ms32 = maskstream_bench(engine, args.frames, args.threads, False, "fp32")
-    ms8 = maskstream_bench(engine, args.frames, args.threads, False, "int8")
-    # one frame at a time on every thread (workers 1): the lowest latency, and the figure before workers
-    ms8_one = maskstream_bench(engine, args.frames, args.threads, False, "int8", workers=1)
+    # INT8 with frames in flight (the default) and one frame at a time on every thread (workers 1: the
+    # lowest latency, and the figure before workers), in turn, `--repeats` times: single runs of this
+    # shared machine move by 10-20%, so the table gives each side's median run
+    ms8_runs, ms8_one_runs = [], []
+    for _ in range(args.repeats):
+        ms8_one_runs.append(maskstream_bench(engine, args.frames, args.threads, False, "int8", workers=1))
+        ms8_runs.append(maskstream_bench(engine, args.frames, args.threads, False, "int8"))
+    ms8, ms8_one = median_run(ms8_runs), median_run(ms8_one_runs)
     # the pipeline's overheads: longer runs, in rounds (each against the model measured just before)
     pl32 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "fp32", args.rounds)
     pl8 = maskstream_bench(engine, args.pipeline_frames, args.threads, True, "int8", args.rounds)
@@ -381,14 +393,21 @@ def main():
     # the frames' size after the engine's transform (resized to its min_size, padded): what the graphs see
     resized = shapes.transform([torch.zeros(3, *frames[0].shape[:2])])[0]
     (rh, rw), padded = resized.image_sizes[0], tuple(resized.tensors.shape[-2:])
-    tv = torch_fps(shapes, frames, args.threads)
-    # several times slower than the others: 30 timed frames are enough for its figure
+    # several times slower than the others: 30 timed frames are enough for the whole graph's figure
     whole_path, whole_arrays, whole_check = whole_graph_export(shapes, frames[:33])
-    whole = whole_graph_fps(whole_path, whole_arrays, args.threads)
-    # the peers given maskstream's frames in flight too: ms8's worker count, threads shared alike
+    # the peers also given maskstream's frames in flight: ms8's worker count, the threads shared alike;
+    # each peer `--repeats` times in turn, medians
     par = ms8.get("workers", 1)
-    whole_par = whole_graph_fps(whole_path, whole_arrays, args.threads, par) if par > 1 else whole
-    tv_par = torch_parallel_fps(engine, ckpt, frames, args.threads, par) if par > 1 else tv
+    peer_runs: dict[str, list[float]] = {"tv": [], "whole": [], "tv_par": [], "whole_par": []}
+    for _ in range(args.repeats):
+        peer_runs["tv"].append(torch_fps(shapes, frames, args.threads))
+        peer_runs["whole"].append(whole_graph_fps(whole_path, whole_arrays, args.threads))
+        if par > 1:
+            peer_runs["whole_par"].append(whole_graph_fps(whole_path, whole_arrays, args.threads, par))
+            peer_runs["tv_par"].append(torch_parallel_fps(engine, ckpt, frames, args.threads, par))
+    tv, whole = float(np.median(peer_runs["tv"])), float(np.median(peer_runs["whole"]))
+    tv_par = float(np.median(peer_runs["tv_par"])) if par > 1 else tv
+    whole_par = float(np.median(peer_runs["whole_par"])) if par > 1 else whole
     torch.set_num_threads(args.threads)
     gmacs = model_gmacs(shapes, padded, *mean_rois(shapes, frames))
     peak32, peak8 = peak_gflops(args.threads)
@@ -437,25 +456,33 @@ def main():
     lines = ["# Benchmarks", "",
              f"Regenerate: `engines/tools/.venv/bin/python engines/tools/compare.py --threads {args.threads}"
              f" --frames {args.frames} --pipeline-frames {args.pipeline_frames} --rounds {args.rounds}"
-             f" --streams {args.streams} --stream-secs {args.stream_secs}"
+             f" --streams {args.streams} --stream-secs {args.stream_secs} --repeats {args.repeats}"
              f"{' --r50' if args.r50 else ''}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"{args.threads} threads for every side; date {datetime.date.today()}; torch {torch.__version__}; "
              f"the shapes engine on {args.frames} frames of assets/shapes-demo.mp4 ({frames[0].shape[1]}x"
              f"{frames[0].shape[0]} -> {rw}x{rh}).", "",
              "## Peers, same weights, same frames, same threads", "",
-             "| runner | frames/s | ms/frame | maskstream INT8 is |", "|---|---|---|---|"]
+             f"Frames/s: the median of {args.repeats} runs each (every run listed), taken in turn.", "",
+             "| runner | frames/s | ms/frame | runs | maskstream INT8 is |", "|---|---|---|---|---|"]
     inflight = f"{par} frames in flight, {max(1, args.threads // par)} thread(s) each"
-    peers = [("torchvision eager (FP32)", tv),
-             ("torchvision's whole-graph ONNX export in onnxruntime (FP32)", whole)]
+
+    def runs(values) -> str:
+        return " ".join(f"{x:.2f}" for x in values)
+
+    peers = [("torchvision eager (FP32)", tv, runs(peer_runs["tv"])),
+             ("torchvision's whole-graph ONNX export in onnxruntime (FP32)", whole, runs(peer_runs["whole"]))]
     if par > 1:
-        peers += [(f"torchvision eager (FP32), {inflight} ({par} processes)", tv_par),
-                  (f"the whole-graph export (FP32), {inflight} ({par} sessions)", whole_par)]
-    peers += [(f"maskstream model-only, FP32 graphs ({inflight})", ms32["model_fps"]),
-              ("maskstream model-only, INT8 graphs, one frame at a time (`--workers 1`)", ms8_one["model_fps"]),
-              (f"maskstream model-only, INT8 graphs ({inflight}; the default)", ms8["model_fps"])]
-    for name, fps in peers:
-        lines.append(f"| {name} | {fps:.2f} | {1e3 / fps:.1f} | {ms8['model_fps'] / fps:.2f}x |")
+        peers += [(f"torchvision eager (FP32), {inflight} ({par} processes)", tv_par, runs(peer_runs["tv_par"])),
+                  (f"the whole-graph export (FP32), {inflight} ({par} sessions)", whole_par,
+                   runs(peer_runs["whole_par"]))]
+    peers += [(f"maskstream model-only, FP32 graphs ({inflight})", ms32["model_fps"], "one run"),
+              ("maskstream model-only, INT8 graphs, one frame at a time (`--workers 1`)", ms8_one["model_fps"],
+               runs(r["model_fps"] for r in ms8_one_runs)),
+              (f"maskstream model-only, INT8 graphs ({inflight}; the default)", ms8["model_fps"],
+               runs(r["model_fps"] for r in ms8_runs))]
+    for name, fps, each in peers:
+        lines.append(f"| {name} | {fps:.2f} | {1e3 / fps:.1f} | {each} | {ms8['model_fps'] / fps:.2f}x |")
     lines += ["", f"maskstream FP32 is {ms32['model_fps'] / tv:.2f}x torchvision eager and "
               f"{ms32['model_fps'] / whole:.2f}x the whole-graph export. Whole-graph export check: {whole_check}.",
               "", f"maskstream runs {inflight} by default (`[inference] workers`, `--workers`): between ONNX "

@@ -147,7 +147,7 @@ fn infer_pooled(
         Err(e) => return (None, Err(e)),
     };
     let (order_tx, order) = crossbeam_channel::bounded::<Slot>(2 * workers + 2);
-    let results = pool.results();
+    let results = pool.take_results();
     let forward_out = out.clone();
     let forwarder = std::thread::Builder::new()
         .name("infer-forward".into())

@@ -147,8 +147,8 @@ pub struct Done<B> {
     pub results: Result<Vec<FrameResult>>,
 }
 
-/// Batches go to whichever worker is free; their results come back in the order they were sent
-/// (a worker runs its batches in order, and the order of sending is kept in `order`).
+/// Batches go to whichever worker is free; each worker gives its results back in the order it was
+/// sent its batches (the caller notes which worker got which batch to keep the overall order).
 pub struct Pool<B: Send + 'static> {
     jobs: Vec<Sender<B>>,
     done: Vec<Receiver<Done<B>>>,
@@ -215,8 +215,8 @@ impl<B: Send + 'static> Pool<B> {
         self.free
     }
 
-    /// Hands `batch` to the free worker (from [`Pool::free_worker`]); its index, whose results
-    /// [`Pool::take`] gives back. Err(batch) when that worker has ended.
+    /// Hands `batch` to the free worker (from [`Pool::free_worker`]); its index, whose results come
+    /// from that worker's receiver (see [`Pool::take_results`]). Err(batch) when it has ended.
     pub fn send(&mut self, batch: B) -> std::result::Result<usize, B> {
         let Some(w) = self.free.take() else {
             return Err(batch);
@@ -227,14 +227,11 @@ impl<B: Send + 'static> Pool<B> {
             .map_err(|e| e.into_inner())
     }
 
-    /// The next results of worker `w`, in the order its batches were sent; None when it has ended.
-    pub fn take(&self, w: usize) -> Option<Done<B>> {
-        self.done.get(w)?.recv().ok()
-    }
-
-    /// The receivers of each worker's results (for a thread that forwards them).
-    pub fn results(&self) -> Vec<Receiver<Done<B>>> {
-        self.done.clone()
+    /// Each worker's results, in the order its batches were sent, for the thread that forwards
+    /// them; taken once. Only that thread holds them: when it ends, a worker with results to give
+    /// ends too, and so does [`Pool::free_worker`]'s wait.
+    pub fn take_results(&mut self) -> Vec<Receiver<Done<B>>> {
+        std::mem::take(&mut self.done)
     }
 
     /// Ends the workers (after their current batch) and hands their models back.
@@ -246,8 +243,7 @@ impl<B: Send + 'static> Pool<B> {
             per_worker,
             ..
         } = self;
-        drop(jobs);
-        drop(done);
+        drop((jobs, done));
         let mut models = Vec::with_capacity(threads.len());
         for t in threads {
             models.push(
