@@ -141,10 +141,15 @@ fn infer_pooled(
     gather: &mut Gather,
     out: Sender<Work>,
 ) -> (Option<Models>, Result<()>) {
-    let workers = models.workers();
-    let mut pool = match Pool::start(models, views) {
+    let (models, per_worker) = models.into_parts();
+    let workers = models.len();
+    let mut pool = match Pool::start(models, per_worker, views) {
         Ok(p) => p,
         Err(e) => return (None, Err(e)),
+    };
+    let finish = |pool: Pool<Vec<Frame>>| {
+        pool.finish()
+            .map(|models| Models::from_parts(models, per_worker))
     };
     let (order_tx, order) = crossbeam_channel::bounded::<Slot>(2 * workers + 2);
     let results = pool.take_results();
@@ -156,7 +161,7 @@ fn infer_pooled(
         Ok(f) => f,
         Err(e) => {
             let err = Error::Pipeline(format!("starting the inference forwarder: {e}"));
-            return (pool.finish().ok(), Err(err));
+            return (finish(pool).ok(), Err(err));
         }
     };
     'run: while gather.running() {
@@ -184,7 +189,7 @@ fn infer_pooled(
     let forwarded = forwarder
         .join()
         .unwrap_or_else(|_| Err(Error::Pipeline("the inference forwarder panicked".into())));
-    match pool.finish() {
+    match finish(pool) {
         Ok(models) => (Some(models), forwarded),
         Err(e) => (None, forwarded.and(Err(e))),
     }

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::BackendOptions;
 use crate::error::{Error, Result};
+use crate::frame::RgbFrame;
 use crate::model::{FrameResult, MaskRcnn};
 
 /// The threads this machine offers (what `threads = 0` means).
@@ -147,25 +148,35 @@ pub struct Done<B> {
     pub results: Result<Vec<FrameResult>>,
 }
 
+/// What a worker runs: the model (or, in tests, a stand-in).
+pub trait Detector: Send + 'static {
+    fn detect_batch(&mut self, frames: &[RgbFrame<'_>]) -> Result<Vec<FrameResult>>;
+}
+
+impl Detector for MaskRcnn {
+    fn detect_batch(&mut self, frames: &[RgbFrame<'_>]) -> Result<Vec<FrameResult>> {
+        MaskRcnn::detect_batch(self, frames)
+    }
+}
+
 /// Batches go to whichever worker is free; each worker gives its results back in the order it was
 /// sent its batches (the caller notes which worker got which batch to keep the overall order).
-pub struct Pool<B: Send + 'static> {
+pub struct Pool<B: Send + 'static, M: Detector = MaskRcnn> {
     jobs: Vec<Sender<B>>,
     done: Vec<Receiver<Done<B>>>,
     idle: Receiver<usize>,
     /// A worker that said it was free and has not been given a batch yet.
     free: Option<usize>,
-    threads: Vec<JoinHandle<MaskRcnn>>,
-    per_worker: usize,
+    threads: Vec<JoinHandle<M>>,
 }
 
 /// How a worker reads a batch's frames.
-pub type ViewFn<B> = fn(&B) -> Result<Vec<crate::frame::RgbFrame<'_>>>;
+pub type ViewFn<B> = fn(&B) -> Result<Vec<RgbFrame<'_>>>;
 
-impl<B: Send + 'static> Pool<B> {
-    /// Starts one thread per model; `view` gives a batch's frames to the model.
-    pub fn start(models: Models, view: ViewFn<B>) -> Result<Self> {
-        let (models, per_worker) = models.into_parts();
+impl<B: Send + 'static, M: Detector> Pool<B, M> {
+    /// Starts one thread per model, each on a rayon pool of `per_worker` threads (0: the global
+    /// one); `view` gives a batch's frames to the model.
+    pub fn start(models: Vec<M>, per_worker: usize, view: ViewFn<B>) -> Result<Self> {
         let (idle_tx, idle) = crossbeam_channel::unbounded();
         let mut pool = Pool {
             jobs: Vec::new(),
@@ -173,7 +184,6 @@ impl<B: Send + 'static> Pool<B> {
             idle,
             free: None,
             threads: Vec::new(),
-            per_worker,
         };
         let mut models = models.into_iter();
         for (id, model) in models.by_ref().enumerate() {
@@ -235,12 +245,11 @@ impl<B: Send + 'static> Pool<B> {
     }
 
     /// Ends the workers (after their current batch) and hands their models back.
-    pub fn finish(self) -> Result<Models> {
+    pub fn finish(self) -> Result<Vec<M>> {
         let Pool {
             jobs,
             done,
             threads,
-            per_worker,
             ..
         } = self;
         drop((jobs, done));
@@ -251,19 +260,19 @@ impl<B: Send + 'static> Pool<B> {
                     .map_err(|_| Error::Pipeline("an inference worker panicked".into()))?,
             );
         }
-        Ok(Models::from_parts(models, per_worker))
+        Ok(models)
     }
 }
 
 /// A worker's loop: says it is free, runs the batch it is given, sends the results, again.
-fn work<B>(
-    mut model: MaskRcnn,
+fn work<B, M: Detector>(
+    mut model: M,
     id: usize,
     view: ViewFn<B>,
     jobs: Receiver<B>,
     done: Sender<Done<B>>,
     idle: Sender<usize>,
-) -> MaskRcnn {
+) -> M {
     let _span = tracing::info_span!("worker", id).entered();
     loop {
         if idle.send(id).is_err() {
@@ -276,4 +285,117 @@ fn work<B>(
         }
     }
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn plan_shares_the_threads() {
+        assert_eq!(plan(0, 2, true), (2, 1));
+        assert_eq!(plan(0, 8, true), (2, 4));
+        assert_eq!(plan(0, 1, true), (1, 1));
+        assert_eq!(plan(0, 8, false), (1, 8));
+        assert_eq!(plan(3, 2, true), (3, 1));
+        assert_eq!(plan(1, 2, true), (1, 2));
+        assert!(plan(0, 0, true).1 >= 1);
+    }
+
+    /// Takes as long as its batch says; tags each result with the batch; fails on `fail_at`.
+    struct Fake {
+        fail_at: Option<usize>,
+    }
+
+    impl Detector for Fake {
+        fn detect_batch(&mut self, frames: &[RgbFrame<'_>]) -> Result<Vec<FrameResult>> {
+            let k = frames[0].width;
+            std::thread::sleep(Duration::from_millis((k % 4) as u64 * 3));
+            if self.fail_at == Some(k) {
+                return Err(Error::Input(format!("batch {k} failed")));
+            }
+            Ok(vec![FrameResult {
+                resized: (k, 0),
+                ..Default::default()
+            }])
+        }
+    }
+
+    /// A batch is its number; its one frame is 1 pixel high and that many wide.
+    fn view(batch: &(usize, Vec<u8>)) -> Result<Vec<RgbFrame<'_>>> {
+        Ok(vec![RgbFrame::new(batch.0, 1, batch.0 * 3, &batch.1)?])
+    }
+
+    fn batch(k: usize) -> (usize, Vec<u8>) {
+        (k, vec![0; k * 3])
+    }
+
+    fn fakes(n: usize, fail_at: Option<usize>) -> Vec<Fake> {
+        (0..n).map(|_| Fake { fail_at }).collect()
+    }
+
+    #[test]
+    fn results_come_back_in_the_order_sent() {
+        let mut pool = Pool::start(fakes(3, None), 1, view).unwrap();
+        let results = pool.take_results();
+        // as the forwarding thread: the results of the worker each batch went to, in turn
+        let (order_tx, order) = crossbeam_channel::unbounded::<usize>();
+        let reader = std::thread::spawn(move || {
+            let (mut got, mut workers) = (Vec::new(), Vec::new());
+            for w in order.iter() {
+                let done = results[w].recv().unwrap();
+                let r = done.results.unwrap();
+                assert_eq!(r[0].resized.0, done.batch.0);
+                got.push(done.batch.0);
+                workers.push(w);
+            }
+            (got, workers)
+        });
+        for k in 1..=40 {
+            assert!(pool.free_worker().is_some());
+            order_tx
+                .send(pool.send(batch(k)).map_err(|_| "worker ended").unwrap())
+                .unwrap();
+        }
+        drop(order_tx);
+        let (got, workers) = reader.join().unwrap();
+        assert_eq!(got, (1..=40).collect::<Vec<_>>());
+        // every worker ran batches (their times differ, so they finished out of turn)
+        assert!((0..3).all(|w| workers.contains(&w)), "{workers:?}");
+        assert_eq!(pool.finish().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_failed_batch_comes_back_as_its_error_and_nothing_hangs_after() {
+        let mut pool = Pool::start(fakes(2, Some(3)), 1, view).unwrap();
+        let results = pool.take_results();
+        let mut order = Vec::new();
+        for k in 1..=4 {
+            pool.free_worker().unwrap();
+            order.push(pool.send(batch(k)).map_err(|_| "worker ended").unwrap());
+        }
+        let mut errors = Vec::new();
+        for &w in &order[..3] {
+            if let Err(e) = results[w].recv().unwrap().results {
+                errors.push(e.to_string());
+            }
+        }
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("batch 3 failed"), "{errors:?}");
+        // the forwarder stops reading (as on an error): the workers end after their batch, and the
+        // wait for a free worker ends with them instead of blocking for ever
+        drop(results);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            while pool.free_worker().is_some() {
+                if pool.send(batch(1)).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(pool.finish().map(|m| m.len()));
+        });
+        let finished = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(finished.ok().and_then(|r| r.ok()), Some(2));
+    }
 }
