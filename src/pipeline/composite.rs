@@ -33,6 +33,8 @@ pub(super) struct SourceInfo {
 
 pub(super) struct Composer<'a> {
     cfg: &'a PipelineConfig,
+    /// Inference runs on the CPU (the default of `[output] x264_threads`).
+    inference_on_cpu: bool,
     classes: Vec<String>,
     compositor: Compositor,
     run_id: String,
@@ -67,14 +69,18 @@ impl<'a> Composer<'a> {
         })
     }
 
+    /// `workers`: model calls in flight (each pays the warm-up); `inference_on_cpu`: see
+    /// `[output] x264_threads`.
     pub fn new(
         cfg: &'a PipelineConfig,
         classes: Vec<String>,
         sources: Vec<SourceInfo>,
         observers: Observers,
+        (workers, inference_on_cpu): (usize, bool),
     ) -> Self {
         Composer {
             cfg,
+            inference_on_cpu,
             classes,
             compositor: Compositor::new(cfg.overlay.clone()),
             run_id: tracking::run_id(),
@@ -84,7 +90,8 @@ impl<'a> Composer<'a> {
             tracked: HashMap::new(),
             stages: StageStats::default(),
             frames: 0,
-            warm_up: WARM_UP_CALLS * cfg.inference.max_batch.unwrap_or(1).max(1) as u64,
+            warm_up: WARM_UP_CALLS
+                * (cfg.inference.max_batch.unwrap_or(1).max(1) * workers.max(1)) as u64,
             warm_at: None,
             last_at: None,
             errors: HashMap::new(),
@@ -168,7 +175,13 @@ impl<'a> Composer<'a> {
         let expected = src.stats.expected.load(Ordering::Relaxed);
         progress.source_started(sid, &src.name, (expected > 0).then_some(expected));
         let live = src.kind.is_live();
-        let sinks = SourceSinks::open(self.cfg, &src.name, first, live, src.mount.take())?;
+        let sinks = SourceSinks::open(
+            self.cfg,
+            &src.name,
+            (first, live),
+            src.mount.take(),
+            self.inference_on_cpu,
+        )?;
         let observers = self.observers.clone();
         if let Some(t) =
             SourceTracking::open(self.cfg, &src.name, &self.run_id, &self.classes, observers)?
@@ -235,9 +248,9 @@ impl SourceSinks {
     fn open(
         cfg: &PipelineConfig,
         name: &str,
-        first: &Frame,
-        live: bool,
+        (first, live): (&Frame, bool),
         rtsp: Option<rtsp::Mount>,
+        inference_on_cpu: bool,
     ) -> Result<Self> {
         let o = &cfg.output;
         let (w, h, fps) = (first.width, first.height, first.fps);
@@ -248,7 +261,7 @@ impl SourceSinks {
                 fps,
                 live,
                 o,
-                cfg.queue.background_nice,
+                (cfg.queue.background_nice, inference_on_cpu),
             )?),
             None => None,
         };

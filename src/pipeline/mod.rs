@@ -163,6 +163,8 @@ type InferThread = std::thread::JoinHandle<(Option<Models>, Result<()>, Option<c
 struct Running<'a> {
     built: Built<'a>,
     provider: String,
+    /// Inference workers, and whether they run on the CPU.
+    inference: (usize, bool),
     classes: Vec<String>,
     infer: InferThread,
     work: Receiver<Work>,
@@ -246,6 +248,10 @@ impl<'a> Built<'a> {
         let max_batch = inf.max_batch_for(model.first().provider());
         let first = model.first();
         let (provider, classes) = (first.provider().to_string(), first.classes().to_vec());
+        let inference = (
+            model.workers(),
+            first.provider() == crate::backend::Provider::Cpu,
+        );
         let (receivers, stop) = (self.receivers.clone(), self.ctx.stop.clone());
         let spawner = std::mem::replace(
             &mut self.spawner,
@@ -266,6 +272,7 @@ impl<'a> Built<'a> {
         Ok(Running {
             built: self,
             provider,
+            inference,
             classes,
             infer,
             work,
@@ -279,6 +286,7 @@ impl Running<'_> {
         let Running {
             built,
             provider,
+            inference,
             classes,
             infer,
             work,
@@ -293,7 +301,7 @@ impl Running<'_> {
             receivers,
             started,
         } = built;
-        let mut composer = Composer::new(cfg, classes, sources, ctx.observers.clone());
+        let mut composer = Composer::new(cfg, classes, sources, ctx.observers.clone(), inference);
         let mut sink_error = None;
         for w in work.iter() {
             let result = match w {

@@ -144,14 +144,15 @@ fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
 
 /// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
 /// from a live source, which drops frames when inference lags (see below). Bitrate, x264 preset and
-/// fragment length come from `[output]`; `nice`: how much nicer than inference encoding runs.
+/// threads and fragment length come from `[output]`; `nice`: how much nicer than inference encoding
+/// runs; `inference_on_cpu`: the default of `x264_threads` (see there).
 pub fn video_file(
     path: &Path,
     (width, height): (usize, usize),
     fps: (i32, i32),
     live: bool,
     o: &OutputConfig,
-    nice: u8,
+    (nice, inference_on_cpu): (u8, bool),
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -165,6 +166,10 @@ pub fn video_file(
     );
     let enc = make("x264enc")?;
     enc.set_property_from_str("speed-preset", o.x264_preset.name());
+    let threads = o
+        .x264_threads
+        .unwrap_or(if inference_on_cpu { 1 } else { 0 });
+    enc.set_property("threads", threads);
     // Live recordings are fragmented: their frames exist nowhere else. A file's output is redone
     // from its input after a crash, and a classic MP4 keeps B-frames and the input's exact
     // timestamps (mp4mux's fragments start the timeline at 0, dropping the B-frame delay).
@@ -299,12 +304,48 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// The encoder's threads: `[output] x264_threads`, else 1 beside CPU inference and x264's own
+    /// choice (0) beside a GPU.
+    #[test]
+    fn x264_threads_follow_the_setting_or_where_inference_runs() {
+        gst::init().unwrap();
+        let dir = std::env::temp_dir().join(format!("ms-sink-threads-{}", std::process::id()));
+        let threads = |o: &OutputConfig, on_cpu: bool| {
+            let out =
+                video_file(&dir.join("t.mp4"), (64, 48), (10, 1), false, o, (0, on_cpu)).unwrap();
+            let enc = out
+                .pipeline
+                .iterate_elements()
+                .into_iter()
+                .flatten()
+                .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
+                .unwrap();
+            enc.property::<u32>("threads")
+        };
+        let set = OutputConfig {
+            x264_threads: Some(3),
+            ..OutputConfig::default()
+        };
+        assert_eq!(threads(&OutputConfig::default(), true), 1);
+        assert_eq!(threads(&OutputConfig::default(), false), 0);
+        assert_eq!(threads(&set, true), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn video_files_are_encoded_on_threads_nicer_than_the_callers() {
         gst::init().unwrap();
         let dir = std::env::temp_dir().join(format!("ms-sink-nice-{}", std::process::id()));
         let path = dir.join("out.mp4");
-        let out = video_file(&path, (64, 48), (10, 1), false, &OutputConfig::default(), 6).unwrap();
+        let out = video_file(
+            &path,
+            (64, 48),
+            (10, 1),
+            false,
+            &OutputConfig::default(),
+            (6, true),
+        )
+        .unwrap();
         // x264's output leaves it on the thread that encoded the frame
         let seen = Arc::new(Mutex::new(Vec::new()));
         let enc = out
@@ -314,6 +355,8 @@ mod tests {
             .flatten()
             .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
             .unwrap();
+        // inference on the CPU: one encoding thread unless [output] x264_threads says otherwise
+        assert_eq!(enc.property::<u32>("threads"), 1);
         let s = seen.clone();
         enc.static_pad("src")
             .unwrap()
