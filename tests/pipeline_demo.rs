@@ -73,7 +73,7 @@ fn the_x264_preset_reaches_the_encoder() {
             &file,
             format!(
                 "engine = {engine:?}\nbackend = \"cpu\"\nthreads = 2\n\n[[source]]\n\
-                 uri = \"test://ball?width=160&height=120&fps=30&frames=6\"\nname = \"ball\"\n\n\
+                 uri = \"test://ball?width=160&height=120&fps=30&frames=12\"\nname = \"ball\"\n\n\
                  [output]\nvideo = {video:?}\n{set}"
             ),
         )
@@ -81,8 +81,9 @@ fn the_x264_preset_reaches_the_encoder() {
         let out = common::maskstream().arg("run").arg(&file).bounded();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {stderr}");
-        // the summary's steady state leaves out the 3 warm-up model calls (a live test source may
-        // drop frames while the machine is busy: count from the summary's own total)
+        // the summary's steady state leaves out the 3 warm-up model calls of each inference worker
+        // (a live test source may drop frames while the machine is busy: count from the summary's
+        // own total)
         let count = |prefix: &str| -> Option<u64> {
             let line = stderr.lines().find(|l| l.starts_with(prefix))?;
             line[prefix.len()..].split_whitespace().next()?.parse().ok()
@@ -91,10 +92,25 @@ fn the_x264_preset_reaches_the_encoder() {
             .lines()
             .find(|l| l.contains(" frames in ") && l.contains("backend"))
             .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+        let workers = stderr
+            .lines()
+            .filter(|l| l.contains(" inference worker"))
+            .find_map(|l| {
+                l.split(" inference worker")
+                    .next()?
+                    .rsplit(", ")
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0u64);
+        assert!(workers >= 1, "no worker count in the summary: {stderr}");
         let steady = count("steady state (after the first model calls): ");
         assert_eq!(
             steady,
-            total.and_then(|t| t.checked_sub(3)).filter(|&n| n > 0),
+            total
+                .and_then(|t| t.checked_sub(3 * workers))
+                .filter(|&n| n > 0),
             "steady-state frames: {stderr}"
         );
         let bytes = std::fs::read(&video).unwrap();

@@ -4,52 +4,17 @@
 mod common;
 
 use maskstream::output::FrameRecord;
-use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::config::PipelineConfig;
 use maskstream::pipeline::{self, RunContext};
 
 fn config(names: &[&str], out: &std::path::Path, batch: usize) -> PipelineConfig {
-    let mut cfg = common::cpu_pipeline();
-    cfg.sources = names
-        .iter()
-        .map(|n| SourceConfig {
-            uri: common::root()
-                .join("assets/shapes-demo.mp4")
-                .display()
-                .to_string(),
-            name: Some(n.to_string()),
-            max_frames: Some(40),
-            ..SourceConfig::new("")
-        })
-        .collect();
-    cfg.inference.score_threshold = 0.05;
+    let mut cfg = common::demo_sources(names, out, 40);
     cfg.inference.max_batch = Some(batch);
-    cfg.output.jsonl = Some(out.join("{name}.jsonl").display().to_string());
     cfg
 }
 
 fn same(a: &[FrameRecord], b: &[FrameRecord]) {
-    assert_eq!(a.len(), b.len(), "line count");
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!((x.frame, x.pts_ns), (y.frame, y.pts_ns));
-        assert_eq!(
-            x.instances.len(),
-            y.instances.len(),
-            "frame {:?}: instance count",
-            x.frame
-        );
-        for (i, j) in x.instances.iter().zip(&y.instances) {
-            assert_eq!(i.class_id, j.class_id);
-            assert!(
-                (i.score - j.score).abs() < 1e-4,
-                "score {} vs {}",
-                i.score,
-                j.score
-            );
-            assert!(common::iou(&i.bbox, &j.bbox) > 0.999);
-            let (mi, mj) = (i.mask.decode().unwrap(), j.mask.decode().unwrap());
-            assert!(common::mask_iou(&mi, &mj) > 0.99);
-        }
-    }
+    common::same_records(a, b, "batched against alone");
 }
 
 #[test]

@@ -5,27 +5,12 @@
 mod common;
 
 use maskstream::output::FrameRecord;
-use maskstream::pipeline::config::{PipelineConfig, SourceConfig};
+use maskstream::pipeline::config::PipelineConfig;
 use maskstream::pipeline::{self, RunContext};
 
 fn config(names: &[&str], out: &std::path::Path, workers: usize, frames: u64) -> PipelineConfig {
-    let mut cfg = common::cpu_pipeline();
-    cfg.sources = names
-        .iter()
-        .map(|n| SourceConfig {
-            uri: common::root()
-                .join("assets/shapes-demo.mp4")
-                .display()
-                .to_string(),
-            name: Some(n.to_string()),
-            max_frames: Some(frames),
-            ..SourceConfig::new("")
-        })
-        .collect();
-    cfg.inference.score_threshold = 0.05;
-    cfg.inference.max_batch = Some(1);
+    let mut cfg = common::demo_sources(names, out, frames);
     cfg.inference.workers = workers;
-    cfg.output.jsonl = Some(out.join("{name}.jsonl").display().to_string());
     cfg
 }
 
@@ -36,28 +21,7 @@ fn read(p: std::path::PathBuf) -> Vec<FrameRecord> {
 /// Frame for frame the same instances: a worker's copy of the model computes what the single model
 /// does (its thread count changes how ONNX Runtime splits the work, not the sums).
 fn same(a: &[FrameRecord], b: &[FrameRecord], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: line count");
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!((x.frame, x.pts_ns), (y.frame, y.pts_ns), "{what}: order");
-        assert_eq!(
-            x.instances.len(),
-            y.instances.len(),
-            "{what}: frame {:?}: instance count",
-            x.frame
-        );
-        for (i, j) in x.instances.iter().zip(&y.instances) {
-            assert_eq!(i.class_id, j.class_id, "{what}: frame {:?}", x.frame);
-            assert!(
-                (i.score - j.score).abs() < 1e-4,
-                "{what}: score {} vs {}",
-                i.score,
-                j.score
-            );
-            assert!(common::iou(&i.bbox, &j.bbox) > 0.999, "{what}: box");
-            let (mi, mj) = (i.mask.decode().unwrap(), j.mask.decode().unwrap());
-            assert!(common::mask_iou(&mi, &mj) > 0.99, "{what}: mask");
-        }
-    }
+    common::same_records(a, b, what);
 }
 
 #[test]

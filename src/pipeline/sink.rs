@@ -304,6 +304,15 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    fn encoder(out: &AppSrcPipeline) -> gst::Element {
+        out.pipeline
+            .iterate_elements()
+            .into_iter()
+            .flatten()
+            .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
+            .unwrap()
+    }
+
     /// The encoder's threads: `[output] x264_threads`, else 1 beside CPU inference and x264's own
     /// choice (0) beside a GPU.
     #[test]
@@ -313,14 +322,7 @@ mod tests {
         let threads = |o: &OutputConfig, on_cpu: bool| {
             let out =
                 video_file(&dir.join("t.mp4"), (64, 48), (10, 1), false, o, (0, on_cpu)).unwrap();
-            let enc = out
-                .pipeline
-                .iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
-                .unwrap();
-            enc.property::<u32>("threads")
+            encoder(&out).property::<u32>("threads")
         };
         let set = OutputConfig {
             x264_threads: Some(3),
@@ -348,13 +350,7 @@ mod tests {
         .unwrap();
         // x264's output leaves it on the thread that encoded the frame
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let enc = out
-            .pipeline
-            .iterate_elements()
-            .into_iter()
-            .flatten()
-            .find(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
-            .unwrap();
+        let enc = encoder(&out);
         // inference on the CPU: one encoding thread unless [output] x264_threads says otherwise
         assert_eq!(enc.property::<u32>("threads"), 1);
         let s = seen.clone();

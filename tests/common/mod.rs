@@ -358,3 +358,57 @@ impl Bounded for std::process::Command {
         output_within(self, std::time::Duration::from_secs(300))
     }
 }
+
+/// A CPU pipeline (as `cpu_pipeline`) reading `frames` frames of the demo video from each source
+/// named, every detection >= 0.05 written to `out/{name}.jsonl`, one frame a model call.
+pub fn demo_sources(
+    names: &[&str],
+    out: &Path,
+    frames: u64,
+) -> maskstream::pipeline::config::PipelineConfig {
+    use maskstream::pipeline::config::SourceConfig;
+    let mut cfg = cpu_pipeline();
+    cfg.sources = names
+        .iter()
+        .map(|n| SourceConfig {
+            uri: root().join("assets/shapes-demo.mp4").display().to_string(),
+            name: Some(n.to_string()),
+            max_frames: Some(frames),
+            ..SourceConfig::new("")
+        })
+        .collect();
+    cfg.inference.score_threshold = 0.05;
+    cfg.inference.max_batch = Some(1);
+    cfg.output.jsonl = Some(out.join("{name}.jsonl").display().to_string());
+    cfg
+}
+
+/// Frame for frame the same instances, in the same order (`what` names the comparison).
+pub fn same_records(
+    a: &[maskstream::output::FrameRecord],
+    b: &[maskstream::output::FrameRecord],
+    what: &str,
+) {
+    assert_eq!(a.len(), b.len(), "{what}: line count");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((x.frame, x.pts_ns), (y.frame, y.pts_ns), "{what}: order");
+        assert_eq!(
+            x.instances.len(),
+            y.instances.len(),
+            "{what}: frame {:?}: instance count",
+            x.frame
+        );
+        for (i, j) in x.instances.iter().zip(&y.instances) {
+            assert_eq!(i.class_id, j.class_id, "{what}: frame {:?}", x.frame);
+            assert!(
+                (i.score - j.score).abs() < 1e-4,
+                "{what}: score {} vs {}",
+                i.score,
+                j.score
+            );
+            assert!(iou(&i.bbox, &j.bbox) > 0.999, "{what}: box");
+            let (mi, mj) = (i.mask.decode().unwrap(), j.mask.decode().unwrap());
+            assert!(mask_iou(&mi, &mj) > 0.99, "{what}: mask");
+        }
+    }
+}
