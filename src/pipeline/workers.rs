@@ -81,14 +81,6 @@ impl Models {
         Ok(Models { models, threads })
     }
 
-    /// One worker on a model already loaded (it runs on the caller's threads).
-    pub fn single(model: MaskRcnn) -> Self {
-        Models {
-            models: vec![model],
-            threads: 0,
-        }
-    }
-
     /// The first copy: what every copy shares (classes, manifest, provider, precision).
     pub fn first(&self) -> &MaskRcnn {
         &self.models[0]
@@ -98,7 +90,7 @@ impl Models {
         self.models.len()
     }
 
-    /// Threads of each worker (0: the caller's, with one worker loaded by [`Models::single`]).
+    /// Threads of each worker.
     pub fn threads_per_worker(&self) -> usize {
         self.threads
     }
@@ -113,11 +105,12 @@ impl Models {
     }
 
     /// Splits off the copies (for threads that each own one) and the threads each should use.
-    pub fn into_parts(self) -> (Vec<MaskRcnn>, usize) {
+    pub(crate) fn into_parts(self) -> (Vec<MaskRcnn>, usize) {
         (self.models, self.threads)
     }
 
-    pub fn from_parts(models: Vec<MaskRcnn>, threads: usize) -> Self {
+    /// The copies back from [`Models::into_parts`] (never none: a pool hands back every one).
+    pub(crate) fn from_parts(models: Vec<MaskRcnn>, threads: usize) -> Self {
         Models { models, threads }
     }
 }
