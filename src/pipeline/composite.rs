@@ -274,7 +274,7 @@ impl SourceSinks {
         } else {
             None
         };
-        let caps = sink::raw_caps(w, h, fps);
+        let caps = super::i420::caps(w, h, fps);
         Ok(SourceSinks {
             video,
             preview,
@@ -296,7 +296,8 @@ impl SourceSinks {
         if !self.shows_pixels() {
             return Ok(());
         }
-        let buffer = sink::rgb_buffer(frame.data, frame.pts_ns, frame.duration_ns);
+        let size = (frame.width, frame.height);
+        let buffer = super::i420::to_buffer(&frame.data, size, frame.pts_ns, frame.duration_ns)?;
         if let Some(m) = &self.rtsp {
             m.push(&buffer, &self.caps);
         }

@@ -4,6 +4,7 @@
 mod composite;
 pub mod config;
 pub mod control;
+mod i420;
 mod infer;
 pub mod metrics;
 pub mod mqtt;

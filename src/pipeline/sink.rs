@@ -1,4 +1,4 @@
-//! Sinks fed with annotated RGB frames: encoded video file (H.264 in MP4/MKV, input timestamps kept),
+//! Sinks fed with annotated frames (I420, see i420.rs): encoded video file (H.264 in MP4/MKV, input timestamps kept),
 //! preview window, JSON Lines. Each video sink is its own GStreamer pipeline behind an appsrc, so encoding
 //! runs on GStreamer's threads, overlapped with inference.
 
@@ -20,26 +20,6 @@ pub(super) fn make(name: &str) -> Result<gst::Element> {
             "GStreamer element {name} is missing (install the plugins)"
         ))
     })
-}
-
-pub fn raw_caps(width: usize, height: usize, fps: (i32, i32)) -> gst::Caps {
-    let (n, d) = if fps.0 > 0 && fps.1 > 0 { fps } else { (30, 1) };
-    gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", width as i32)
-        .field("height", height as i32)
-        .field("framerate", gst::Fraction::new(n, d))
-        .build()
-}
-
-/// Wraps annotated RGB bytes as a buffer with the input's timestamps.
-pub fn rgb_buffer(data: Vec<u8>, pts_ns: Option<u64>, duration_ns: Option<u64>) -> gst::Buffer {
-    let mut buffer = gst::Buffer::from_mut_slice(data);
-    if let Some(b) = buffer.get_mut() {
-        b.set_pts(pts_ns.map(gst::ClockTime::from_nseconds));
-        b.set_duration(duration_ns.map(gst::ClockTime::from_nseconds));
-    }
-    buffer
 }
 
 /// appsrc → videoconvert → (encoder chain) → sink, as one GStreamer pipeline.
@@ -135,11 +115,7 @@ impl AppSrcPipeline {
 }
 
 fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
-    caps.structure(0)
-        .and_then(|s| {
-            Some((s.get::<i32>("width").ok()? as u64) * (s.get::<i32>("height").ok()? as u64) * 3)
-        })
-        .unwrap_or(1 << 20)
+    gstreamer_video::VideoInfo::from_caps(caps).map_or(1 << 20, |i| i.size() as u64)
 }
 
 /// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
@@ -215,7 +191,7 @@ pub fn video_file(
     sink.set_property_from_str("buffer-mode", "unbuffered");
     AppSrcPipeline::new(
         format!("video output {}", path.display()),
-        raw_caps(width, height, fps),
+        super::i420::caps(width, height, fps),
         false,
         nice,
         vec![i420, enc, parse, mux, sink],
@@ -232,7 +208,7 @@ pub fn preview(name: &str, width: usize, height: usize, fps: (i32, i32)) -> Resu
     sink.set_property("sync", false);
     AppSrcPipeline::new(
         format!("preview {name}"),
-        raw_caps(width, height, fps),
+        super::i420::caps(width, height, fps),
         true,
         0,
         vec![sink],
@@ -361,11 +337,11 @@ mod tests {
                 gst::PadProbeReturn::Ok
             });
         for i in 0..5u64 {
-            out.push(rgb_buffer(
-                vec![(i * 40) as u8; 64 * 48 * 3],
-                Some(i * 100_000_000),
-                Some(100_000_000),
-            ))
+            let rgb = vec![(i * 40) as u8; 64 * 48 * 3];
+            let pts = Some(i * 100_000_000);
+            out.push(
+                super::super::i420::to_buffer(&rgb, (64, 48), pts, Some(100_000_000)).unwrap(),
+            )
             .unwrap();
         }
         out.finish(Duration::from_secs(10)).unwrap();

@@ -12,6 +12,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
+use gstreamer_video::prelude::VideoFrameExt;
 
 use super::config::{RtspInputConfig, SourceConfig, SourceKind};
 use super::rtsp::Credentials;
@@ -606,17 +607,33 @@ impl SourceCtx {
         let caps = sample.caps()?;
         let info = gst_video::VideoInfo::from_caps(caps).ok()?;
         let buffer = sample.buffer()?;
-        let map = buffer.map_readable().ok()?;
         let (w, h) = (info.width() as usize, info.height() as usize);
-        let stride = *info.stride().first()? as usize;
-        let row = w * 3;
-        if stride < row || map.len() < stride * (h.saturating_sub(1)) + row {
-            return None;
-        }
-        let mut data = Vec::with_capacity(row * h);
-        for y in 0..h {
-            data.extend_from_slice(&map[y * stride..y * stride + row]);
-        }
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
+        let data = match info.format() {
+            gst_video::VideoFormat::I420 => match super::i420::to_rgb(&frame) {
+                Ok(rgb) => rgb,
+                Err(e) => {
+                    tracing::warn!(source = %self.spec.name, "frame {index} skipped: {e}");
+                    return None;
+                }
+            },
+            _ => {
+                // RGB (the caps allow nothing else): rows copied without the decoder's padding
+                let (map, stride) = (
+                    frame.plane_data(0).ok()?,
+                    *frame.plane_stride().first()? as usize,
+                );
+                let row = w * 3;
+                if stride < row || map.len() < stride * (h.saturating_sub(1)) + row {
+                    return None;
+                }
+                let mut data = Vec::with_capacity(row * h);
+                for y in 0..h {
+                    data.extend_from_slice(&map[y * stride..y * stride + row]);
+                }
+                data
+            }
+        };
         let fps = info.fps();
         let now = Instant::now();
         let duration_ns = buffer.duration().map(|t| t.nseconds());
@@ -645,8 +662,11 @@ impl SourceCtx {
 /// RGB frames no larger than `max` (aspect kept, square pixels), or exactly `fixed` (letterboxed) once
 /// the first session of a source set the outputs' size.
 fn output_caps(max: (u32, u32), fixed: Option<(usize, usize)>) -> gst::Caps {
+    // I420 from YUV decoders (turned into RGB by i420.rs, faster than videoconvert), RGB from RGB
+    // sources (images, screen captures) without a detour through 4:2:0: videoconvert picks whichever
+    // loses least from what it is given
     let b = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
+        .field("format", gst::List::new(["I420", "RGB"]))
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
     match fixed {
         Some((w, h)) => b.field("width", w as i32).field("height", h as i32),
