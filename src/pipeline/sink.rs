@@ -121,7 +121,7 @@ fn caps_frame_bytes(caps: &gst::Caps) -> u64 {
 /// H.264 (x264, I420 — the profile every decoder plays) in MP4 or Matroska. `live`: the frames come
 /// from a live source, which drops frames when inference lags (see below). Bitrate, x264 preset and
 /// threads and fragment length come from `[output]`; `nice`: how much nicer than inference encoding
-/// runs; `inference_on_cpu`: the default of `x264_threads` (see there).
+/// runs; `inference_on_cpu`: the defaults of `x264_preset` and `x264_threads` (see there).
 pub fn video_file(
     path: &Path,
     (width, height): (usize, usize),
@@ -141,7 +141,8 @@ pub fn video_file(
             .build(),
     );
     let enc = make("x264enc")?;
-    enc.set_property_from_str("speed-preset", o.x264_preset.name());
+    let preset = o.preset_for(inference_on_cpu);
+    enc.set_property_from_str("speed-preset", preset.name());
     let threads = o
         .x264_threads
         .unwrap_or(if inference_on_cpu { 1 } else { 0 });
@@ -165,10 +166,16 @@ pub fn video_file(
         // Without B-frames decode order is presentation order and every timestamp is kept as it came.
         // (Classic MP4 and MKV of files keep B-frames.)
         enc.set_property("bframes", 0u32);
+    } else if preset == super::config::X264Preset::Ultrafast {
+        // ultrafast has none, and without them mp4mux starts a single stream's timeline at its
+        // first frame: the demo's output ended 2 frames (its input's B-frame delay) before the
+        // input. Three, as superfast has, keep every timestamp; they cost no CPU here and give
+        // ultrafast +0.5 dB Y PSNR at the same bitrate (demo).
+        enc.set_property("bframes", 3u32);
     }
     let bitrate = o
         .bitrate_kbps
-        .unwrap_or_else(|| ((width * height) as f64 / 230.0).clamp(500.0, 20_000.0) as u32);
+        .unwrap_or_else(|| super::config::default_bitrate_kbps((width, height), preset));
     enc.set_property("bitrate", bitrate);
     let parse = make("h264parse")?;
     let lower = lower_ext(path);
@@ -289,24 +296,43 @@ mod tests {
             .unwrap()
     }
 
-    /// The encoder's threads: `[output] x264_threads`, else 1 beside CPU inference and x264's own
-    /// choice (0) beside a GPU.
+    /// The encoder's threads, preset and bitrate: `[output] x264_threads`, `x264_preset` and
+    /// `bitrate_kbps`, else 1 thread, ultrafast and 1.2x the size's bitrate beside CPU inference,
+    /// x264's own choice (0), superfast and the size's bitrate beside a GPU.
     #[test]
-    fn x264_threads_follow_the_setting_or_where_inference_runs() {
+    fn x264_settings_follow_the_config_or_where_inference_runs() {
         gst::init().unwrap();
         let dir = std::env::temp_dir().join(format!("ms-sink-threads-{}", std::process::id()));
-        let threads = |o: &OutputConfig, on_cpu: bool| {
-            let out =
-                video_file(&dir.join("t.mp4"), (64, 48), (10, 1), false, o, (0, on_cpu)).unwrap();
-            encoder(&out).property::<u32>("threads")
+        let settings = |o: &OutputConfig, on_cpu: bool| {
+            let out = video_file(
+                &dir.join("t.mp4"),
+                (640, 360),
+                (10, 1),
+                false,
+                o,
+                (0, on_cpu),
+            )
+            .unwrap();
+            let enc = encoder(&out);
+            let preset = enc.property_value("speed-preset");
+            let preset =
+                gst::glib::EnumValue::from_value(&preset).map(|(_, v)| v.nick().to_string());
+            (
+                enc.property::<u32>("threads"),
+                preset.unwrap(),
+                enc.property::<u32>("bitrate"),
+            )
         };
         let set = OutputConfig {
             x264_threads: Some(3),
+            x264_preset: Some(crate::pipeline::config::X264Preset::Medium),
+            bitrate_kbps: Some(700),
             ..OutputConfig::default()
         };
-        assert_eq!(threads(&OutputConfig::default(), true), 1);
-        assert_eq!(threads(&OutputConfig::default(), false), 0);
-        assert_eq!(threads(&set, true), 3);
+        let unset = OutputConfig::default();
+        assert_eq!(settings(&unset, true), (1, "ultrafast".into(), 1202));
+        assert_eq!(settings(&unset, false), (0, "superfast".into(), 1001));
+        assert_eq!(settings(&set, true), (3, "medium".into(), 700));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
