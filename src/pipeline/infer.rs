@@ -89,11 +89,8 @@ fn infer_batches(model: &mut MaskRcnn, gather: &mut Gather, out: &Sender<Work>) 
         let ended = gather.fill(&mut batch);
         if !batch.is_empty() {
             let results = model.detect_batch(&views(&batch)?)?;
-            for item in inferred(batch.drain(..), results) {
-                if out.send(Work::Frame(Box::new(item))).is_err() {
-                    return Ok(());
-                }
-                super::metrics::inferred_queue(out.len());
+            if !hand_on(out, inferred(batch.drain(..), results)) {
+                return Ok(());
             }
         }
         for (source, error) in ended {
@@ -126,6 +123,17 @@ fn inferred(
         times: r.times,
         batch: n,
     })
+}
+
+/// Sends a model call's frames to the compositing thread; false once it is gone (the run ends).
+fn hand_on(out: &Sender<Work>, items: impl Iterator<Item = Inferred>) -> bool {
+    for item in items {
+        if out.send(Work::Frame(Box::new(item))).is_err() {
+            return false;
+        }
+        super::metrics::inferred_queue(out.len());
+    }
+    true
 }
 
 /// What the forwarding thread hands on next: a ready item, or the next results of a worker.
@@ -213,11 +221,8 @@ fn forward(
                 let Some(Ok(done)) = results.get(w).map(Receiver::recv) else {
                     return Err(Error::Pipeline(format!("inference worker {w} ended")));
                 };
-                for item in inferred(done.batch.into_iter(), done.results?) {
-                    if out.send(Work::Frame(Box::new(item))).is_err() {
-                        return Ok(());
-                    }
-                    super::metrics::inferred_queue(out.len());
+                if !hand_on(&out, inferred(done.batch.into_iter(), done.results?)) {
+                    return Ok(());
                 }
             }
         }

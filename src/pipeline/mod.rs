@@ -246,8 +246,8 @@ impl<'a> Built<'a> {
         let any_live = self.sources.iter().any(|s| s.kind.is_live()) || self.ctx.control.is_some();
         let (work_tx, work) = crossbeam_channel::bounded(self.cfg.queue.capacity_for(any_live));
         let inf = self.cfg.inference.clone();
-        let max_batch = inf.max_batch_for(model.first().provider());
         let first = model.first();
+        let max_batch = inf.max_batch_for(first.provider());
         let (provider, classes) = (first.provider().to_string(), first.classes().to_vec());
         let inference = (
             model.workers(),
