@@ -279,13 +279,37 @@ mod tests {
         }
     }
 
+    /// One buffer of caps `from` through videoconvert into caps `to`.
+    fn through_videoconvert(from: &str, to: &str, buffer: gst::Buffer) -> gst::Sample {
+        let caps = |c: &str| c.replace(' ', "");
+        let pipeline = gst::parse::launch(&format!(
+            "appsrc name=src caps={} ! videoconvert ! {} ! appsink name=sink",
+            caps(from),
+            caps(to)
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let src = pipeline.by_name("src").unwrap();
+        let src = src.downcast::<gstreamer_app::AppSrc>().unwrap();
+        let sink = pipeline.by_name("sink").unwrap();
+        let sink = sink.downcast::<gstreamer_app::AppSink>().unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        src.push_buffer(buffer).unwrap();
+        let _ = src.end_of_stream();
+        let sample = sink.pull_sample().unwrap();
+        pipeline.set_state(gst::State::Null).unwrap();
+        sample
+    }
+
     /// GStreamer's own RGB -> I420 (videoconvert, what the sinks did before) gives the same planes to
     /// within its lower-precision arithmetic, away from colour borders (its chroma filter spans them).
     #[test]
     fn planes_match_videoconverts_own_conversion() {
         gst::init().unwrap();
         for (w, h) in [(20, 10), (640, 720)] {
-            // 4x4 blocks of colour (padded chroma rows at 20 wide: tight RGB rows need a width of 4n; BT.709 at 720 lines)
+            // 4x4 blocks of colour (padded chroma rows at 20 wide, as tight RGB rows need a width
+            // of 4n; BT.709 at 720 lines)
             let colour = |x: usize, y: usize| {
                 let k = (x / 4 + 3 * (y / 4)) % 4;
                 [
@@ -297,23 +321,11 @@ mod tests {
             };
             let rgb: Vec<u8> = (0..w * h).flat_map(|i| colour(i % w, i / w)).collect();
             let ours = to_buffer(&rgb, (w, h), Some(0), Some(1)).unwrap();
-            let caps_str = caps(w, h, (10, 1)).to_string().replace(' ', "");
-            let pipeline = gst::parse::launch(&format!(
-                "appsrc name=src caps=video/x-raw,format=RGB,width={w},height={h},framerate=10/1 \
-                 ! videoconvert ! {caps_str} ! appsink name=sink"
-            ))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-            let src = pipeline.by_name("src").unwrap();
-            let src = src.downcast::<gstreamer_app::AppSrc>().unwrap();
-            let sink = pipeline.by_name("sink").unwrap();
-            let sink = sink.downcast::<gstreamer_app::AppSink>().unwrap();
-            pipeline.set_state(gst::State::Playing).unwrap();
-            src.push_buffer(gst::Buffer::from_mut_slice(rgb.clone()))
-                .unwrap();
-            let _ = src.end_of_stream();
-            let sample = sink.pull_sample().unwrap();
+            let sample = through_videoconvert(
+                &format!("video/x-raw,format=RGB,width={w},height={h},framerate=10/1"),
+                &caps(w, h, (10, 1)).to_string(),
+                gst::Buffer::from_mut_slice(rgb.clone()),
+            );
             let theirs = sample.buffer().unwrap().map_readable().unwrap();
             let ours = ours.map_readable().unwrap();
             let info =
@@ -343,7 +355,6 @@ mod tests {
                     }
                 }
             }
-            pipeline.set_state(gst::State::Null).unwrap();
         }
     }
 
@@ -410,21 +421,8 @@ mod tests {
                 let g = (y - kr * r - kb * b) / (1.0 - kr - kb);
                 [r, g, b].map(|c| c.clamp(0.0, 255.0))
             };
-            let pipeline = gst::parse::launch(&format!(
-                "appsrc name=src caps={} ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink",
-                caps.to_string().replace(' ', "")
-            ))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-            let src = pipeline.by_name("src").unwrap();
-            let src = src.downcast::<gstreamer_app::AppSrc>().unwrap();
-            let sink = pipeline.by_name("sink").unwrap();
-            let sink = sink.downcast::<gstreamer_app::AppSink>().unwrap();
-            pipeline.set_state(gst::State::Playing).unwrap();
-            src.push_buffer(buffer.clone()).unwrap();
-            let _ = src.end_of_stream();
-            let sample = sink.pull_sample().unwrap();
+            let sample =
+                through_videoconvert(&caps.to_string(), "video/x-raw,format=RGB", buffer.clone());
             let theirs = sample.buffer().unwrap().map_readable().unwrap();
             let stride = gst_video::VideoInfo::from_caps(sample.caps().unwrap())
                 .unwrap()
@@ -444,7 +442,6 @@ mod tests {
                     }
                 }
             }
-            pipeline.set_state(gst::State::Null).unwrap();
         }
     }
 }
