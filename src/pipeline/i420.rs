@@ -98,6 +98,9 @@ pub fn to_buffer(
 pub fn to_rgb(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Result<Vec<u8>> {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let fail = |what: String| Error::Pipeline(format!("decoded I420 frame {w}x{h}: {what}"));
+    if frame.format() != gst_video::VideoFormat::I420 {
+        return Err(fail(format!("the frame is {:?}", frame.format())));
+    }
     let plane = |i: u32| frame.plane_data(i).map_err(|e| fail(e.to_string()));
     let stride = |i: usize| frame.plane_stride()[i] as u32;
     let image = yuv::YuvPlanarImage {
@@ -443,5 +446,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn to_rgb_refuses_a_frame_of_another_format() {
+        gst::init().unwrap();
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 4, 2)
+            .build()
+            .unwrap();
+        let buffer = gst::Buffer::from_mut_slice(vec![0u8; info.size()]);
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+        let e = to_rgb(&frame).unwrap_err().to_string();
+        assert!(e.contains("4x2") && e.contains("Rgb"), "{e}");
     }
 }
