@@ -18,7 +18,7 @@ use super::stats::{StageStats, Steady};
 use super::tracking::{self, SourceTracking};
 use super::{rtsp, sink, Progress};
 use crate::analytics::AnalyticsStats;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::output::FrameRecord;
 use crate::overlay::{Canvas, Compositor};
 
@@ -242,6 +242,8 @@ pub(super) struct SourceSinks {
     jsonl: Option<sink::JsonlSink>,
     rtsp: Option<rtsp::Mount>,
     caps: gst::Caps,
+    /// `caps`' layout and colorimetry, which the annotated frames are converted to.
+    info: gstreamer_video::VideoInfo,
 }
 
 impl SourceSinks {
@@ -275,12 +277,15 @@ impl SourceSinks {
             None
         };
         let caps = super::i420::caps(w, h, fps);
+        let info = gstreamer_video::VideoInfo::from_caps(&caps)
+            .map_err(|e| Error::Pipeline(format!("{name}: output caps {caps}: {e}")))?;
         Ok(SourceSinks {
             video,
             preview,
             jsonl,
             rtsp,
             caps,
+            info,
         })
     }
 
@@ -296,8 +301,8 @@ impl SourceSinks {
         if !self.shows_pixels() {
             return Ok(());
         }
-        let size = (frame.width, frame.height);
-        let buffer = super::i420::to_buffer(&frame.data, size, frame.pts_ns, frame.duration_ns)?;
+        let buffer =
+            super::i420::to_buffer(&frame.data, &self.info, frame.pts_ns, frame.duration_ns)?;
         if let Some(m) = &self.rtsp {
             m.push(&buffer, &self.caps);
         }

@@ -57,24 +57,23 @@ pub fn caps(width: usize, height: usize, fps: (i32, i32)) -> gst::Caps {
         .build()
 }
 
-/// Packed RGB (`width * 3` bytes a row) as an I420 buffer in GStreamer's default layout for the size
-/// (its strides and plane offsets, so no video meta is needed), with the given timestamps.
+/// Packed RGB (`width * 3` bytes a row) as an I420 buffer of `info` (the caps' layout and
+/// colorimetry: made once per output by `caps`, so no video meta is needed and the conversion is
+/// the one the caps declare), with the given timestamps.
 pub fn to_buffer(
     rgb: &[u8],
-    (width, height): (usize, usize),
+    info: &gst_video::VideoInfo,
     pts_ns: Option<u64>,
     duration_ns: Option<u64>,
 ) -> Result<gst::Buffer> {
-    if width == 0 || height == 0 || rgb.len() < width * height * 3 {
+    let (width, height) = (info.width() as usize, info.height() as usize);
+    if info.format() != gst_video::VideoFormat::I420 || rgb.len() < width * height * 3 {
         return Err(Error::Pipeline(format!(
-            "annotated frame {width}x{height}: {} bytes of RGB",
+            "annotated frame {width}x{height} ({:?}): {} bytes of RGB",
+            info.format(),
             rgb.len()
         )));
     }
-    let info =
-        gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, width as u32, height as u32)
-            .build()
-            .map_err(|e| Error::Pipeline(format!("I420 layout of {width}x{height}: {e}")))?;
     let mut out = vec![0u8; info.size()];
     let (strides, offsets) = (info.stride(), info.offset());
     let plane = |i: usize| (offsets[i], strides[i] as usize);
@@ -83,7 +82,7 @@ pub fn to_buffer(
         (width, height),
         &mut out,
         [plane(0), plane(1), plane(2)],
-        Matrix::for_height(height),
+        colorimetry(info),
     )?;
     let mut buffer = gst::Buffer::from_mut_slice(out);
     if let Some(b) = buffer.get_mut() {
@@ -94,7 +93,7 @@ pub fn to_buffer(
 }
 
 /// A decoded I420 frame (planes and strides as `frame` maps them) as packed RGB (`width * 3` a
-/// row), by the colorimetry its caps declare: matrix (BT.601 where they name none known) and range.
+/// row), by the colorimetry its caps declare.
 pub fn to_rgb(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Result<Vec<u8>> {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let fail = |what: String| Error::Pipeline(format!("decoded I420 frame {w}x{h}: {what}"));
@@ -113,22 +112,29 @@ pub fn to_rgb(frame: &gst_video::VideoFrameRef<&gst::BufferRef>) -> Result<Vec<u
         width: w as u32,
         height: h as u32,
     };
-    let colorimetry = frame.info().colorimetry();
-    let matrix = match colorimetry.matrix() {
+    let (range, matrix) = colorimetry(frame.info());
+    let mut rgb = vec![0u8; w * h * 3];
+    yuv::yuv420_to_rgb(&image, &mut rgb, (w * 3) as u32, range, matrix)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(rgb)
+}
+
+/// The range and matrix of a video's colorimetry, for both directions (BT.601 where it names none
+/// the crate knows).
+fn colorimetry(info: &gst_video::VideoInfo) -> (yuv::YuvRange, yuv::YuvStandardMatrix) {
+    let c = info.colorimetry();
+    let matrix = match c.matrix() {
         gst_video::VideoColorMatrix::Bt709 => yuv::YuvStandardMatrix::Bt709,
         gst_video::VideoColorMatrix::Bt2020 => yuv::YuvStandardMatrix::Bt2020,
         gst_video::VideoColorMatrix::Smpte240m => yuv::YuvStandardMatrix::Smpte240,
         gst_video::VideoColorMatrix::Fcc => yuv::YuvStandardMatrix::Fcc,
         _ => yuv::YuvStandardMatrix::Bt601,
     };
-    let range = match colorimetry.range() {
+    let range = match c.range() {
         gst_video::VideoColorRange::Range0_255 => yuv::YuvRange::Full,
         _ => yuv::YuvRange::Limited,
     };
-    let mut rgb = vec![0u8; w * h * 3];
-    yuv::yuv420_to_rgb(&image, &mut rgb, (w * 3) as u32, range, matrix)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(rgb)
+    (range, matrix)
 }
 
 /// RGB to the three planes (offset, stride) of `out`, by the `yuv` crate's SIMD kernels (AVX2/SSE4.1
@@ -138,7 +144,7 @@ fn convert(
     (w, h): (usize, usize),
     out: &mut [u8],
     planes: [(usize, usize); 3],
-    m: Matrix,
+    (range, matrix): (yuv::YuvRange, yuv::YuvStandardMatrix),
 ) -> Result<()> {
     let (y_plane, chroma) = out.split_at_mut(planes[1].0);
     let (u_plane, v_plane) = chroma.split_at_mut(planes[2].0 - planes[1].0);
@@ -153,16 +159,11 @@ fn convert(
         width: w as u32,
         height: h as u32,
     };
-    let matrix = match m {
-        Matrix::Bt601 => yuv::YuvStandardMatrix::Bt601,
-        Matrix::Bt709 => yuv::YuvStandardMatrix::Bt709,
-        Matrix::Bt2020 => yuv::YuvStandardMatrix::Bt2020,
-    };
     yuv::rgb_to_yuv420(
         &mut image,
         rgb,
         (w * 3) as u32,
-        yuv::YuvRange::Limited,
+        range,
         matrix,
         yuv::YuvConversionMode::Balanced,
     )
@@ -180,6 +181,21 @@ mod tests {
             Matrix::Bt709 => (0.2126, 0.0722),
             Matrix::Bt2020 => (0.2627, 0.0593),
         }
+    }
+
+    /// `convert`'s colorimetry argument for limited-range `m`.
+    fn limited(m: Matrix) -> (yuv::YuvRange, yuv::YuvStandardMatrix) {
+        let matrix = match m {
+            Matrix::Bt601 => yuv::YuvStandardMatrix::Bt601,
+            Matrix::Bt709 => yuv::YuvStandardMatrix::Bt709,
+            Matrix::Bt2020 => yuv::YuvStandardMatrix::Bt2020,
+        };
+        (yuv::YuvRange::Limited, matrix)
+    }
+
+    /// An I420 layout as the outputs' caps give it.
+    fn output_info(w: usize, h: usize) -> gst_video::VideoInfo {
+        gst_video::VideoInfo::from_caps(&caps(w, h, (10, 1))).unwrap()
     }
 
     /// The float definition of limited-range YCbCr.
@@ -212,7 +228,7 @@ mod tests {
                 (w, h),
                 &mut out,
                 [(0, 2), (4, 1), (5, 1)],
-                Matrix::Bt601,
+                limited(Matrix::Bt601),
             )
             .unwrap();
             assert_eq!(
@@ -240,7 +256,7 @@ mod tests {
                 (w, h),
                 &mut out,
                 [(0, w), (w * h, cw), (w * h + cw * ch, cw)],
-                m,
+                limited(m),
             )
             .unwrap();
             let px = |x: usize, y: usize| {
@@ -323,7 +339,7 @@ mod tests {
                 ][k]
             };
             let rgb: Vec<u8> = (0..w * h).flat_map(|i| colour(i % w, i / w)).collect();
-            let ours = to_buffer(&rgb, (w, h), Some(0), Some(1)).unwrap();
+            let ours = to_buffer(&rgb, &output_info(w, h), Some(0), Some(1)).unwrap();
             let sample = through_videoconvert(
                 &format!("video/x-raw,format=RGB,width={w},height={h},framerate=10/1"),
                 &caps(w, h, (10, 1)).to_string(),
@@ -331,10 +347,7 @@ mod tests {
             );
             let theirs = sample.buffer().unwrap().map_readable().unwrap();
             let ours = ours.map_readable().unwrap();
-            let info =
-                gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w as u32, h as u32)
-                    .build()
-                    .unwrap();
+            let info = output_info(w, h);
             assert_eq!(theirs.len(), ours.len());
             for p in 0..3 {
                 let (sub, off, stride) = (

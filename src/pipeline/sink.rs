@@ -350,6 +350,9 @@ mod tests {
             (6, true),
         )
         .unwrap();
+        let info =
+            gstreamer_video::VideoInfo::from_caps(&super::super::i420::caps(64, 48, (10, 1)))
+                .unwrap();
         // x264's output leaves it on the thread that encoded the frame
         let seen = Arc::new(Mutex::new(Vec::new()));
         let enc = encoder(&out);
@@ -365,10 +368,8 @@ mod tests {
         for i in 0..5u64 {
             let rgb = vec![(i * 40) as u8; 64 * 48 * 3];
             let pts = Some(i * 100_000_000);
-            out.push(
-                super::super::i420::to_buffer(&rgb, (64, 48), pts, Some(100_000_000)).unwrap(),
-            )
-            .unwrap();
+            out.push(super::super::i420::to_buffer(&rgb, &info, pts, Some(100_000_000)).unwrap())
+                .unwrap();
         }
         out.finish(Duration::from_secs(10)).unwrap();
         let seen = seen.lock().unwrap().clone();
