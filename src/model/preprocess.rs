@@ -243,15 +243,34 @@ impl Preprocessor {
     }
 }
 
-/// Row bands a channel is split into for the thread pool (a few per core of a small machine).
+/// Row bands an image is split into for the thread pool (a few per core of a small machine).
 const BANDS: usize = 4;
 
-/// One source row of channel `c`, normalized through `lut` and blended across columns: the first
-/// half of resize_plane's sums, computed once per source row instead of once per output row that
-/// reads it (upscaling reads most rows twice), straight from the interleaved bytes.
-fn blend_row(row: &[u8], c: usize, lut: &[f32; 256], cols: &[LinearTap], out: &mut [f32]) {
-    for (o, t) in out.iter_mut().zip(cols) {
-        *o = lut[row[t.i0 * 3 + c] as usize] * t.w0 + lut[row[t.i1 * 3 + c] as usize] * t.w1;
+/// One source row normalized through the channels' tables and blended across columns for all three
+/// channels: the first half of resize_plane's sums, computed once per source row instead of once per
+/// output row that reads it (upscaling reads most rows twice). The row's bytes go through the tables
+/// once (`norm`, interleaved as they come), then each column tap serves the three channels, so a tap
+/// is read once instead of three times: the same products in the same order as resize_plane's.
+fn blend_row(
+    row: &[u8],
+    luts: &[[f32; 256]; 3],
+    cols: &[LinearTap],
+    norm: &mut [f32],
+    out: &mut [f32],
+) {
+    for (n, px) in norm.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+        n[0] = luts[0][px[0] as usize];
+        n[1] = luts[1][px[1] as usize];
+        n[2] = luts[2][px[2] as usize];
+    }
+    let rw = cols.len();
+    let (r, gb) = out.split_at_mut(rw);
+    let (g, b) = gb.split_at_mut(rw);
+    for (x, t) in cols.iter().enumerate() {
+        let (p0, p1) = (&norm[t.i0 * 3..t.i0 * 3 + 3], &norm[t.i1 * 3..t.i1 * 3 + 3]);
+        r[x] = p0[0] * t.w0 + p1[0] * t.w1;
+        g[x] = p0[1] * t.w0 + p1[1] * t.w1;
+        b[x] = p0[2] * t.w0 + p1[2] * t.w1;
     }
 }
 
@@ -264,48 +283,61 @@ fn image(frame: &RgbFrame<'_>, t: &Transform, pad: (usize, usize), out: &mut [f3
     let (ph, pw) = pad;
     let rows = linear_taps(h, rh);
     let cols = linear_taps(w, rw);
-    // bands of output rows of every channel, in parallel (three channels alone left one of two
-    // cores idle a third of the time)
-    let out_band = rh.div_ceil(BANDS).max(1);
-    out[..3 * ph * pw]
-        .par_chunks_exact_mut((ph * pw).max(1))
-        .enumerate()
-        .for_each(|(c, dst)| {
-            // torchvision: image / 255, then (x - mean) / std, in f32; a byte has 256 values, so a
-            // table holds each result exactly as computed
-            let lut: [f32; 256] = std::array::from_fn(|v| {
-                (v as f32 / t.input_divisor - t.image_mean[c]) / t.image_std[c]
-            });
-            let (image, below) = dst.split_at_mut(rh * pw);
-            below.fill(0.0);
-            image
-                .par_chunks_mut(out_band * pw)
-                .zip(rows.par_chunks(out_band))
-                .for_each(|(dst_rows, taps)| {
-                    // the two blended source rows the last output row read, by source index
-                    let mut a = (usize::MAX, vec![0.0f32; rw]);
-                    let mut b = (usize::MAX, vec![0.0f32; rw]);
-                    for (row, r) in dst_rows.chunks_exact_mut(pw).zip(taps) {
-                        for want in [r.i0, r.i1] {
-                            if a.0 == want || b.0 == want {
-                                continue;
-                            }
-                            // evict the slot holding neither row this output row reads
-                            let victim = if a.0 != r.i0 && a.0 != r.i1 {
-                                &mut a
-                            } else {
-                                &mut b
-                            };
-                            blend_row(frame.row(want), c, &lut, &cols, &mut victim.1);
-                            victim.0 = want;
-                        }
-                        let of = |i: usize| if a.0 == i { &a.1 } else { &b.1 };
-                        for ((o, x0), x1) in row[..rw].iter_mut().zip(of(r.i0)).zip(of(r.i1)) {
-                            *o = x0 * r.w0 + x1 * r.w1;
-                        }
-                        row[rw..].fill(0.0);
+    // torchvision: image / 255, then (x - mean) / std, in f32; a byte has 256 values, so a table
+    // holds each result exactly as computed
+    let luts: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| (v as f32 / t.input_divisor - t.image_mean[c]) / t.image_std[c])
+    });
+    let plane = ph * pw;
+    let (r, gb) = out[..3 * plane].split_at_mut(plane);
+    let (g, b) = gb.split_at_mut(plane);
+    let mut planes = [r, g, b].map(|p| {
+        let (image, below) = p.split_at_mut(rh * pw);
+        below.fill(0.0);
+        image
+    });
+    let [r, g, b] = &mut planes;
+    // bands of output rows, in parallel, each writing its rows of the three planes
+    let band = rh.div_ceil(BANDS).max(1);
+    let chunk = (band * pw).max(1);
+    r.par_chunks_mut(chunk)
+        .zip(g.par_chunks_mut(chunk))
+        .zip(b.par_chunks_mut(chunk))
+        .zip(rows.par_chunks(band))
+        .for_each(|(((r, g), b), taps)| {
+            let mut norm = vec![0.0f32; 3 * w];
+            // the two blended source rows (3 channels each) the last output row read, by source index
+            let mut a = (usize::MAX, vec![0.0f32; 3 * rw]);
+            let mut z = (usize::MAX, vec![0.0f32; 3 * rw]);
+            let dst = r
+                .chunks_exact_mut(pw)
+                .zip(g.chunks_exact_mut(pw))
+                .zip(b.chunks_exact_mut(pw));
+            for (((r, g), b), tap) in dst.zip(taps) {
+                for want in [tap.i0, tap.i1] {
+                    if a.0 == want || z.0 == want {
+                        continue;
                     }
-                });
+                    // evict the slot holding neither row this output row reads
+                    let victim = if a.0 != tap.i0 && a.0 != tap.i1 {
+                        &mut a
+                    } else {
+                        &mut z
+                    };
+                    blend_row(frame.row(want), &luts, &cols, &mut norm, &mut victim.1);
+                    victim.0 = want;
+                }
+                let of = |i: usize| if a.0 == i { &a.1 } else { &z.1 };
+                let (x0, x1) = (of(tap.i0), of(tap.i1));
+                for (c, row) in [r, g, b].into_iter().enumerate() {
+                    let span = c * rw..(c + 1) * rw;
+                    for ((o, v0), v1) in row[..rw].iter_mut().zip(&x0[span.clone()]).zip(&x1[span])
+                    {
+                        *o = v0 * tap.w0 + v1 * tap.w1;
+                    }
+                    row[rw..].fill(0.0);
+                }
+            }
         });
     ImageSize {
         original: (h, w),
