@@ -34,9 +34,11 @@ Continuing in a later session:
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import math
 import os
+import statistics
 import sys
 import time
 import tomllib
@@ -215,11 +217,14 @@ def main():
         os.replace(args.out + ".tmp", args.out)
 
     model.train()
-    t0 = t_mark = time.time()
-    it_mark = start
+    t0 = time.time()
+    # the speed is the median of recent iterations' wall times: a pause (SIGSTOP while something else is
+    # measured) is one long iteration that must not read as a slower machine; the deadline still counts it
+    recent: collections.deque[float] = collections.deque(maxlen=max(args.save_every, args.measure))
     acc: dict[str, float] = {}
     it = start
     while total is None or it < total:
+        t_iter = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(it, total, args.lr, args.warmup)
         seed = args.seed * 1_000_003 + cycle * CYCLE_SEED_STRIDE + it
@@ -233,10 +238,11 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         it += 1
+        recent.append(time.time() - t_iter)
         for k, v in losses.items():
             acc[k] = acc.get(k, 0.0) + v.item()
         if deadline and total is None and it - start >= args.measure:
-            spi = (time.time() - t0) / (it - start)
+            spi = statistics.median(recent)
             total = iters_until(deadline, it, spi)
             log(f"measured {spi:.2f} s/iter over {it - start} iterations: cycle of {total} iterations "
                 f"ends at the deadline")
@@ -248,12 +254,11 @@ def main():
             acc = {}
         if it % args.save_every == 0:
             if deadline and total is not None and it < total:  # the speed drifts: re-aim at the deadline
-                spi = (time.time() - t_mark) / (it - it_mark)
+                spi = statistics.median(recent)
                 new_total = iters_until(deadline, it, spi)
                 if new_total != total:
                     log(f"re-estimated at {spi:.2f} s/iter: cycle of {new_total} iterations (was {total})")
                     total = new_total
-            t_mark, it_mark = time.time(), it
             save(it)
     save(it)
     log(f"done: iteration {it} at {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC, checkpoint {args.out}")
