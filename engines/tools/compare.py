@@ -347,7 +347,6 @@ def fmt_ov(m: dict, key: str) -> str:
     return "" if v is None else f"{v * 100:+.1f}%"
 
 
-
 def cpu_name():
     """The CPU's model and its integer matrix extensions: figures differ between machines (an AMD EPYC
     with AVX-512 VNNI, an Intel Xeon with AMX as well), so the page says which one gave them."""
@@ -365,6 +364,7 @@ def cpu_name():
         pass
     ext = [e for e, f in (("AVX-512 VNNI", "avx512_vnni"), ("AMX-INT8", "amx_int8")) if f in flags]
     return f"{name} ({', '.join(ext)})" if ext else name
+
 
 def main():
     ap = argparse.ArgumentParser()

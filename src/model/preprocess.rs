@@ -243,8 +243,10 @@ impl Preprocessor {
     }
 }
 
-/// Row bands an image is split into for the thread pool (a few per core of a small machine).
-const BANDS: usize = 4;
+/// Row bands an image is split into: a few per thread of the pool it runs on, at least 4 (one task per
+/// band writes that band's rows of all three planes).
+const BANDS_PER_THREAD: usize = 3;
+const MIN_BANDS: usize = 4;
 
 /// One source row normalized through the channels' tables and blended across columns for all three
 /// channels: the first half of resize_plane's sums, computed once per source row instead of once per
@@ -298,7 +300,8 @@ fn image(frame: &RgbFrame<'_>, t: &Transform, pad: (usize, usize), out: &mut [f3
     });
     let [r, g, b] = &mut planes;
     // bands of output rows, in parallel, each writing its rows of the three planes
-    let band = rh.div_ceil(BANDS).max(1);
+    let bands = (BANDS_PER_THREAD * rayon::current_num_threads()).max(MIN_BANDS);
+    let band = rh.div_ceil(bands).max(1);
     let chunk = (band * pw).max(1);
     r.par_chunks_mut(chunk)
         .zip(g.par_chunks_mut(chunk))
@@ -428,16 +431,23 @@ mod tests {
             .map(|(&(h, w, stride), d)| RgbFrame::new(w, h, stride, d).unwrap())
             .collect();
         let mut p = Preprocessor::default();
-        for batch in [&frames[..1], &frames[1..], &frames[..]] {
-            let got = p.batch(batch, &t);
-            let want = reference(batch, &t, got.padded);
-            assert_eq!(got.tensor.len(), want.len());
-            let same = got
-                .tensor
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "batch of {} frames differs", batch.len());
+        // the band count follows the pool's threads: 4, 9 and 24 bands (3 rows each at 64 rows)
+        for threads in [1, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for batch in [&frames[..1], &frames[1..], &frames[..]] {
+                let got = pool.install(|| p.batch(batch, &t));
+                let want = reference(batch, &t, got.padded);
+                assert_eq!(got.tensor.len(), want.len());
+                let same = got
+                    .tensor
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "batch of {} frames, {threads} threads", batch.len());
+            }
         }
     }
 
