@@ -441,10 +441,13 @@ fn sigterm_finalizes_outputs_without_a_display() {
 fn second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _video, json, reader) = start_demo(dir.path());
-    wait_lines(&json, 3, &mut child);
+    // in steady state, so the clean stop the first signal starts has full queues to finish (a dozen
+    // frames or more: >100 ms at the fastest); started 3 frames in, a fast machine had finished it and
+    // exited 0 before a second signal 100 ms later. 10 ms apart, the two are still two signals.
+    wait_lines(&json, 20, &mut child);
     let pid = Pid::from_raw(child.0.id() as i32);
     kill(pid, Signal::SIGINT).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(10));
     kill(pid, Signal::SIGINT).unwrap();
     // a hang guard, not a speed test: a clean stop would exit 0, not 130
     let status = wait_exit(&mut child, Duration::from_secs(60));
