@@ -5,37 +5,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Deserialize;
-
+use crate::coco::CocoFile;
 use crate::error::{Error, Result};
 use crate::output::FrameRecord;
 use crate::rle;
-
-#[derive(Debug, Deserialize)]
-struct CocoFile {
-    images: Vec<CocoImage>,
-    annotations: Vec<CocoAnnotation>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoImage {
-    id: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoAnnotation {
-    image_id: u64,
-    category_id: usize,
-    segmentation: CocoRle,
-    #[serde(default)]
-    iscrowd: u8,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoRle {
-    size: [usize; 2],
-    counts: String,
-}
 
 /// Ground truth instances by image id: (class, run lengths).
 pub struct GroundTruth {
@@ -45,23 +18,13 @@ pub struct GroundTruth {
 
 impl GroundTruth {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let file: CocoFile = serde_json::from_str(&text)
-            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        let file = CocoFile::read(path)?;
         let mut by_image: HashMap<u64, Vec<(usize, Vec<u32>)>> = HashMap::new();
-        for a in file.annotations.into_iter().filter(|a| a.iscrowd == 0) {
-            let counts = rle::from_string(&a.segmentation.counts)?;
-            let total: u64 = counts.iter().map(|&c| c as u64).sum();
-            if total != (a.segmentation.size[0] * a.segmentation.size[1]) as u64 {
-                return Err(Error::Input(format!(
-                    "{}: annotation RLE does not match its size",
-                    path.display()
-                )));
-            }
+        for a in file.annotations.iter().filter(|a| a.iscrowd == 0) {
             by_image
                 .entry(a.image_id)
                 .or_default()
-                .push((a.category_id, counts));
+                .push((a.category_id, a.runs(path)?));
         }
         Ok(GroundTruth {
             images: file.images.into_iter().map(|i| i.id).collect(),

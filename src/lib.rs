@@ -10,6 +10,7 @@
 
 pub mod analytics;
 pub mod backend;
+mod coco;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use pathfinding::kuhn_munkres::kuhn_munkres;
-use pathfinding::matrix::Matrix;
-use serde::Deserialize;
-
+use crate::coco::CocoFile;
 use crate::error::{Error, Result};
 use crate::eval::rle_iou;
 use crate::output::FrameRecord;
 use crate::rle;
+use pathfinding::kuhn_munkres::kuhn_munkres;
+use pathfinding::matrix::Matrix;
 
 /// One frame: ground-truth ids, hypothesis (tracker) ids, and IoU[g][h].
 #[derive(Debug, Clone, Default)]
@@ -198,28 +197,8 @@ fn match_frame(
     id_switches
 }
 
-#[derive(Debug, Deserialize)]
-struct CocoFile {
-    images: Vec<CocoImage>,
-    annotations: Vec<CocoAnnotation>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoImage {
-    id: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoAnnotation {
-    image_id: u64,
-    segmentation: CocoRle,
-    track_id: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CocoRle {
-    counts: String,
-}
+/// The most frames a tracking ground truth may index (six days of video at 30 frames/s).
+const MAX_FRAMES: u64 = 1 << 24;
 
 /// Ground truth with track ids: per frame (image id = frame index), (track id, RLE counts).
 pub struct TrackGroundTruth {
@@ -228,11 +207,22 @@ pub struct TrackGroundTruth {
 
 impl TrackGroundTruth {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let file: CocoFile = serde_json::from_str(&text)
-            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-        let n = file.images.iter().map(|i| i.id + 1).max().unwrap_or(0) as usize;
-        let mut frames = vec![Vec::new(); n];
+        let file = CocoFile::read(path)?;
+        // image ids are frame indices: one slot each, so an absurd id is refused, not allocated
+        let n = file
+            .images
+            .iter()
+            .map(|i| i.id.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if n > MAX_FRAMES {
+            return Err(Error::Input(format!(
+                "{}: image id {} is not a frame index (at most {MAX_FRAMES} frames)",
+                path.display(),
+                n - 1
+            )));
+        }
+        let mut frames = vec![Vec::new(); n as usize];
         for a in file.annotations {
             let id = a.track_id.ok_or_else(|| {
                 Error::Input(format!("{}: an annotation has no track_id", path.display()))
@@ -244,7 +234,7 @@ impl TrackGroundTruth {
                     a.image_id
                 ))
             })?;
-            slot.push((id, rle::from_string(&a.segmentation.counts)?));
+            slot.push((id, a.runs(path)?));
         }
         Ok(TrackGroundTruth { frames })
     }
@@ -282,6 +272,28 @@ impl TrackGroundTruth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ground_truth_ids_must_be_frame_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gt.json");
+        let counts = rle::to_string(&[1, 2, 1]);
+        let file = |id: u64| {
+            format!(
+                r#"{{"images":[{{"id":{id}}}],"annotations":[{{"image_id":{id},"track_id":7,
+                "segmentation":{{"size":[2,2],"counts":"{counts}"}}}}]}}"#
+            )
+        };
+        std::fs::write(&path, file(3)).unwrap();
+        let gt = TrackGroundTruth::load(&path).unwrap();
+        assert_eq!(gt.frames.len(), 4);
+        assert_eq!(gt.frames[3], vec![(7, vec![1, 2, 1])]);
+        for id in [1u64 << 40, u64::MAX] {
+            std::fs::write(&path, file(id)).unwrap();
+            let err = TrackGroundTruth::load(&path).err().unwrap().to_string();
+            assert!(err.contains("is not a frame index"), "{err}");
+        }
+    }
 
     /// A frame where every listed (gt, hyp) pair overlaps with the given IoU, all others 0.
     fn frame(gt: &[u64], hyp: &[u64], pairs: &[(u64, u64, f64)]) -> FrameMatch {
