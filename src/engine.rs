@@ -588,6 +588,21 @@ impl Manifest {
                     ),
                 );
             }
+            // torchvision maps a box to level k - k_min: the levels must be consecutive, finest first
+            let at: Vec<usize> = p
+                .levels
+                .iter()
+                .filter_map(|l| self.level_index(l))
+                .collect();
+            if at.windows(2).any(|w| w[1] != w[0] + 1) {
+                return bad(
+                    &format!("{name}.levels"),
+                    format!(
+                        "{:?} must be consecutive levels in the order of model.levels {levels:?}",
+                        p.levels
+                    ),
+                );
+            }
             if p.output_size == 0 || p.sampling_ratio < 0 || p.canonical_scale == 0 {
                 return bad(
                     name,
@@ -883,6 +898,26 @@ mod tests {
             ],
             "grid",
         );
+    }
+
+    #[test]
+    fn pooler_levels_must_be_consecutive_finest_first() {
+        let pooled = "levels = [\"p2\", \"p3\", \"p4\", \"p5\"]";
+        assert!(bundled().contains(pooled));
+        for bad in [
+            "\"p5\", \"p4\", \"p3\", \"p2\"",
+            "\"p2\", \"p4\"",
+            "\"p3\", \"p3\"",
+        ] {
+            let text = bundled().replacen(pooled, &format!("levels = [{bad}]"), 1);
+            let err = Manifest::parse(&text, Path::new("m.toml")).unwrap_err();
+            assert!(
+                err.to_string().contains("must be consecutive levels"),
+                "{bad}: {err}"
+            );
+        }
+        let text = bundled().replacen(pooled, "levels = [\"p3\", \"p4\"]", 1);
+        Manifest::parse(&text, Path::new("m.toml")).unwrap();
     }
 
     #[test]

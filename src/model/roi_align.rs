@@ -180,6 +180,17 @@ impl<'a> MultiScaleRoiAlign<'a> {
                 spatial_scale: scale,
             });
         }
+        // levels come from the graph's feature sizes: a level off its place would put boxes on
+        // the wrong map (and k_min > k_max cannot clamp)
+        if ks.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Err(Error::graph(
+                graph,
+                format!(
+                    "pooled levels {:?} have scales 1/2^{ks:?}; they must be consecutive, finest first",
+                    pooler.levels
+                ),
+            ));
+        }
         Ok(MultiScaleRoiAlign {
             load: earlier.is_none_or(|e| e.levels != levels),
             levels,
