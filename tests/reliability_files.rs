@@ -720,3 +720,92 @@ fn large_frames_are_scaled_down_before_conversion() {
         );
     }
 }
+
+/// An MPEG-TS file whose H.264 changes size halfway (two encodings back to back, as a camera's new
+/// SPS or an HLS variant switch): `second` is (pattern, width, height).
+fn make_size_change(dir: &Path, second: (&str, u32, u32)) -> PathBuf {
+    let part = |name: &str, pattern: &str, w: u32, h: u32| {
+        let path = dir.join(name);
+        gst_launch(&format!(
+            "videotestsrc pattern={pattern} num-buffers=20 \
+             ! video/x-raw,width={w},height={h},framerate=10/1 ! x264enc key-int-max=10 \
+             ! video/x-h264,stream-format=byte-stream ! filesink location={}",
+            path.display()
+        ));
+        std::fs::read(path).unwrap()
+    };
+    let mut bytes = part("a.h264", "ball", 320, 240);
+    let (pattern, w, h) = second;
+    bytes.extend(part("b.h264", pattern, w, h));
+    let joined = dir.join(format!("joined-{w}x{h}.h264"));
+    std::fs::write(&joined, bytes).unwrap();
+    let ts = dir.join(format!("size-change-{w}x{h}.ts"));
+    gst_launch(&format!(
+        "filesrc location={} ! h264parse ! mpegtsmux ! filesink location={}",
+        joined.display(),
+        ts.display()
+    ));
+    ts
+}
+
+/// Mean absolute difference of two RGB frames of one size.
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let sum: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+        .sum();
+    sum as f64 / a.len() as f64
+}
+
+#[test]
+fn a_stream_that_changes_size_is_scaled_to_its_first_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // the same picture made at 320x240: what the second half must look like once scaled (a pattern the
+    // model finds nothing in, so no overlay covers it)
+    let reference = dir.path().join("bars.mp4");
+    gst_launch(&format!(
+        "videotestsrc pattern=gradient num-buffers=5 ! video/x-raw,width=320,height=240,framerate=10/1 \
+         ! x264enc ! mp4mux ! filesink location={}",
+        reference.display()
+    ));
+    let bars = common::gst_util::decode_file(&reference, true).unwrap();
+    // smaller (the whole run used to stop), larger (frames were written with the wrong stride)
+    for second in [("gradient", 160, 120), ("gradient", 640, 480)] {
+        let input = make_size_change(dir.path(), second);
+        let video = dir.path().join(format!("out-{}.mp4", second.1));
+        let json = dir.path().join(format!("out-{}.jsonl", second.1));
+        let out = maskstream()
+            .args(["run", "--backend", "cpu", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&video)
+            .arg("--json")
+            .arg(&json)
+            .bounded();
+        assert!(out.status.success(), "{second:?}: {}", stderr_of(&out));
+        let text = std::fs::read_to_string(&json).unwrap();
+        let sizes: Vec<(u64, u64)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["width"].as_u64().unwrap(), v["height"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(sizes.len(), 40, "{second:?}: frames in the JSON Lines");
+        assert!(
+            sizes.iter().all(|&s| s == (320, 240)),
+            "{second:?}: {sizes:?}"
+        );
+        let played = common::gst_util::decode_file(&video, true).unwrap();
+        assert_eq!((played.width, played.height), (320, 240));
+        assert_eq!(played.frames.len(), 40, "{second:?}: frames in the MP4");
+        let diff = mean_abs_diff(&played.frames[35], &bars.frames[2]);
+        println!("{second:?}: frame 35 differs from the gradient at 320x240 by {diff:.1} levels");
+        assert!(
+            diff < 12.0,
+            "{second:?}: frame 35 is not the scaled picture ({diff:.1})"
+        );
+    }
+}

@@ -197,6 +197,8 @@ struct PumpState {
     declared_ns: Option<u64>,
     decoded_end_ns: Option<u64>,
     missing_decoder: Option<String>,
+    /// The appsink takes only the size of the source's first frame.
+    size_pinned: bool,
 }
 
 impl PumpState {
@@ -509,6 +511,7 @@ impl SourceCtx {
             declared_ns: None,
             decoded_end_ns: None,
             missing_decoder: None,
+            size_pinned: timeline.size().is_some(),
         };
         loop {
             if self.stopped() {
@@ -533,6 +536,13 @@ impl SourceCtx {
             let Some(frame) = self.to_frame(&sample, *index, timeline) else {
                 continue;
             };
+            if !st.size_pinned {
+                // the outputs are opened at the first frame's size: a stream that changes size
+                // later (new SPS, HLS variant, concatenated recordings) is scaled to it, letterboxed
+                st.size_pinned = true;
+                let size = (frame.width, frame.height);
+                sink.set_caps(Some(&output_caps(self.spec.max_size, Some(size))));
+            }
             self.note_frame(pipeline, &frame, &mut st);
             *index += 1;
             self.stats.decoded.fetch_add(1, Ordering::Relaxed);
@@ -608,6 +618,11 @@ impl SourceCtx {
         let info = gst_video::VideoInfo::from_caps(caps).ok()?;
         let buffer = sample.buffer()?;
         let (w, h) = (info.width() as usize, info.height() as usize);
+        if let Some((fw, fh)) = timeline.size().filter(|&s| s != (w, h)) {
+            // the few frames decoded before the appsink's pinned size took effect
+            tracing::warn!(source = %self.spec.name, "frame {index} skipped: {w}x{h}, not the stream's {fw}x{fh}");
+            return None;
+        }
         let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
         let data = match info.format() {
             gst_video::VideoFormat::I420 => match super::i420::to_rgb(&frame) {
