@@ -809,3 +809,76 @@ fn a_stream_that_changes_size_is_scaled_to_its_first_size() {
         );
     }
 }
+
+/// The bundled engine with a `[transform]` that breaks its backbone on frames whose resized size is
+/// not a multiple of 32 (the FPN's levels no longer line up): ONNX Runtime fails on such frames.
+fn engine_failing_on_frames(dir: &Path) -> PathBuf {
+    let engine = dir.join("broken-engine");
+    std::fs::create_dir(&engine).unwrap();
+    let bundled = common::root().join("engines/shapes");
+    for entry in std::fs::read_dir(&bundled).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, engine.join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest = engine.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("size_divisible = 32"));
+    std::fs::write(
+        &manifest,
+        text.replace("size_divisible = 32", "size_divisible = 1"),
+    )
+    .unwrap();
+    engine
+}
+
+#[test]
+fn a_model_that_fails_on_frames_ends_the_run_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_failing_on_frames(dir.path());
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // 640x360 -> 682x384: the failing size; 60 frames, more than the queues between the stages hold
+    for name in ["a.mp4", "b.mp4"] {
+        gst_launch(&format!(
+            "videotestsrc pattern=ball num-buffers=60 ! video/x-raw,width=640,height=360,framerate=30/1 \
+             ! x264enc ! mp4mux ! filesink location={}",
+            input.join(name).display()
+        ));
+    }
+    let limit = Duration::from_secs(60);
+    for workers in ["1", "2"] {
+        let json = dir.path().join(format!("w{workers}.jsonl"));
+        let out = common::output_within(
+            maskstream()
+                .args(["run", "--backend", "cpu", "--workers", workers, "--engine"])
+                .arg(&engine)
+                .arg("--input")
+                .arg(input.join("a.mp4"))
+                .arg("--json")
+                .arg(&json),
+            limit,
+        );
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "workers {workers}: {err}");
+        assert!(err.contains("backbone"), "workers {workers}: {err}");
+    }
+    // a batch reports the file and goes on with the next one
+    let out = common::output_within(
+        maskstream()
+            .args(["batch", "--backend", "cpu", "--engine"])
+            .arg(&engine)
+            .arg("--out-dir")
+            .arg(dir.path().join("out"))
+            .arg(&input),
+        limit,
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains("2 of 2 files failed"), "{err}");
+    for name in ["a.mp4", "b.mp4"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("error:") && l.contains(name) && l.contains("backbone")),
+            "{name}: {err}"
+        );
+    }
+}

@@ -246,6 +246,11 @@ impl Spawner {
         })
     }
 
+    /// Every source's own stop flag, started ones and those added at run time.
+    pub fn cancels(&self) -> impl Iterator<Item = &Arc<AtomicBool>> {
+        self.entries.iter().map(|e| &e.cancel)
+    }
+
     /// Asks a running source to end; the reply goes out once the composite stage finalized it.
     pub fn remove(&mut self, name: &str, reply: Sender<std::result::Result<(), ControlError>>) {
         match self.entries.iter().position(|e| !e.ended && e.name == name) {

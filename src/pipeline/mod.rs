@@ -154,6 +154,8 @@ struct Built<'a> {
     spawner: control::Spawner,
     sources: Vec<SourceInfo>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each starting source's own stop, for when inference ends before the source does.
+    cancels: Vec<Arc<AtomicBool>>,
     receivers: Vec<Receiver<SourceEvent>>,
     started: Instant,
 }
@@ -206,6 +208,7 @@ impl<'a> Built<'a> {
             spawner,
             sources: Vec::new(),
             threads: Vec::new(),
+            cancels: Vec::new(),
             receivers: Vec::new(),
             started,
         };
@@ -227,6 +230,7 @@ impl<'a> Built<'a> {
                 .ctx
                 .observers
                 .source_added(&name, &kind.describe(), &handle.stats);
+            built.cancels.push(handle.cancel.clone());
             built.spawner.started(s, &name, handle.cancel);
             built.receivers.push(handle.rx);
             built.threads.push(handle.thread);
@@ -299,6 +303,7 @@ impl Running<'_> {
             spawner: _,
             sources,
             threads,
+            cancels,
             receivers,
             started,
         } = built;
@@ -334,6 +339,15 @@ impl Running<'_> {
         let (model, infer_result, spawner) = infer
             .join()
             .map_err(|_| Error::Pipeline("inference thread panicked".into()))?;
+        // nothing reads the sources any more: a file source still decoding (inference failed) would
+        // wait for room in its queue forever; its own flag ends it, not the run's stop, which a
+        // batch reads as "stop every file"
+        for c in cancels
+            .iter()
+            .chain(spawner.iter().flat_map(|s| s.cancels()))
+        {
+            c.store(true, Ordering::Relaxed);
+        }
         // our receivers go first, so a source still sending into a full queue is released
         drop(receivers);
         let added = spawner.map(|s| s.threads).unwrap_or_default();
