@@ -37,6 +37,11 @@ CASES = [
     ("odd_517x333", 333, 517, 37),
     ("large_1280x720", 720, 1280, 45),
     ("empty_480x480", 480, 480, None),
+    # so flat that the height gives another scale than the width: torchvision's ROI poolers keep
+    # the scales of their first call (the usual 1/4..1/32, from the cases above), as maskstream
+    # takes them from the longer side
+    ("flat_1280x64", 64, 1280, 51),
+    ("tall_64x1280", 1280, 64, 53),
 ]
 
 

@@ -159,16 +159,15 @@ impl<'a> MultiScaleRoiAlign<'a> {
                 .ok_or_else(|| Error::graph(graph, format!("no level {name}")))?;
             let level = &features.levels[index];
             levels.push(index);
-            let scale = infer_scale(level.height, image.0);
-            if infer_scale(level.width, image.1) != scale {
-                return Err(Error::graph(
-                    graph,
-                    format!(
-                        "level {name}: feature {}x{} gives different scales per axis",
-                        level.height, level.width
-                    ),
-                ));
-            }
+            // from the longer side, where the padding to size_divisible cannot move the ratio off
+            // the stride. torchvision infers the scales from the height, but once, at the module's
+            // first call, and keeps them: after any usual first frame they are these; a frame
+            // flatter than ~1:10 (1280x64) would give it 1/2 for p2 from the height
+            let scale = if image.0 >= image.1 {
+                infer_scale(level.height, image.0)
+            } else {
+                infer_scale(level.width, image.1)
+            };
             ks.push(-scale.log2().round() as i32);
             maps.push(FeatureMap {
                 data: level.features,
