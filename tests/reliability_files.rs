@@ -882,3 +882,36 @@ fn a_model_that_fails_on_frames_ends_the_run_instead_of_hanging() {
         );
     }
 }
+
+#[test]
+fn odd_sized_video_is_annotated_a_pixel_larger() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("odd.mkv");
+    gst_launch(&format!(
+        "videotestsrc pattern=ball num-buffers=20 ! video/x-raw,width=321,height=241,framerate=10/1 \
+         ! x264enc ! video/x-h264,profile=high-4:4:4 ! matroskamux ! filesink location={}",
+        input.display()
+    ));
+    let (video, json) = (dir.path().join("odd.mp4"), dir.path().join("odd.jsonl"));
+    let out = maskstream()
+        .args(["run", "--backend", "cpu", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&video)
+        .arg("--json")
+        .arg(&json)
+        .bounded();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(text.lines().count(), 20);
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(
+            (v["width"].as_u64(), v["height"].as_u64()),
+            (Some(321), Some(241))
+        );
+    }
+    let played = common::gst_util::decode_file(&video, false).unwrap();
+    assert_eq!((played.width, played.height), (322, 242));
+    assert_eq!(played.frames.len(), 20);
+}

@@ -255,7 +255,9 @@ impl SourceSinks {
         inference_on_cpu: bool,
     ) -> Result<Self> {
         let o = &cfg.output;
-        let (w, h, fps) = (first.width, first.height, first.fps);
+        let fps = first.fps;
+        // the JSON Lines keep the frame's size; the pictures may be a pixel larger (4:2:0)
+        let (w, h) = super::i420::even_size(first.width, first.height);
         let video = match &o.video {
             Some(t) => Some(sink::video_file(
                 &PathBuf::from(expand(t, name)),
@@ -301,8 +303,13 @@ impl SourceSinks {
         if !self.shows_pixels() {
             return Ok(());
         }
-        let buffer =
-            super::i420::to_buffer(&frame.data, &self.info, frame.pts_ns, frame.duration_ns)?;
+        let buffer = super::i420::to_buffer(
+            &frame.data,
+            (frame.width, frame.height),
+            &self.info,
+            frame.pts_ns,
+            frame.duration_ns,
+        )?;
         if let Some(m) = &self.rtsp {
             m.push(&buffer, &self.caps);
         }

@@ -57,23 +57,41 @@ pub fn caps(width: usize, height: usize, fps: (i32, i32)) -> gst::Caps {
         .build()
 }
 
-/// Packed RGB (`width * 3` bytes a row) as an I420 buffer of `info` (the caps' layout and
-/// colorimetry: made once per output by `caps`, so no video meta is needed and the conversion is
-/// the one the caps declare), with the given timestamps.
+/// The size of the encoded outputs of frames `width` x `height`: H.264 in 4:2:0 (x264) takes only
+/// even sizes, so an odd side gets one more pixel, a copy of its last (see [`to_buffer`]).
+pub fn even_size(width: usize, height: usize) -> (usize, usize) {
+    (width.next_multiple_of(2), height.next_multiple_of(2))
+}
+
+/// Packed RGB of `size` (`width * 3` bytes a row) as an I420 buffer of `info` (the caps' layout
+/// and colorimetry: made once per output by `caps`, so no video meta is needed and the conversion
+/// is the one the caps declare), with the given timestamps. `info` may be [`even_size`] of `size`:
+/// the extra column and row repeat the last ones.
 pub fn to_buffer(
     rgb: &[u8],
+    size: (usize, usize),
     info: &gst_video::VideoInfo,
     pts_ns: Option<u64>,
     duration_ns: Option<u64>,
 ) -> Result<gst::Buffer> {
     let (width, height) = (info.width() as usize, info.height() as usize);
-    if info.format() != gst_video::VideoFormat::I420 || rgb.len() < width * height * 3 {
+    let fits = size == (width, height) || even_size(size.0, size.1) == (width, height);
+    if info.format() != gst_video::VideoFormat::I420 || !fits || rgb.len() < size.0 * size.1 * 3 {
         return Err(Error::Pipeline(format!(
-            "annotated frame {width}x{height} ({:?}): {} bytes of RGB",
+            "annotated frame {}x{} ({} bytes of RGB) for an output of {width}x{height} ({:?})",
+            size.0,
+            size.1,
+            rgb.len(),
             info.format(),
-            rgb.len()
         )));
     }
+    let padded;
+    let rgb = if size == (width, height) {
+        rgb
+    } else {
+        padded = pad_edges(rgb, size, (width, height));
+        &padded[..]
+    };
     let mut out = vec![0u8; info.size()];
     let (strides, offsets) = (info.stride(), info.offset());
     let plane = |i: usize| (offsets[i], strides[i] as usize);
@@ -90,6 +108,23 @@ pub fn to_buffer(
         b.set_duration(duration_ns.map(gst::ClockTime::from_nseconds));
     }
     Ok(buffer)
+}
+
+/// `rgb` (`w` x `h`) in a frame of `to` (no smaller), the last column and row repeated outwards.
+fn pad_edges(rgb: &[u8], (w, h): (usize, usize), to: (usize, usize)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(to.0 * to.1 * 3);
+    for row in rgb.chunks_exact(w * 3).take(h) {
+        out.extend_from_slice(row);
+        let last = &row[row.len() - 3..];
+        for _ in w..to.0 {
+            out.extend_from_slice(last);
+        }
+    }
+    let row = to.0 * 3;
+    for _ in h..to.1 {
+        out.extend_from_within(out.len() - row..);
+    }
+    out
 }
 
 /// A decoded I420 frame (planes and strides as `frame` maps them) as packed RGB (`width * 3` a
@@ -195,6 +230,7 @@ mod tests {
 
     /// An I420 layout as the outputs' caps give it.
     fn output_info(w: usize, h: usize) -> gst_video::VideoInfo {
+        gst::init().unwrap();
         gst_video::VideoInfo::from_caps(&caps(w, h, (10, 1))).unwrap()
     }
 
@@ -209,6 +245,32 @@ mod tests {
             128.0 + u * 224.0 / 255.0,
             128.0 + v * 224.0 / 255.0,
         ]
+    }
+
+    #[test]
+    fn odd_frames_are_encoded_one_pixel_larger_with_their_edges_repeated() {
+        assert_eq!(even_size(321, 241), (322, 242));
+        assert_eq!(even_size(320, 240), (320, 240));
+        let (w, h) = (5usize, 3usize);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let padded = pad_edges(&rgb, (w, h), (6, 4));
+        let px = |x: usize, y: usize| &padded[(y * 6 + x) * 3..(y * 6 + x) * 3 + 3];
+        for y in 0..4 {
+            for x in 0..6 {
+                let (sx, sy) = (x.min(w - 1), y.min(h - 1));
+                assert_eq!(px(x, y), &rgb[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+            }
+        }
+        let info = output_info(6, 4);
+        let direct = to_buffer(&padded, (6, 4), &info, None, None).unwrap();
+        let odd = to_buffer(&rgb, (w, h), &info, None, None).unwrap();
+        assert_eq!(
+            direct.map_readable().unwrap().as_slice(),
+            odd.map_readable().unwrap().as_slice()
+        );
+        // anything but the frame's own size or its even size is refused
+        assert!(to_buffer(&rgb, (w, h), &output_info(8, 4), None, None).is_err());
+        assert!(to_buffer(&rgb[..10], (w, h), &info, None, None).is_err());
     }
 
     #[test]
@@ -339,7 +401,7 @@ mod tests {
                 ][k]
             };
             let rgb: Vec<u8> = (0..w * h).flat_map(|i| colour(i % w, i / w)).collect();
-            let ours = to_buffer(&rgb, &output_info(w, h), Some(0), Some(1)).unwrap();
+            let ours = to_buffer(&rgb, (w, h), &output_info(w, h), Some(0), Some(1)).unwrap();
             let sample = through_videoconvert(
                 &format!("video/x-raw,format=RGB,width={w},height={h},framerate=10/1"),
                 &caps(w, h, (10, 1)).to_string(),

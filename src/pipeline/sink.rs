@@ -27,6 +27,9 @@ pub struct AppSrcPipeline {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
     what: String,
+    /// The file it writes: removed at the end if nothing was written to it (the encoder refused
+    /// the first frame), so that a rerun is not stopped by an empty file "already there".
+    file: Option<PathBuf>,
 }
 
 impl AppSrcPipeline {
@@ -59,13 +62,17 @@ impl AppSrcPipeline {
             .map_err(|e| Error::Pipeline(e.to_string()))?;
         gst::Element::link_many(all.iter().copied())
             .map_err(|e| Error::Pipeline(format!("{what}: cannot link elements: {e}")))?;
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| Error::Pipeline(format!("{what}: cannot start")))?;
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            // the element that failed said why on the bus (a file that cannot be opened ...)
+            let why = bus_error(&pipeline).map_or(String::new(), |e| format!(": {e}"));
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(Error::Pipeline(format!("{what}: cannot start{why}")));
+        }
         Ok(AppSrcPipeline {
             pipeline,
             src,
             what,
+            file: None,
         })
     }
 
@@ -80,12 +87,7 @@ impl AppSrcPipeline {
     }
 
     fn error(&self) -> Option<Error> {
-        let bus = self.pipeline.bus()?;
-        let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
-        if let gst::MessageView::Error(e) = msg.view() {
-            return Some(Error::Pipeline(format!("{}: {}", self.what, e.error())));
-        }
-        None
+        bus_error(&self.pipeline).map(|e| Error::Pipeline(format!("{}: {e}", self.what)))
     }
 
     /// Sends EOS and waits until the muxer has written everything (the MP4 index), then stops.
@@ -110,7 +112,21 @@ impl AppSrcPipeline {
             None => Ok(()),
         };
         let _ = self.pipeline.set_state(gst::State::Null);
+        if let Some(f) = &self.file {
+            if std::fs::metadata(f).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
         result
+    }
+}
+
+/// The first error a pipeline posted, as its element said it.
+fn bus_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let msg = pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
     }
 }
 
@@ -196,13 +212,15 @@ pub fn video_file(
     // filesink's stdio buffer (64 KiB) dies with the process: at a few frames/s that is several
     // fragments. Unbuffered, each fragment is in the kernel's page cache once written.
     sink.set_property_from_str("buffer-mode", "unbuffered");
-    AppSrcPipeline::new(
+    let mut out = AppSrcPipeline::new(
         format!("video output {}", path.display()),
         super::i420::caps(width, height, fps),
         false,
         nice,
         vec![i420, enc, parse, mux, sink],
-    )
+    )?;
+    out.file = Some(path.to_path_buf());
+    Ok(out)
 }
 
 fn lower_ext(path: &Path) -> String {
@@ -368,8 +386,11 @@ mod tests {
         for i in 0..5u64 {
             let rgb = vec![(i * 40) as u8; 64 * 48 * 3];
             let pts = Some(i * 100_000_000);
-            out.push(super::super::i420::to_buffer(&rgb, &info, pts, Some(100_000_000)).unwrap())
-                .unwrap();
+            out.push(
+                super::super::i420::to_buffer(&rgb, (64, 48), &info, pts, Some(100_000_000))
+                    .unwrap(),
+            )
+            .unwrap();
         }
         out.finish(Duration::from_secs(10)).unwrap();
         let seen = seen.lock().unwrap().clone();
@@ -380,5 +401,53 @@ mod tests {
             seen.iter().all(|&n| n == expected),
             "{seen:?}, expected {expected}"
         );
+    }
+    #[test]
+    fn a_video_file_the_encoder_refused_is_not_left_empty() {
+        gst::init().unwrap();
+        let dir = std::env::temp_dir().join(format!("ms-sink-refused-{}", std::process::id()));
+        let path = dir.join("out.mp4");
+        // x264 takes no odd size in 4:2:0 (the composite stage never asks it to: i420::even_size)
+        let (w, h) = (65, 49);
+        let out = video_file(
+            &path,
+            (w, h),
+            (10, 1),
+            false,
+            &OutputConfig::default(),
+            (0, true),
+        )
+        .unwrap();
+        assert!(path.exists());
+        let info = gstreamer_video::VideoInfo::from_caps(&super::super::i420::caps(w, h, (10, 1)))
+            .unwrap();
+        let rgb = vec![90u8; w * h * 3];
+        let mut refused = false;
+        for i in 0..5u64 {
+            let buffer = super::super::i420::to_buffer(&rgb, (w, h), &info, Some(i), None).unwrap();
+            refused |= out.push(buffer).is_err();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let finished = out.finish(Duration::from_secs(10));
+        assert!(refused || finished.is_err());
+        assert!(!path.exists(), "an empty {} is left", path.display());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_video_file_that_cannot_be_opened_says_why() {
+        gst::init().unwrap();
+        let err = video_file(
+            Path::new("/proc/maskstream-test.mp4"),
+            (64, 48),
+            (10, 1),
+            false,
+            &OutputConfig::default(),
+            (0, true),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("cannot start: Could not open"), "{err}");
     }
 }
