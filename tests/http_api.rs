@@ -545,3 +545,78 @@ fn a_batch_serves_its_metrics_while_it_runs() {
         r.text()
     );
 }
+
+/// A stream added at run time is checked against every input and output the run has had: its
+/// `{name}` may not spell another stream's input, nor the recording of a stream that has ended,
+/// even with `overwrite`.
+#[test]
+fn a_stream_added_later_never_writes_over_the_runs_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let input = dir.path().join("clip.mp4");
+    std::fs::copy(common::root().join("assets/shapes-demo.mp4"), &input).unwrap();
+    let file = pipeline(
+        dir.path(),
+        &format!(
+            "[[source]]\nuri = \"test://ball\"\nname = \"ball\"\n\
+             [[source]]\nuri = \"{}\"\nname = \"short\"\nmax_frames = 10\n\
+             [output]\nvideo = \"{out}/{{name}}.mp4\"\noverwrite = true\n",
+            input.display()
+        ),
+    );
+    let s = serve(&file);
+    let a = s.addr.as_str();
+    s.wait_for("the short file to end", Duration::from_secs(120), || {
+        stream(a, "short").filter(|v| v["state"] == "ended")
+    });
+    let recorded = std::fs::read(dir.path().join("short.mp4")).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let auth = bearer();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    // "clip" writes clip.mp4: the ended stream's input
+    let r = request(
+        a,
+        "POST",
+        "/api/streams",
+        &headers,
+        br#"{"uri": "test://smpte", "name": "clip"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains("would overwrite the input"),
+        "{}",
+        r.text()
+    );
+    // "short" again: its first recording stays
+    let r = request(
+        a,
+        "POST",
+        "/api/streams",
+        &headers,
+        br#"{"uri": "test://smpte", "name": "short"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("never replaced"), "{}", r.text());
+    // another name is fine
+    let r = request(
+        a,
+        "POST",
+        "/api/streams",
+        &headers,
+        br#"{"uri": "test://smpte", "name": "short-2"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        before,
+        "the input is untouched"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("short.mp4")).unwrap(),
+        recorded,
+        "the first recording is untouched"
+    );
+}

@@ -196,9 +196,15 @@ impl Spawner {
             .collect();
         all.validate()
             .map_err(|e| ControlError::Conflict(e.to_string()))?;
+        // against every input and output the run has had, not only the new stream's own: its
+        // {name} may spell another stream's input, or the recording of a stream removed before
+        let mut plan = OutputPlan::default();
+        let mut earlier = self.cfg.clone();
+        earlier.sources = self.entries.iter().map(|e| e.config.clone()).collect();
+        super::plan_outputs(&earlier, &mut plan).map_err(invalid)?;
+        plan.mark_written();
         let mut one = self.cfg.clone();
         one.sources = vec![source.clone()];
-        let mut plan = OutputPlan::default();
         super::plan_outputs(&one, &mut plan).map_err(invalid)?;
         plan.check(self.cfg.output.overwrite)
             .map_err(|e| ControlError::Conflict(e.to_string()))?;

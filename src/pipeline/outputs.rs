@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub enum Role {
     Input,
     Output(&'static str),
+    /// An output this run already writes (or wrote, for a stream that has ended): never replaced.
+    Written(&'static str),
 }
 
 /// The inputs and outputs of one run (or of a whole batch), checked together.
@@ -30,6 +32,16 @@ impl OutputPlan {
         self.entries.push((path.to_path_buf(), Role::Output(kind)));
     }
 
+    /// The outputs so far are this run's own files (streams started earlier): a stream added
+    /// later may not write over them, even with `overwrite`.
+    pub fn mark_written(&mut self) {
+        for (_, role) in &mut self.entries {
+            if let Role::Output(kind) = *role {
+                *role = Role::Written(kind);
+            }
+        }
+    }
+
     /// Every clash, as one error naming both paths; `overwrite` allows replacing existing outputs
     /// that are not inputs of this run.
     pub fn check(&self, overwrite: bool) -> Result<()> {
@@ -45,7 +57,17 @@ impl OutputPlan {
             if let Some((other, other_role)) = seen.get(&key) {
                 match (other_role, role) {
                     (Role::Input, Role::Input) => continue,
-                    (Role::Input, Role::Output(kind)) => {
+                    (Role::Written(_), Role::Written(_)) => continue,
+                    (Role::Written(a), Role::Output(kind))
+                    | (Role::Output(kind), Role::Written(a)) => {
+                        return Err(Error::Config(format!(
+                            "{kind} output {} is the {a} output of a stream of this run (running \
+                             or ended): it is never replaced; add the stream under another name \
+                             or choose another path",
+                            path.display()
+                        )))
+                    }
+                    (Role::Input, Role::Output(kind) | Role::Written(kind)) => {
                         return Err(Error::Config(format!(
                             "{kind} output {} would overwrite the input {}: choose another output \
                              path (an input is never replaced, even with --overwrite)",
@@ -53,7 +75,7 @@ impl OutputPlan {
                             other.display()
                         )))
                     }
-                    (Role::Output(a), _) => {
+                    (Role::Output(a) | Role::Written(a), _) => {
                         return Err(Error::Config(format!(
                             "{a} output {} and {} output {} are the same file: give each its own \
                              path (e.g. with {{name}})",
@@ -82,7 +104,7 @@ impl OutputPlan {
 fn describe(role: &Role) -> &'static str {
     match role {
         Role::Input => "input",
-        Role::Output(k) => k,
+        Role::Output(k) | Role::Written(k) => k,
     }
 }
 
