@@ -620,3 +620,58 @@ fn a_stream_added_later_never_writes_over_the_runs_files() {
         "the first recording is untouched"
     );
 }
+
+/// A client that never finishes its request headers is cut off (`HEADER_TIMEOUT`, 10 s): such
+/// clients would otherwise hold connections, and their file descriptors, for good. A live MJPEG
+/// viewer of a stream that ended gets the end of the response.
+#[test]
+fn slow_clients_are_cut_off_and_ended_streams_end_their_mjpeg() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(
+        dir.path(),
+        "[[source]]\nuri = \"test://ball\"\nname = \"ball\"\n\
+         [[source]]\nuri = \"test://smpte\"\nname = \"short\"\nmax_frames = 30\n",
+    );
+    let s = serve(&file);
+    let a = s.addr.as_str();
+    let mut slow = std::net::TcpStream::connect(a).unwrap();
+    slow.write_all(b"GET /api/streams HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // the server answers 408 or just closes; either way the connection ends
+    let _ = slow.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "the half-sent request held its connection {waited:?}"
+    );
+    println!(
+        "cut off after {waited:?}: {:?}",
+        String::from_utf8_lossy(&buf).lines().next()
+    );
+    assert_eq!(get(a, "/healthz").status, 200, "the server goes on");
+
+    let mut viewer = std::net::TcpStream::connect(a).unwrap();
+    viewer
+        .write_all(
+            b"GET /api/streams/short/live.mjpeg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    viewer
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut body = Vec::new();
+    viewer
+        .read_to_end(&mut body)
+        .expect("the MJPEG response ends once its stream has ended");
+    assert!(
+        body.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&body[..40.min(body.len())])
+    );
+    assert_eq!(stream(a, "short").unwrap()["state"], "ended");
+}

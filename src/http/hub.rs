@@ -89,6 +89,36 @@ struct State {
     events: VecDeque<Event>,
 }
 
+/// Streams that ended (or failed, or were removed) still listed: a service that adds and removes
+/// cameras for months keeps only the newest of them.
+pub const ENDED_KEPT: usize = 64;
+
+impl State {
+    fn forget_oldest_ended(&mut self) {
+        let over = |st: &State| st.streams.values().filter(|s| s.has_ended()).count() > ENDED_KEPT;
+        while over(self) {
+            let Some(at) = self
+                .order
+                .iter()
+                .position(|n| self.streams.get(n).is_some_and(Stream::has_ended))
+            else {
+                break;
+            };
+            let name = self.order.remove(at);
+            self.streams.remove(&name);
+        }
+    }
+}
+
+impl Stream {
+    fn has_ended(&self) -> bool {
+        matches!(
+            self.state,
+            StreamState::Ended | StreamState::Failed | StreamState::Removed
+        )
+    }
+}
+
 /// A stream as `GET /api/streams` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamView {
@@ -156,6 +186,11 @@ impl Hub {
         let st = self.lock();
         let skip = st.events.len().saturating_sub(limit);
         st.events.iter().skip(skip).cloned().collect()
+    }
+
+    /// The stream is gone or will send no more frames.
+    pub fn has_ended(&self, name: &str) -> bool {
+        self.lock().streams.get(name).is_none_or(Stream::has_ended)
     }
 
     /// The stream's annotated frames: the latest now and each next one.
@@ -318,14 +353,20 @@ impl Observer for Hub {
     }
 
     fn source_ended(&self, source: &str, error: Option<&str>) {
-        if let Some(s) = self.lock().streams.get_mut(source) {
+        let mut st = self.lock();
+        if let Some(s) = st.streams.get_mut(source) {
             s.state = match (s.state, error) {
                 (StreamState::Removing, _) => StreamState::Removed,
                 (_, Some(_)) => StreamState::Failed,
                 _ => StreamState::Ended,
             };
             s.error = error.map(str::to_string);
+            if s.state == StreamState::Removed {
+                // nobody asks a removed stream for pictures: its last frame's memory goes
+                s.pixels.send_replace(None);
+            }
         }
+        st.forget_oldest_ended();
     }
 }
 
@@ -372,6 +413,33 @@ mod tests {
             (v.state, v.last_error.as_deref()),
             (StreamState::Failed, Some("gave up"))
         );
+    }
+
+    #[test]
+    fn removed_and_ended_streams_do_not_pile_up() {
+        let hub = Hub::new(Duration::from_secs(1));
+        let stats = Arc::new(SourceStats::default());
+        hub.source_added("live", "x", &stats);
+        // a removed stream lets go of its last frame
+        hub.source_added("gone", "x", &stats);
+        hub.annotated("gone", &[9u8; 16 * 16 * 3], 16, 16);
+        let rx = hub.pixels("gone").unwrap();
+        assert!(rx.borrow().is_some());
+        hub.removing("gone");
+        hub.source_ended("gone", None);
+        assert!(rx.borrow().is_none());
+        assert!(hub.has_ended("gone") && !hub.has_ended("live") && hub.has_ended("nope"));
+        // cameras added and removed for months: only the newest ended ones stay listed
+        for i in 0..ENDED_KEPT + 10 {
+            let name = format!("cam{i}");
+            hub.source_added(&name, "x", &stats);
+            hub.source_ended(&name, None);
+        }
+        let names: Vec<String> = hub.streams().into_iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), ENDED_KEPT + 1);
+        assert_eq!(names[0], "live", "running streams are never forgotten");
+        assert_eq!(names[1], "cam10");
+        assert_eq!(names.last().unwrap(), &format!("cam{}", ENDED_KEPT + 9));
     }
 
     #[test]

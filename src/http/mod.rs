@@ -124,7 +124,7 @@ fn serve(
     runtime: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
     app: App,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -135,13 +135,8 @@ fn serve(
             }
         };
         let mut stopping = shutdown.clone();
-        let server = axum::serve(listener, router(app)).with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        });
         tokio::select! {
-            r = server => if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP API stopped");
-            },
+            _ = accept(listener, router(app), shutdown) => {}
             // slow clients get 2 s after the stop, then are cut off
             _ = async {
                 let _ = stopping.wait_for(|s| *s).await;
@@ -150,6 +145,56 @@ fn serve(
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Connections open at once; one more is closed at once. Each holds a file descriptor, which the
+/// run needs for its cameras and files.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request's headers must have come within this (a client that sends them byte by byte, or never,
+/// holds no connection for longer).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves each connection on its own task (HTTP/1.1, as axum::serve does) with a bound on the
+/// connections and on the time their headers take, which axum::serve has no setting for; until
+/// `shutdown`, then lets the open ones finish their requests.
+async fn accept(listener: tokio::net::TcpListener, app: Router, shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut stop = shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // out of file descriptors, or a connection reset before it was taken: go on
+                    tracing::warn!(error = %e, "HTTP API: accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "HTTP API: {MAX_CONNECTIONS} connections open, closing another");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
 }
 
 fn router(app: App) -> Router {
@@ -387,31 +432,41 @@ async fn live_mjpeg(State(app): State<App>, Path(name): Path<String>) -> Respons
         return error(StatusCode::NOT_FOUND, &format!("no stream named {name}"));
     };
     let shutdown = app.shutdown.clone();
+    let hub = app.hub.clone();
     let parts = futures_util::stream::unfold(
         (rx, shutdown, u64::MAX),
-        |(mut rx, mut shutdown, last)| async move {
-            loop {
-                let current = rx.borrow_and_update().clone();
-                if let Some(snap) = current.filter(|s| s.seq != last) {
-                    let seq = snap.seq;
-                    let jpeg = tokio::task::spawn_blocking(move || snap.jpeg())
-                        .await
-                        .ok()
-                        .flatten()?;
-                    let mut part = format!(
+        move |(mut rx, mut shutdown, last)| {
+            let (hub, name) = (hub.clone(), name.clone());
+            async move {
+                loop {
+                    let current = rx.borrow_and_update().clone();
+                    if let Some(snap) = current.filter(|s| s.seq != last) {
+                        let seq = snap.seq;
+                        let jpeg = tokio::task::spawn_blocking(move || snap.jpeg())
+                            .await
+                            .ok()
+                            .flatten()?;
+                        let mut part = format!(
                         "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
                         jpeg.len()
                     )
-                    .into_bytes();
-                    part.extend_from_slice(&jpeg);
-                    part.extend_from_slice(b"\r\n");
-                    let chunk: std::result::Result<bytes::Bytes, std::io::Error> =
-                        Ok(bytes::Bytes::from(part));
-                    return Some((chunk, (rx, shutdown, seq)));
-                }
-                tokio::select! {
-                    r = rx.changed() => r.ok()?,
-                    _ = shutdown.wait_for(|s| *s) => return None,
+                        .into_bytes();
+                        part.extend_from_slice(&jpeg);
+                        part.extend_from_slice(b"\r\n");
+                        let chunk: std::result::Result<bytes::Bytes, std::io::Error> =
+                            Ok(bytes::Bytes::from(part));
+                        return Some((chunk, (rx, shutdown, seq)));
+                    }
+                    tokio::select! {
+                        r = rx.changed() => r.ok()?,
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                        // an ended stream sends no more frames: the response ends, not the viewer's wait
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                            if hub.has_ended(&name) {
+                                return None;
+                            }
+                        }
+                    }
                 }
             }
         },
