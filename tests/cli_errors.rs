@@ -256,3 +256,57 @@ fn run_reports_bad_sources_and_pipeline_files() {
         &["not a pipeline file", "--input assets/shapes-demo.mp4"],
     );
 }
+
+/// Zones and lines that could never count anything are refused before any output is written: a
+/// class the engine does not have, a source the file does not name, a polygon with no area or
+/// crossing itself, a point with three numbers.
+#[test]
+fn zones_and_lines_that_cannot_match_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = common::engine_dir().display().to_string();
+    let demo = common::root()
+        .join("assets/shapes-demo.mp4")
+        .display()
+        .to_string();
+    let json = dir.path().join("out.jsonl");
+    let head = format!(
+        "engine = \"{engine}\"\nbackend = \"cpu\"\n[[source]]\nuri = \"{demo}\"\nname = \"cam1\"\n\
+         max_frames = 3\n[output]\njsonl = \"{}\"\n",
+        json.display()
+    );
+    let zone = |body: &str| format!("{head}[[zone]]\nname = \"z\"\n{body}\n");
+    for (text, needles) in [
+        (
+            zone("polygon = [[0, 0], [100, 0], [100, 100]]\nclasses = [\"circel\"]"),
+            vec![
+                "zone \"z\".classes",
+                "\"circel\" is not a class of the engine",
+            ],
+        ),
+        (
+            zone("polygon = [[0, 0], [100, 0], [100, 100]]\nsource = \"cam9\""),
+            vec![
+                "zone \"z\".source",
+                "no source is named \"cam9\" (sources: cam1)",
+            ],
+        ),
+        (
+            zone("polygon = [[0, 0], [50, 50], [100, 100]]"),
+            vec!["encloses no area"],
+        ),
+        (
+            zone("polygon = [[0, 0], [100, 100], [100, 0], [0, 100]]"),
+            vec!["crosses itself"],
+        ),
+        (
+            format!("{head}[[line]]\nname = \"l\"\nfrom = [50, 50, 3]\nto = [0, 0]\n"),
+            vec!["not 3 numbers"],
+        ),
+    ] {
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, &text).unwrap();
+        let out = maskstream(&["run", file.to_str().unwrap()]);
+        fails_with(&out, &needles);
+        assert!(!json.exists(), "nothing written for {text}");
+    }
+}

@@ -1,9 +1,23 @@
 //! Analytics settings of a pipeline file: `[tracker]`, `[analytics]`, `[[zone]]`, `[[line]]`.
 //! Every key has a default; unknown keys are errors, and `validate` names the key of a bad value.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
+
+/// `[x, y]`: exactly two numbers (a third, e.g. `[50, 50, 3]`, is an error, not ignored).
+fn point<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<[f64; 2], D::Error> {
+    let v = Vec::<f64>::deserialize(d)?;
+    <[f64; 2]>::try_from(v.as_slice()).map_err(|_| {
+        serde::de::Error::custom(format!("a point is [x, y], not {} numbers", v.len()))
+    })
+}
+
+fn points<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<[f64; 2]>, D::Error> {
+    #[derive(Deserialize)]
+    struct P(#[serde(deserialize_with = "point")] [f64; 2]);
+    Ok(Vec::<P>::deserialize(d)?.into_iter().map(|p| p.0).collect())
+}
 
 /// The ByteTrack-class tracker (one per source).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -112,6 +126,7 @@ impl Default for AnalyticsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub name: String,
+    #[serde(deserialize_with = "points")]
     pub polygon: Vec<[f64; 2]>,
     /// The source it applies to (by name); all sources when absent.
     pub source: Option<String>,
@@ -133,7 +148,9 @@ fn default_inertia() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct LineConfig {
     pub name: String,
+    #[serde(deserialize_with = "point")]
     pub from: [f64; 2],
+    #[serde(deserialize_with = "point")]
     pub to: [f64; 2],
     pub source: Option<String>,
     pub classes: Option<Vec<String>>,
@@ -244,6 +261,20 @@ impl Settings {
                     "has a non-finite coordinate".into(),
                 );
             }
+            if let Some((a, b)) = self_crossing(&z.polygon) {
+                return bad(
+                    &format!("{key}.polygon"),
+                    format!(
+                        "crosses itself (edges {a} and {b}): give its corners in order around it"
+                    ),
+                );
+            }
+            if polygon_area(&z.polygon) == 0.0 {
+                return bad(
+                    &format!("{key}.polygon"),
+                    "encloses no area (its points are on one line)".into(),
+                );
+            }
             if z.inertia > 10_000 {
                 return bad(
                     &format!("{key}.inertia"),
@@ -272,6 +303,28 @@ impl Settings {
             }
             if l.from == l.to {
                 return bad(&key, "from and to are the same point".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every class a zone or line counts is one of the engine's (`classes`, by id).
+    pub fn check_classes(&self, classes: &[String]) -> Result<()> {
+        let zones = self.zones.iter().map(|z| ("zone", &z.name, &z.classes));
+        let lines = self.lines.iter().map(|l| ("line", &l.name, &l.classes));
+        for (what, name, wanted) in zones.chain(lines) {
+            for c in wanted.iter().flatten() {
+                if !classes.iter().any(|k| k == c) {
+                    let known: Vec<&str> = classes
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|k| !k.starts_with("__") && *k != "N/A")
+                        .collect();
+                    return bad(
+                        &format!("{what} {name:?}.classes"),
+                        format!("{c:?} is not a class of the engine ({})", known.join(", ")),
+                    );
+                }
             }
         }
         Ok(())
@@ -322,6 +375,58 @@ impl Settings {
 }
 
 /// A `key: why` configuration error.
+/// The shoelace area (absolute).
+fn polygon_area(p: &[[f64; 2]]) -> f64 {
+    let twice: f64 = (0..p.len())
+        .map(|i| {
+            let (a, b) = (p[i], p[(i + 1) % p.len()]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum();
+    (twice / 2.0).abs()
+}
+
+/// Two edges that are not neighbours and cross (or touch): their indices (edge i runs from point i
+/// to point i + 1, the last one back to point 0).
+fn self_crossing(p: &[[f64; 2]]) -> Option<(usize, usize)> {
+    let n = p.len();
+    let edge = |i: usize| (p[i], p[(i + 1) % n]);
+    for i in 0..n {
+        for j in i + 2..n {
+            if i == 0 && j == n - 1 {
+                continue; // they share point 0
+            }
+            if segments_meet(edge(i), edge(j)) {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}
+
+fn segments_meet((a, b): ([f64; 2], [f64; 2]), (c, d): ([f64; 2], [f64; 2])) -> bool {
+    let cross = |o: [f64; 2], p: [f64; 2], q: [f64; 2]| {
+        (p[0] - o[0]) * (q[1] - o[1]) - (p[1] - o[1]) * (q[0] - o[0])
+    };
+    let within = |o: [f64; 2], p: [f64; 2], q: [f64; 2]| {
+        q[0] >= o[0].min(p[0])
+            && q[0] <= o[0].max(p[0])
+            && q[1] >= o[1].min(p[1])
+            && q[1] <= o[1].max(p[1])
+    };
+    let (d1, d2) = (cross(c, d, a), cross(c, d, b));
+    let (d3, d4) = (cross(a, b, c), cross(a, b, d));
+    if ((d1 > 0.0 && d2 < 0.0) || (d1 < 0.0 && d2 > 0.0))
+        && ((d3 > 0.0 && d4 < 0.0) || (d3 < 0.0 && d4 > 0.0))
+    {
+        return true;
+    }
+    (d1 == 0.0 && within(c, d, a))
+        || (d2 == 0.0 && within(c, d, b))
+        || (d3 == 0.0 && within(a, b, c))
+        || (d4 == 0.0 && within(a, b, d))
+}
+
 fn bad(key: &str, why: String) -> Result<()> {
     Err(Error::Config(format!("{key}: {why}")))
 }
@@ -339,6 +444,82 @@ mod tests {
             inertia: 3,
             loiter_s: None,
         }
+    }
+
+    fn parse(text: &str) -> std::result::Result<ZoneConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn zones_must_be_simple_polygons_of_two_number_points() {
+        let ok = "name = \"z\"\npolygon = [[0, 0], [100, 0], [100, 50], [0, 50]]";
+        let z = parse(ok).unwrap();
+        let mut s = Settings {
+            zones: vec![z.clone()],
+            ..Default::default()
+        };
+        s.validate().unwrap();
+        for (polygon, needle) in [
+            ("[[0, 0], [100, 0, 7], [100, 50]]", "not 3 numbers"),
+            ("[[0, 0], [100], [100, 50]]", "not 1 numbers"),
+        ] {
+            let err = parse(&format!("name = \"z\"\npolygon = {polygon}")).unwrap_err();
+            assert!(err.contains(needle), "{polygon}: {err}");
+        }
+        for (polygon, needle) in [
+            (vec![[0.0, 0.0], [50.0, 50.0], [100.0, 100.0]], "no area"),
+            (
+                vec![[0.0, 0.0], [100.0, 100.0], [100.0, 0.0], [0.0, 100.0]],
+                "crosses itself",
+            ),
+            (
+                vec![
+                    [0.0, 0.0],
+                    [100.0, 0.0],
+                    [0.0, 0.0],
+                    [0.0, 100.0],
+                    [50.0, 50.0],
+                ],
+                "crosses itself",
+            ),
+        ] {
+            s.zones[0].polygon = polygon.clone();
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{polygon:?}: {err}");
+        }
+        // concave is fine
+        s.zones[0].polygon = vec![
+            [0.0, 0.0],
+            [100.0, 0.0],
+            [50.0, 20.0],
+            [100.0, 100.0],
+            [0.0, 100.0],
+        ];
+        s.validate().unwrap();
+        let line: std::result::Result<LineConfig, _> =
+            toml::from_str("name = \"l\"\nfrom = [50, 50, 3]\nto = [0, 0]");
+        assert!(line.unwrap_err().to_string().contains("not 3 numbers"));
+    }
+
+    #[test]
+    fn zone_and_line_classes_are_the_engines() {
+        let classes: Vec<String> = ["__background__", "circle", "rectangle"]
+            .map(String::from)
+            .to_vec();
+        let mut z = zone("door", 3);
+        z.classes = Some(vec!["circle".into()]);
+        let mut s = Settings {
+            zones: vec![z],
+            ..Default::default()
+        };
+        s.check_classes(&classes).unwrap();
+        s.zones[0].classes = Some(vec!["circel".into()]);
+        let err = s.check_classes(&classes).unwrap_err().to_string();
+        assert!(
+            err.contains("zone \"door\".classes")
+                && err.contains("\"circel\" is not a class of the engine (circle, rectangle)"),
+            "{err}"
+        );
     }
 
     #[test]

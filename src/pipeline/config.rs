@@ -650,7 +650,32 @@ impl PipelineConfig {
         self.validate_output()?;
         self.validate_multi_source()?;
         self.analytics_settings().validate()?;
+        self.validate_analytics_sources()?;
         self.http.validate()?;
+        Ok(())
+    }
+
+    /// A zone or line for one source names a source of the file (or, with the HTTP API, any name:
+    /// a stream of that name may be added later).
+    fn validate_analytics_sources(&self) -> Result<()> {
+        if self.http.listen.is_some() {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .sources
+            .iter()
+            .map(SourceConfig::resolved_name)
+            .collect();
+        let zones = self.zones.iter().map(|z| ("zone", &z.name, &z.source));
+        let lines = self.lines.iter().map(|l| ("line", &l.name, &l.source));
+        for (what, name, source) in zones.chain(lines) {
+            if let Some(s) = source.as_ref().filter(|s| !names.contains(s)) {
+                return bad(
+                    &format!("{what} {name:?}.source"),
+                    format!("no source is named {s:?} (sources: {})", names.join(", ")),
+                );
+            }
+        }
         Ok(())
     }
 

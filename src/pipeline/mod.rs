@@ -139,6 +139,8 @@ pub fn run_with(
     ctx: RunContext,
 ) -> Result<(Summary, Models)> {
     cfg.validate()?;
+    cfg.analytics_settings()
+        .check_classes(model.first().classes())?;
     check_outputs(cfg)?;
     model.set_min_score(cfg.detection_floor());
     gst::init().map_err(|e| Error::Pipeline(format!("GStreamer: {e}")))?;
