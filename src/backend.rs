@@ -221,7 +221,8 @@ fn gpu_session(
             .cache_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("trt-cache"));
-        std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| Error::io_op(&cache, "create the folder", e))?;
         let cache = cache.display().to_string();
         let trt = ort::ep::TensorRT::default()
             .with_device_id(opts.device_id)

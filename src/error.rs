@@ -8,9 +8,11 @@ pub enum Error {
     Manifest { path: PathBuf, message: String },
 
     // The io::Error is part of the message, not a `source`: a chain printer would repeat it.
-    #[error("{path}: cannot read: {error}")]
+    #[error("{path}: cannot {op}: {error}")]
     Io {
         path: PathBuf,
+        /// What was being done: "read", "write", "create the folder" ...
+        op: &'static str,
         error: std::io::Error,
     },
 
@@ -53,9 +55,16 @@ impl Error {
         }
     }
 
+    /// Reading `path` failed.
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::io_op(path, "read", error)
+    }
+
+    /// `op` ("write", "create the folder" ...) on `path` failed.
+    pub(crate) fn io_op(path: impl Into<PathBuf>, op: &'static str, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
+            op,
             error,
         }
     }

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("maskstream=info,ort=warn")),
         )
         .with_writer(std::io::stderr)
+        // colours for a terminal only: a log file or a CI log gets plain text
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -310,3 +310,23 @@ fn zones_and_lines_that_cannot_match_are_refused() {
         assert!(!json.exists(), "nothing written for {text}");
     }
 }
+
+/// Logs and errors written to a file or a pipe are plain text (no terminal colour codes), and an
+/// output that cannot be created says so, not "cannot read".
+#[test]
+fn piped_logs_are_plain_and_write_errors_say_write() {
+    let demo = common::root().join("assets/shapes-demo.mp4");
+    let out = maskstream(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--input",
+        demo.to_str().unwrap(),
+        "--json",
+        "/proc/maskstream-test/out.jsonl",
+    ]);
+    fails_with(&out, &["/proc/maskstream-test", "cannot create the folder"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" INFO "), "logs are there: {err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+}

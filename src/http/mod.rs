@@ -75,10 +75,10 @@ impl HttpServer {
             .map_err(|e| Error::Config(format!("http.listen {addr}: cannot listen: {e}")))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::io(addr.to_string(), e))?;
+            .map_err(|e| Error::io_op(addr.to_string(), "use the socket", e))?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| Error::io(addr.to_string(), e))?;
+            .map_err(|e| Error::io_op(addr.to_string(), "use the socket", e))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = App {
             hub,

@@ -147,7 +147,7 @@ pub fn video_file(
     (nice, inference_on_cpu): (u8, bool),
 ) -> Result<AppSrcPipeline> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io_op(dir, "create the folder", e))?;
     }
     let i420 = make("capsfilter")?;
     i420.set_property(
@@ -277,9 +277,9 @@ pub struct JsonlSink {
 impl JsonlSink {
     pub fn create(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Error::io_op(dir, "create the folder", e))?;
         }
-        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::create(path).map_err(|e| Error::io_op(path, "create", e))?;
         Ok(JsonlSink {
             file,
             path: path.to_path_buf(),
@@ -295,7 +295,7 @@ impl JsonlSink {
         self.line.push(b'\n');
         self.file
             .write_all(&self.line)
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io_op(&self.path, "write", e))
     }
 }
 
