@@ -1075,3 +1075,56 @@ fn a_broker_that_is_down_at_start_gets_everything_once_it_is_up() {
     );
     assert_eq!(got, want);
 }
+
+/// A broker that closes the connection on packets over its size limit (mosquitto's
+/// `max_packet_size`, as EMQX's or AWS IoT's 128 KB): with `max_packet_bytes` set to it, larger frame
+/// records are dropped and counted, never sent, and every event still arrives.
+#[test]
+fn messages_over_the_brokers_packet_limit_do_not_block_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    // frame records of this clip are 0.6-1.5 kB, events 0.3 kB
+    let broker = Broker::start(dir.path(), "allow_anonymous true\nmax_packet_size 1300\n");
+    let sub = Subscriber::start(broker.port, "maskstream", "sub-limit", &[]);
+    let (events, jsonl) = (dir.path().join("e.jsonl"), dir.path().join("f.jsonl"));
+    let pipeline = pipeline_file(
+        dir.path(),
+        "[[source]]\nuri = \"assets/shapes-line.mp4\"\nname = \"line\"\n",
+        &format!(
+            "[output.mqtt]\nurl = \"{}\"\nframes = true\nmax_packet_bytes = 1300\n",
+            broker.url("mqtt")
+        ),
+    );
+    let _one = one_at_a_time();
+    let out = output_within(
+        common::maskstream()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--events")
+            .arg(&events)
+            .arg("--json")
+            .arg(&jsonl),
+        Duration::from_secs(300),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("message too large, dropped"), "{stderr}");
+    let want: HashSet<String> = file_event_ids(&events).into_iter().collect();
+    assert!(want.len() >= 10, "only {} events", want.len());
+    let got: HashSet<String> = wait_for_ids(&sub, "line/events", &want, Duration::from_secs(20))
+        .into_iter()
+        .collect();
+    assert_eq!(got, want, "every event arrives");
+    let frames = sub.payloads("line/frames");
+    let records = common::line_count(&jsonl);
+    println!("{} of {records} frame records arrived", frames.len());
+    assert!(!frames.is_empty() && frames.len() < records);
+    assert!(frames
+        .iter()
+        .all(|f| f.len() + "maskstream/line/frames".len() + 9 <= 1300));
+    // mosquitto: "Client ... disconnected due to oversize packet"
+    assert!(
+        !broker.log_text().contains("oversize"),
+        "nothing over the limit reached the broker: {}",
+        broker.log_text()
+    );
+}

@@ -320,6 +320,13 @@ pub struct MqttConfig {
     /// Messages buffered while the broker is unreachable; when full the oldest is dropped (and
     /// counted).
     pub queue: usize,
+    /// The most MiB those messages may take together (frame records with masks are large): beyond
+    /// it the oldest are dropped too.
+    pub queue_mb: usize,
+    /// The broker's largest packet (mosquitto's and EMQX's `max_packet_size`, AWS IoT's 128 KB):
+    /// larger messages are dropped and counted here, instead of the broker closing the connection
+    /// on them. Default: 64 MiB.
+    pub max_packet_bytes: Option<usize>,
 }
 
 impl Default for MqttConfig {
@@ -334,6 +341,8 @@ impl Default for MqttConfig {
             qos: 1,
             frames: false,
             queue: Self::QUEUE_DEFAULT,
+            queue_mb: Self::QUEUE_MB_DEFAULT,
+            max_packet_bytes: None,
         }
     }
 }
@@ -341,6 +350,10 @@ impl Default for MqttConfig {
 impl MqttConfig {
     pub const QUEUE_DEFAULT: usize = 10_000;
     pub const QUEUE_MAX: usize = 10_000_000;
+    pub const QUEUE_MB_DEFAULT: usize = 64;
+    pub const QUEUE_MB_MAX: usize = 65_536;
+    /// The largest packet sent at all (a frame record with many masks).
+    pub const MAX_PACKET: usize = 64 << 20;
 
     /// A broker with every other setting at its default.
     pub fn new(url: impl Into<String>) -> Self {
@@ -400,6 +413,21 @@ impl MqttConfig {
             return bad(
                 "output.mqtt.queue",
                 format!("{} is outside 1..{}", self.queue, Self::QUEUE_MAX),
+            );
+        }
+        if let Some(b) = self
+            .max_packet_bytes
+            .filter(|b| !(256..=Self::MAX_PACKET).contains(b))
+        {
+            return bad(
+                "output.mqtt.max_packet_bytes",
+                format!("{b} is outside 256..{}", Self::MAX_PACKET),
+            );
+        }
+        if !(1..=Self::QUEUE_MB_MAX).contains(&self.queue_mb) {
+            return bad(
+                "output.mqtt.queue_mb",
+                format!("{} is outside 1..{}", self.queue_mb, Self::QUEUE_MB_MAX),
             );
         }
         Ok(())

@@ -45,7 +45,7 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// Pause between connection attempts.
 const RETRY: Duration = Duration::from_secs(1);
 /// The largest message sent (a frame record with many masks); larger ones are dropped and counted.
-const MAX_PACKET: usize = 64 << 20;
+const MAX_PACKET: usize = MqttConfig::MAX_PACKET;
 
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,23 +55,46 @@ pub struct Message {
     pub retain: bool,
     /// A counts message: a newer one for the same topic replaces it while it waits.
     pub coalesce: bool,
+    /// Connections that dropped while it was the oldest message not acknowledged.
+    pub drops: u8,
 }
+
+/// A message the connection dropped on this many times in a row is given up: a broker that
+/// disconnects on it (over its packet size limit, a topic it forbids) would get it again after
+/// every reconnect, and nothing queued behind it would go out.
+pub const DROPS_TO_GIVE_UP: u8 = 3;
 
 /// The bounded buffer: when full, the oldest message makes room and is counted as dropped.
 #[derive(Debug, Default)]
 pub struct BoundedQueue {
     items: VecDeque<Message>,
     capacity: usize,
+    /// Payload bytes queued, and the most allowed.
+    bytes: usize,
+    max_bytes: usize,
     dropped: u64,
 }
 
 impl BoundedQueue {
     pub fn new(capacity: usize) -> Self {
+        Self::with_bytes(capacity, usize::MAX)
+    }
+
+    /// At most `capacity` messages and `max_bytes` of payload (the oldest go first; the newest
+    /// message stays even when it alone is larger).
+    pub fn with_bytes(capacity: usize, max_bytes: usize) -> Self {
         BoundedQueue {
             items: VecDeque::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             dropped: 0,
         }
+    }
+
+    /// Payload bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Appends `m`, or replaces a waiting message of the same topic when both coalesce; drops the
@@ -84,10 +107,13 @@ impl BoundedQueue {
                 .rev()
                 .find(|o| o.coalesce && o.topic == m.topic)
             {
+                self.bytes = self.bytes - old.payload.len() + m.payload.len();
                 *old = m;
+                self.trim();
                 return;
             }
         }
+        self.bytes += m.payload.len();
         self.items.push_back(m);
         self.trim();
     }
@@ -95,13 +121,16 @@ impl BoundedQueue {
     /// Puts messages that were sent but not acknowledged back at the front, in their order.
     pub fn requeue(&mut self, front: impl DoubleEndedIterator<Item = Message>) {
         for m in front.rev() {
+            self.bytes += m.payload.len();
             self.items.push_front(m);
         }
         self.trim();
     }
 
     pub fn pop(&mut self) -> Option<Message> {
-        self.items.pop_front()
+        let m = self.items.pop_front()?;
+        self.bytes -= m.payload.len();
+        Some(m)
     }
 
     pub fn len(&self) -> usize {
@@ -118,8 +147,12 @@ impl BoundedQueue {
     }
 
     fn trim(&mut self) {
-        while self.items.len() > self.capacity {
-            self.items.pop_front();
+        while self.items.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.items.len() > 1)
+        {
+            if let Some(m) = self.items.pop_front() {
+                self.bytes -= m.payload.len();
+            }
             self.dropped += 1;
         }
     }
@@ -183,6 +216,8 @@ pub struct MqttPublisher {
     url: String,
     prefix: String,
     frames: bool,
+    /// Larger packets are dropped (`output.mqtt.max_packet_bytes`).
+    max_packet: usize,
     /// Last counts published (queued) per source, to publish only changes.
     counts: Mutex<HashMap<String, Vec<u8>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -238,7 +273,7 @@ impl MqttPublisher {
         let (client, connection) = Client::new(options, 2 * WINDOW + 8);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                queue: BoundedQueue::new(cfg.queue),
+                queue: BoundedQueue::with_bytes(cfg.queue, cfg.queue_mb << 20),
                 submitted: VecDeque::new(),
                 inflight: VecDeque::new(),
                 connected: false,
@@ -259,6 +294,7 @@ impl MqttPublisher {
             url: url.clone(),
             prefix,
             frames: cfg.frames,
+            max_packet: cfg.max_packet_bytes.unwrap_or(MAX_PACKET),
             counts: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
         });
@@ -348,13 +384,18 @@ impl MqttPublisher {
 
     /// Queues one message (never waits for the network).
     pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool, coalesce: bool) {
-        if payload.len() + topic.len() + 16 > MAX_PACKET {
-            self.shared.oversized.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                topic,
-                bytes = payload.len(),
-                "MQTT: message too large, dropped"
-            );
+        // a PUBLISH packet: up to 5 bytes of fixed header, 2 of topic length, 2 of packet id
+        if payload.len() + topic.len() + 9 > self.max_packet {
+            let n = self.shared.oversized.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::warn!(
+                    topic,
+                    bytes = payload.len(),
+                    max_packet_bytes = self.max_packet,
+                    "MQTT: message too large, dropped ({} so far)",
+                    n + 1
+                );
+            }
             return;
         }
         // the client refuses such topics: a message stuck at the queue's head would block the rest
@@ -370,6 +411,7 @@ impl MqttPublisher {
             payload,
             retain,
             coalesce,
+            drops: 0,
         });
         let dropped = st.queue.dropped();
         drop(st);
@@ -646,7 +688,9 @@ fn network_loop(mut connection: Connection, shared: &Shared, qos: QoS, url: &str
                 connection.eventloop.clean();
                 connection.eventloop.pending.clear();
                 connection.eventloop.state.events.clear();
-                requeue_unacked(&mut st);
+                if requeue_unacked(&mut st) {
+                    shared.oversized.fetch_add(1, Ordering::Relaxed);
+                }
                 let why = describe(&e);
                 if st.connected {
                     tracing::warn!(
@@ -699,11 +743,29 @@ fn network_loop(mut connection: Connection, shared: &Shared, qos: QoS, url: &str
 
 /// After a lost connection: what was written but not acknowledged, then what was handed over but
 /// not written, back to the front of the queue in their order.
-fn requeue_unacked(st: &mut State) {
+/// The oldest of them was the one the broker stopped at (it acknowledges in order): after
+/// `DROPS_TO_GIVE_UP` drops in a row on one message, that message is given up (true).
+fn requeue_unacked(st: &mut State) -> bool {
     let inflight: Vec<Message> = st.inflight.drain(..).map(|(_, m)| m).collect();
     let submitted: Vec<Message> = st.submitted.drain(..).collect();
-    let all: Vec<Message> = inflight.into_iter().chain(submitted).collect();
+    let mut all: VecDeque<Message> = inflight.into_iter().chain(submitted).collect();
+    let mut gave_up = false;
+    if let Some(first) = all.front_mut() {
+        first.drops = first.drops.saturating_add(1);
+        if first.drops >= DROPS_TO_GIVE_UP {
+            if let Some(m) = all.pop_front() {
+                tracing::warn!(
+                    topic = %m.topic,
+                    bytes = m.payload.len(),
+                    "MQTT: the connection dropped {DROPS_TO_GIVE_UP} times on this message; \
+                     given up (the broker's packet size limit or its permissions?)"
+                );
+                gave_up = true;
+            }
+        }
+    }
     st.queue.requeue(all.into_iter());
+    gave_up
 }
 
 /// One event of the connection; true when the loop is done (our disconnect went out).
@@ -731,6 +793,7 @@ fn handle(event: Event, st: &mut State, shared: &Shared, qos: QoS, url: &str) ->
                     payload: b"online".to_vec(),
                     retain: true,
                     coalesce: false,
+                    drops: 0,
                 }));
             }
             false
@@ -800,6 +863,7 @@ mod tests {
             payload: vec![n],
             retain: coalesce,
             coalesce,
+            drops: 0,
         }
     }
 
@@ -816,6 +880,37 @@ mod tests {
             .collect();
         assert_eq!(left, [2, 3, 4]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_queue_holds_a_bounded_number_of_bytes() {
+        let big = |n: u8| Message {
+            payload: vec![n; 1000],
+            ..msg("p/c/frames", n, false)
+        };
+        let mut q = BoundedQueue::with_bytes(100, 2500);
+        for n in 0..5 {
+            q.push(big(n));
+        }
+        assert_eq!((q.len(), q.bytes(), q.dropped()), (2, 2000, 3));
+        q.requeue(std::iter::once(big(9)));
+        assert_eq!((q.len(), q.bytes(), q.dropped()), (2, 2000, 4));
+        // a counts message replaced by a larger one is counted at its new size
+        q.push(Message {
+            payload: vec![1; 10],
+            ..msg("p/c/counts", 1, true)
+        });
+        q.push(Message {
+            payload: vec![2; 400],
+            ..msg("p/c/counts", 2, true)
+        });
+        assert_eq!((q.len(), q.bytes()), (3, 2400));
+        while q.pop().is_some() {}
+        assert_eq!(q.bytes(), 0);
+        // one message larger than the whole budget still goes out
+        let mut q = BoundedQueue::with_bytes(10, 10);
+        q.push(big(1));
+        assert_eq!((q.len(), q.dropped()), (1, 0));
     }
 
     #[test]
@@ -896,6 +991,23 @@ mod tests {
             .map(|m| m.payload[0])
             .collect();
         assert_eq!(order, [0, 2, 3, 4, 5]);
+        // a message the connection drops on again and again is given up after the third time,
+        // and what was queued behind it goes on
+        for round in 1..=DROPS_TO_GIVE_UP {
+            if st.queue.is_empty() {
+                st.queue.push(msg("p/c/frames", 9, false));
+                st.queue.push(msg("p/c/events", 10, false));
+            }
+            let m = st.queue.pop().unwrap();
+            assert_eq!(m.payload[0], 9);
+            st.inflight.push_back((1, m));
+            let gave_up = requeue_unacked(&mut st);
+            assert_eq!(gave_up, round == DROPS_TO_GIVE_UP, "round {round}");
+        }
+        let left: Vec<u8> = std::iter::from_fn(|| st.queue.pop())
+            .map(|m| m.payload[0])
+            .collect();
+        assert_eq!(left, [10]);
         // a reconnect announces `online` first
         handle(
             Event::Incoming(Incoming::ConnAck(rumqttc::ConnAck::new(
