@@ -387,7 +387,7 @@ impl MqttPublisher {
         // a PUBLISH packet: up to 5 bytes of fixed header, 2 of topic length, 2 of packet id
         if payload.len() + topic.len() + 9 > self.max_packet {
             let n = self.shared.oversized.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(
                     topic,
                     bytes = payload.len(),
