@@ -330,3 +330,25 @@ fn piped_logs_are_plain_and_write_errors_say_write() {
     assert!(err.contains(" INFO "), "logs are there: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+#[test]
+fn two_inputs_with_one_name_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::root().join("assets/shapes-demo.mp4");
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::copy(&demo, dir.path().join(sub).join("cam.mp4")).unwrap();
+    }
+    let input = |sub: &str| dir.path().join(sub).join("cam.mp4").display().to_string();
+    let json = dir.path().join("{name}.jsonl").display().to_string();
+    let out = maskstream(&[
+        "run",
+        "--input",
+        &input("a"),
+        "--input",
+        &input("b"),
+        "--json",
+        &json,
+    ]);
+    fails_with(&out, &["two sources are named \"cam\"", "[[source]] name"]);
+}

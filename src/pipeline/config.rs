@@ -900,9 +900,15 @@ impl PipelineConfig {
                 .map(SourceConfig::resolved_name)
                 .collect();
             names.sort();
-            names.dedup();
-            if names.len() != self.sources.len() {
-                return bad("source.name", "source names must be unique".into());
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return bad(
+                    "source.name",
+                    format!(
+                        "two sources are named {:?} (a file's name is its stem): source names must \
+                         be unique; name them in a pipeline file ([[source]] name = \"...\")",
+                        w[0]
+                    ),
+                );
             }
         }
         Ok(())
