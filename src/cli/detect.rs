@@ -102,6 +102,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An image by its content, not its name (a JPEG named .png is read as the JPEG it is); a JPEG
+/// cut short is refused: the decoder would give its missing part as grey, without an error.
+fn load_image(path: &Path) -> Result<image::RgbImage, String> {
+    if path.is_dir() {
+        return Err("is a directory, not an image".into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.is_empty() {
+        return Err("file is empty (0 bytes)".into());
+    }
+    let format = image::guess_format(&bytes).map_err(|e| e.to_string())?;
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
+        return Err(
+            "the JPEG ends early (no end-of-image marker after its last scan): the file \
+                    is cut off"
+                .into(),
+        );
+    }
+    image::load_from_memory_with_format(&bytes, format)
+        .map(|i| i.to_rgb8())
+        .map_err(|e| e.to_string())
+}
+
+/// The end-of-image marker (FF D9) comes after the last start-of-scan (FF DA). In a scan's data a
+/// 0xFF byte is always followed by 0x00 or a restart marker, so FF D9 there is the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
+}
+
 fn detect_one(
     path: &Path,
     args: &Args,
@@ -109,12 +139,10 @@ fn detect_one(
     compositor: &Compositor,
     sink: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let img = image::open(path)
-        .map_err(|e| maskstream::Error::Image {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?
-        .to_rgb8();
+    let img = load_image(path).map_err(|message| maskstream::Error::Image {
+        path: path.to_path_buf(),
+        message,
+    })?;
     let frame = RgbFrame::from_image(&img)?;
     let mut result = model.detect(&frame)?;
     result
@@ -150,4 +178,31 @@ fn detect_one(
             .with_context(|| format!("writing {}", dest.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_read_by_content_and_cut_jpegs_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let jpeg = dir.path().join("a.jpg");
+        img.save(&jpeg).unwrap();
+        assert_eq!(load_image(&jpeg).unwrap().dimensions(), (64, 48));
+        // a JPEG named .png
+        let named = dir.path().join("b.png");
+        std::fs::copy(&jpeg, &named).unwrap();
+        assert_eq!(load_image(&named).unwrap().dimensions(), (64, 48));
+        let bytes = std::fs::read(&jpeg).unwrap();
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(load_image(&cut).unwrap_err().contains("ends early"));
+        let empty = dir.path().join("e.jpg");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(load_image(&empty).unwrap_err().contains("empty"));
+        assert!(load_image(dir.path()).unwrap_err().contains("directory"));
+    }
 }
