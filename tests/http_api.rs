@@ -655,10 +655,19 @@ fn slow_clients_are_cut_off_and_ended_streams_end_their_mjpeg() {
     );
     assert_eq!(get(a, "/healthz").status, 200, "the server goes on");
 
+    // a page elsewhere whose name was rebound to 127.0.0.1 (DNS rebinding) is refused
+    let mut rebound = std::net::TcpStream::connect(a).unwrap();
+    rebound
+        .write_all(b"GET /api/streams HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    rebound.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
     let mut viewer = std::net::TcpStream::connect(a).unwrap();
     viewer
         .write_all(
-            b"GET /api/streams/short/live.mjpeg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /api/streams/short/live.mjpeg HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
     viewer

@@ -721,6 +721,29 @@ fn large_frames_are_scaled_down_before_conversion() {
     }
 }
 
+/// `maskstream run` of one file to an annotated video and JSON Lines.
+fn run_file(input: &Path, video: &Path, json: &Path) -> Output {
+    maskstream()
+        .args(["run", "--backend", "cpu", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(video)
+        .arg("--json")
+        .arg(json)
+        .bounded()
+}
+
+/// Each frame record's (width, height).
+fn jsonl_sizes(path: &Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["width"].as_u64().unwrap(), v["height"].as_u64().unwrap())
+        })
+        .collect()
+}
+
 /// An MPEG-TS file whose H.264 changes size halfway (two encodings back to back, as a camera's new
 /// SPS or an HLS variant switch): `second` is (pattern, width, height).
 fn make_size_change(dir: &Path, second: (&str, u32, u32)) -> PathBuf {
@@ -776,23 +799,9 @@ fn a_stream_that_changes_size_is_scaled_to_its_first_size() {
         let input = make_size_change(dir.path(), second);
         let video = dir.path().join(format!("out-{}.mp4", second.1));
         let json = dir.path().join(format!("out-{}.jsonl", second.1));
-        let out = maskstream()
-            .args(["run", "--backend", "cpu", "--input"])
-            .arg(&input)
-            .arg("--output")
-            .arg(&video)
-            .arg("--json")
-            .arg(&json)
-            .bounded();
+        let out = run_file(&input, &video, &json);
         assert!(out.status.success(), "{second:?}: {}", stderr_of(&out));
-        let text = std::fs::read_to_string(&json).unwrap();
-        let sizes: Vec<(u64, u64)> = text
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["width"].as_u64().unwrap(), v["height"].as_u64().unwrap())
-            })
-            .collect();
+        let sizes = jsonl_sizes(&json);
         assert_eq!(sizes.len(), 40, "{second:?}: frames in the JSON Lines");
         assert!(
             sizes.iter().all(|&s| s == (320, 240)),
@@ -893,24 +902,9 @@ fn odd_sized_video_is_annotated_a_pixel_larger() {
         input.display()
     ));
     let (video, json) = (dir.path().join("odd.mp4"), dir.path().join("odd.jsonl"));
-    let out = maskstream()
-        .args(["run", "--backend", "cpu", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&video)
-        .arg("--json")
-        .arg(&json)
-        .bounded();
+    let out = run_file(&input, &video, &json);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let text = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(text.lines().count(), 20);
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert_eq!(
-            (v["width"].as_u64(), v["height"].as_u64()),
-            (Some(321), Some(241))
-        );
-    }
+    assert_eq!(jsonl_sizes(&json), vec![(321, 241); 20]);
     let played = common::gst_util::decode_file(&video, false).unwrap();
     assert_eq!((played.width, played.height), (322, 242));
     assert_eq!(played.frames.len(), 20);

@@ -177,6 +177,8 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, shutdown: watch:
             tracing::warn!(%peer, "HTTP API: {MAX_CONNECTIONS} connections open, closing another");
             continue;
         };
+        // live pictures go out as they come, not held back to fill a packet
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
@@ -219,6 +221,27 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// The request's Host is `localhost` or an IP address (any port), or absent (HTTP/1.0 clients).
+fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
@@ -227,6 +250,14 @@ struct TokenQuery {
 /// Bearer token check: always for changes, for everything beyond loopback. The page and its images
 /// can pass it as `?token=` (a browser cannot add headers to an <img>).
 async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
+    if !app.guard_all && !local_host(req.headers()) {
+        // DNS rebinding: a web page the user opens resolves its own name to 127.0.0.1 and reads
+        // the open routes from the browser; such requests carry that name in Host
+        return error(
+            StatusCode::FORBIDDEN,
+            "on a loopback address the API answers requests to localhost or an IP address only",
+        );
+    }
     let changes = matches!(*req.method(), Method::POST | Method::DELETE | Method::PUT);
     if !changes && !app.guard_all {
         return next.run(req).await;
@@ -483,6 +514,35 @@ async fn live_mjpeg(State(app): State<App>, Path(name): Path<String>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_answers_local_host_names_only() {
+        let with = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            local_host(&m)
+        };
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:9",
+            "[::1]:8080",
+            "[::1]",
+            "10.0.0.2",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "[evil]:80",
+            "",
+        ] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(local_host(&HeaderMap::new()));
+    }
 
     #[test]
     fn token_comparison() {

@@ -181,6 +181,9 @@ mod tests {
 [[source]]
 uri = "a.mp4"
 name = "cam"
+[[source]]
+uri = "b.mp4"
+name = "other"
 [tracker]
 min_hits = 1
 [analytics]
@@ -255,21 +258,27 @@ events = "EVENTS"
         );
     }
 
+    /// FILE with its events per source in the working folder (never written: only parsed).
+    fn file() -> String {
+        FILE.replace("EVENTS", "{name}.events.jsonl")
+    }
+
     #[test]
     fn bad_analytics_settings_name_their_key() {
-        let e = PipelineConfig::parse(&FILE.replace("inertia = 1", "inertia = 1\nloiter = 3"))
+        let e = PipelineConfig::parse(&file().replace("inertia = 1", "inertia = 1\nloiter = 3"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("loiter"), "{e}");
-        let e = PipelineConfig::parse(&FILE.replace("min_hits = 1", "min_hits = 0"))
+        let e = PipelineConfig::parse(&file().replace("min_hits = 1", "min_hits = 0"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("tracker.min_hits"), "{e}");
-        let e = PipelineConfig::parse(&FILE.replace("to = [60, 0]", "to = [60, 100]"))
+        let e = PipelineConfig::parse(&file().replace("to = [60, 0]", "to = [60, 100]"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("line[0]") && e.contains("same point"), "{e}");
-        let off = PipelineConfig::parse(&FILE.replace("min_hits = 1", "enabled = false")).unwrap();
+        let off =
+            PipelineConfig::parse(&file().replace("min_hits = 1", "enabled = false")).unwrap();
         assert!(
             SourceTracking::open(&off, "cam", "r", &[], Observers::default())
                 .unwrap()
