@@ -576,14 +576,12 @@ fn a_stream_added_later_never_writes_over_the_runs_files() {
         ("Content-Type", "application/json"),
         ("Authorization", auth.as_str()),
     ];
+    let add = |name: &str| {
+        let body = format!(r#"{{"uri": "test://smpte", "name": "{name}"}}"#);
+        request(a, "POST", "/api/streams", &headers, body.as_bytes())
+    };
     // "clip" writes clip.mp4: the ended stream's input
-    let r = request(
-        a,
-        "POST",
-        "/api/streams",
-        &headers,
-        br#"{"uri": "test://smpte", "name": "clip"}"#,
-    );
+    let r = add("clip");
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(
         r.text().contains("would overwrite the input"),
@@ -591,23 +589,11 @@ fn a_stream_added_later_never_writes_over_the_runs_files() {
         r.text()
     );
     // "short" again: its first recording stays
-    let r = request(
-        a,
-        "POST",
-        "/api/streams",
-        &headers,
-        br#"{"uri": "test://smpte", "name": "short"}"#,
-    );
+    let r = add("short");
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("never replaced"), "{}", r.text());
     // another name is fine
-    let r = request(
-        a,
-        "POST",
-        "/api/streams",
-        &headers,
-        br#"{"uri": "test://smpte", "name": "short-2"}"#,
-    );
+    let r = add("short-2");
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(
         std::fs::read(&input).unwrap(),

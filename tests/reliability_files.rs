@@ -787,13 +787,13 @@ fn a_stream_that_changes_size_is_scaled_to_its_first_size() {
     let dir = tempfile::tempdir().unwrap();
     // the same picture made at 320x240: what the second half must look like once scaled (a pattern the
     // model finds nothing in, so no overlay covers it)
-    let reference = dir.path().join("bars.mp4");
+    let reference = dir.path().join("gradient.mp4");
     gst_launch(&format!(
         "videotestsrc pattern=gradient num-buffers=5 ! video/x-raw,width=320,height=240,framerate=10/1 \
          ! x264enc ! mp4mux ! filesink location={}",
         reference.display()
     ));
-    let bars = common::gst_util::decode_file(&reference, true).unwrap();
+    let gradient = common::gst_util::decode_file(&reference, true).unwrap();
     // smaller (the whole run used to stop), larger (frames were written with the wrong stride)
     for second in [("gradient", 160, 120), ("gradient", 640, 480)] {
         let input = make_size_change(dir.path(), second);
@@ -810,7 +810,7 @@ fn a_stream_that_changes_size_is_scaled_to_its_first_size() {
         let played = common::gst_util::decode_file(&video, true).unwrap();
         assert_eq!((played.width, played.height), (320, 240));
         assert_eq!(played.frames.len(), 40, "{second:?}: frames in the MP4");
-        let diff = mean_abs_diff(&played.frames[35], &bars.frames[2]);
+        let diff = mean_abs_diff(&played.frames[35], &gradient.frames[2]);
         println!("{second:?}: frame 35 differs from the gradient at 320x240 by {diff:.1} levels");
         assert!(
             diff < 12.0,
